@@ -1,0 +1,290 @@
+// The MAML inner loop of one task for an MLP (Linear layers, ReLU/tanh
+// between them), and its exact reverse (first or second order). Written once
+// for host and device: the CPU kernel runs it with SerialLanes, one task per
+// thread; the CUDA kernel with BlockLanes, one thread block per task.
+//
+// Parameters of one task are one flat vector θ = [W1, b1, W2, b2, ...] with
+// W_l row-major [d_l, d_{l-1}] (nn.Linear layout). Activations are stored per
+// layer as [K, d_l] matrices in a per-task workspace.
+#pragma once
+#include "kernels/maml_math.h"
+
+namespace metafast {
+
+constexpr int kMaxLayers = 8;
+
+struct MlpLayout {
+  int num_layers = 0;                   // L (Linear layers)
+  int sizes[kMaxLayers + 1] = {};       // d_0 ... d_L
+  int64_t weight_offset[kMaxLayers + 1] = {};  // into θ, index l = 1..L
+  int64_t bias_offset[kMaxLayers + 1] = {};
+  int64_t act_offset[kMaxLayers + 1] = {};     // into a [K, D] activation buffer
+  int64_t num_params = 0;               // P
+  int64_t act_width = 0;                // D = d_1 + ... + d_L
+};
+
+// Per-task workspace (elements): gradient, Hessian-vector product, and six
+// activation buffers (z, h, δ and their tangents), plus per-example losses.
+MF_HD int64_t mlp_workspace_size(const MlpLayout& m, int shots) {
+  return 2 * m.num_params + 6 * int64_t(shots) * m.act_width + shots;
+}
+
+template <typename T>
+struct MlpTaskData {
+  const T* x;           // [K, d_0]
+  const T* y_float;     // [K, d_L] (MSE) or nullptr
+  const int64_t* y_class;  // [K] (cross-entropy) or nullptr
+  int shots;            // K
+};
+
+template <typename T>
+struct MlpWorkspace {
+  T *grad, *hvp, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss;
+  MF_HD MlpWorkspace(T* base, const MlpLayout& m, int shots) {
+    const int64_t a = int64_t(shots) * m.act_width;
+    grad = base;
+    hvp = grad + m.num_params;
+    z = hvp + m.num_params;
+    h = z + a;
+    dz = h + a;
+    z_dot = dz + a;
+    h_dot = z_dot + a;
+    dz_dot = h_dot + a;
+    point_loss = dz_dot + a;
+  }
+};
+
+// Direction of the Hessian-vector product: u = α ⊙ v.
+template <typename T>
+struct ScaledDirection {
+  const T* v;
+  const T* lrs;  // per-parameter rates, or nullptr for the scalar lr
+  T lr;
+  MF_HD T operator[](int64_t p) const { return (lrs ? lrs[p] : lr) * v[p]; }
+};
+
+// Support loss at θ, its gradient into ws.grad and — when `dir` is given —
+// the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
+// MLP: a tangent pass alongside the forward pass and alongside the backward).
+// Ends with a sync; the returned loss is valid on the leader lane.
+template <typename T, typename Lanes>
+MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act, Loss loss,
+                          const T* theta, const MlpTaskData<T>& d, MlpWorkspace<T>& ws,
+                          const ScaledDirection<T>* dir) {
+  const int K = d.shots;
+  const int L = m.num_layers;
+  // ---- forward (and tangent forward): z_l = h_{l-1} W_lᵀ + b_l ----
+  for (int l = 1; l <= L; ++l) {
+    const int din = m.sizes[l - 1], dout = m.sizes[l];
+    const T* W = theta + m.weight_offset[l];
+    const T* b = theta + m.bias_offset[l];
+    const T* in = l == 1 ? d.x : ws.h + m.act_offset[l - 1];
+    const T* in_dot = l == 1 ? nullptr : ws.h_dot + m.act_offset[l - 1];
+    for (int idx = lanes.lane(); idx < K * dout; idx += lanes.count()) {
+      const int k = idx / dout, j = idx % dout;
+      const T* w_row = W + int64_t(j) * din;
+      const T* x_row = in + int64_t(k) * din;
+      T acc = b[j];
+      for (int i = 0; i < din; ++i) acc += w_row[i] * x_row[i];
+      const int64_t o = m.act_offset[l] + idx;
+      ws.z[o] = acc;
+      const T h = l < L ? activate(act, acc) : acc;
+      ws.h[o] = h;
+      if (dir) {  // ż = u_b + u_W·in + W·ḣ_in ; ḣ = σ'(z)·ż
+        const int64_t uw = m.weight_offset[l] + int64_t(j) * din;
+        T t = (*dir)[m.bias_offset[l] + j];
+        for (int i = 0; i < din; ++i) t += (*dir)[uw + i] * x_row[i];
+        if (in_dot) {
+          const T* xd_row = in_dot + int64_t(k) * din;
+          for (int i = 0; i < din; ++i) t += w_row[i] * xd_row[i];
+        }
+        ws.z_dot[o] = t;
+        ws.h_dot[o] = l < L ? activation_grad(act, h) * t : t;
+      }
+    }
+    lanes.sync();
+  }
+  // ---- loss and dL/dy per example (mean over the support set) ----
+  const int dL = m.sizes[L];
+  const int64_t out = m.act_offset[L];
+  for (int k = lanes.lane(); k < K; k += lanes.count()) {
+    const T* y = ws.z + out + int64_t(k) * dL;
+    T* dy = ws.dz + out + int64_t(k) * dL;
+    if (loss == Loss::MSE) {
+      const T scale = T(1) / T(int64_t(K) * dL);
+      ws.point_loss[k] = mse_loss_grad(y, d.y_float + int64_t(k) * dL, dL, scale, dy);
+      if (dir) mse_grad_tangent(ws.z_dot + out + int64_t(k) * dL, dL, scale, ws.dz_dot + out + int64_t(k) * dL);
+    } else {
+      const T scale = T(1) / T(K);
+      ws.point_loss[k] = cross_entropy_loss_grad(y, d.y_class[k], dL, scale, dy);
+      if (dir) cross_entropy_grad_tangent(y, ws.z_dot + out + int64_t(k) * dL, dL, scale, ws.dz_dot + out + int64_t(k) * dL);
+    }
+  }
+  lanes.sync();
+  T total = T(0);
+  if (lanes.leader())
+    for (int k = 0; k < K; ++k) total += ws.point_loss[k];  // fixed order: deterministic
+  // ---- backward (and tangent backward), layer by layer ----
+  for (int l = L; l >= 1; --l) {
+    const int din = m.sizes[l - 1], dout = m.sizes[l];
+    const T* W = theta + m.weight_offset[l];
+    const T* in = l == 1 ? d.x : ws.h + m.act_offset[l - 1];
+    const T* in_dot = l == 1 ? nullptr : ws.h_dot + m.act_offset[l - 1];
+    const T* dz = ws.dz + m.act_offset[l];
+    const T* dz_dot = ws.dz_dot + m.act_offset[l];
+    // dW[j,i] = Σ_k δ[k,j]·in[k,i]   (tangent: δ̇·in + δ·ḣ_in)
+    for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
+      const int j = idx / din, i = idx % din;
+      T g = T(0), gd = T(0);
+      for (int k = 0; k < K; ++k) {
+        const T in_ki = in[int64_t(k) * din + i];
+        g += dz[int64_t(k) * dout + j] * in_ki;
+        if (dir) {
+          gd += dz_dot[int64_t(k) * dout + j] * in_ki;
+          if (in_dot) gd += dz[int64_t(k) * dout + j] * in_dot[int64_t(k) * din + i];
+        }
+      }
+      ws.grad[m.weight_offset[l] + idx] = g;
+      if (dir) ws.hvp[m.weight_offset[l] + idx] = gd;
+    }
+    // db[j] = Σ_k δ[k,j]
+    for (int j = lanes.lane(); j < dout; j += lanes.count()) {
+      T g = T(0), gd = T(0);
+      for (int k = 0; k < K; ++k) {
+        g += dz[int64_t(k) * dout + j];
+        if (dir) gd += dz_dot[int64_t(k) * dout + j];
+      }
+      ws.grad[m.bias_offset[l] + j] = g;
+      if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
+    }
+    // δ_{l-1} = σ'(z)·(δ W)   (tangent: σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W))
+    if (l > 1) {
+      const int64_t prev = m.act_offset[l - 1];
+      for (int idx = lanes.lane(); idx < K * din; idx += lanes.count()) {
+        const int k = idx / din, i = idx % din;
+        T s = T(0), s_dot = T(0);
+        for (int j = 0; j < dout; ++j) {
+          const T w = W[int64_t(j) * din + i];
+          s += dz[int64_t(k) * dout + j] * w;
+          if (dir)
+            s_dot += dz_dot[int64_t(k) * dout + j] * w +
+                     dz[int64_t(k) * dout + j] * (*dir)[m.weight_offset[l] + int64_t(j) * din + i];
+        }
+        const T h = ws.h[prev + idx];
+        const T d1 = activation_grad(act, h);
+        ws.dz[prev + idx] = d1 * s;
+        if (dir) ws.dz_dot[prev + idx] = d1 * s_dot + activation_grad2(act, h) * ws.z_dot[prev + idx] * s;
+      }
+    }
+    lanes.sync();
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------------------
+// Forward: θ_0 = init; for s < S: record θ_s, loss_s = L(θ_s), θ_{s+1} = θ_s − α⊙∇L(θ_s).
+// ---------------------------------------------------------------------------
+template <typename T>
+struct MlpAdaptForwardArgs {
+  MlpLayout layout;
+  Activation act;
+  Loss loss;
+  int tasks, shots, steps;
+  T lr;
+  const T* lrs;          // [P] or nullptr
+  const T* init;         // [P]
+  const T* x;            // [T, K, d_0]
+  const T* y_float;      // [T, K, d_L] or nullptr
+  const int64_t* y_class;  // [T, K] or nullptr
+  T* adapted;            // [T, P]
+  T* losses;             // [T, S]
+  T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
+  T* workspace;          // [T, mlp_workspace_size]
+};
+
+template <typename T>
+MF_HD MlpTaskData<T> task_data(const MlpLayout& m, int shots, const T* x, const T* y_float,
+                               const int64_t* y_class, int task) {
+  MlpTaskData<T> d;
+  d.shots = shots;
+  d.x = x + int64_t(task) * shots * m.sizes[0];
+  d.y_float = y_float ? y_float + int64_t(task) * shots * m.sizes[m.num_layers] : nullptr;
+  d.y_class = y_class ? y_class + int64_t(task) * shots : nullptr;
+  return d;
+}
+
+template <typename T, typename Lanes>
+MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int task) {
+  const MlpLayout& m = a.layout;
+  const int64_t P = m.num_params;
+  const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
+  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, a.shots), m, a.shots);
+  T* theta = a.adapted + int64_t(task) * P;
+  for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
+  lanes.sync();
+  for (int s = 0; s < a.steps; ++s) {
+    T* record = a.trajectory + (int64_t(task) * a.steps + s) * P;
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) record[p] = theta[p];
+    const T loss = mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, nullptr);
+    if (lanes.leader()) a.losses[int64_t(task) * a.steps + s] = loss;
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count())
+      theta[p] = sgd_step(theta[p], a.lrs ? a.lrs[p] : a.lr, ws.grad[p]);
+    lanes.sync();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward: v = ∂Q/∂θ_S; for s = S−1 … 0 (g_s = ∇L(θ_s), H_s its Hessian):
+//   ᾱ += −g_s ⊙ v;   v ← v − H_s(α ⊙ v)  [second order only];   v += l̄_s·g_s
+// giving v = ∂/∂θ_0 and ᾱ = ∂/∂α of the task's share of the meta-loss.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct MlpAdaptBackwardArgs {
+  MlpLayout layout;
+  Activation act;
+  Loss loss;
+  int tasks, shots, steps;
+  bool second_order;
+  T lr;
+  const T* lrs;            // [P] or nullptr
+  const T* grad_adapted;   // [T, P]
+  const T* grad_losses;    // [T, S]
+  const T* trajectory;     // [T, S, P]
+  const T* x;
+  const T* y_float;
+  const int64_t* y_class;
+  T* grad_init;            // [T, P] per-task ∂/∂θ_0
+  T* grad_lrs;             // [T, P] per-task ∂/∂α, or nullptr
+  T* workspace;
+};
+
+template <typename T, typename Lanes>
+MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task) {
+  const MlpLayout& m = a.layout;
+  const int64_t P = m.num_params;
+  const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
+  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, a.shots), m, a.shots);
+  T* v = a.grad_init + int64_t(task) * P;
+  T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
+  for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
+    v[p] = a.grad_adapted[int64_t(task) * P + p];
+    if (lr_bar) lr_bar[p] = T(0);
+  }
+  lanes.sync();
+  const ScaledDirection<T> dir{v, a.lrs, a.lr};
+  for (int s = a.steps - 1; s >= 0; --s) {
+    const T* theta = a.trajectory + (int64_t(task) * a.steps + s) * P;
+    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, a.second_order ? &dir : nullptr);
+    const T loss_bar = a.grad_losses[int64_t(task) * a.steps + s];
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
+      const T g = ws.grad[p];
+      if (lr_bar) lr_bar[p] -= g * v[p];
+      T vp = v[p];
+      if (a.second_order) vp -= ws.hvp[p];
+      v[p] = vp + loss_bar * g;
+    }
+    lanes.sync();
+  }
+}
+
+}  // namespace metafast

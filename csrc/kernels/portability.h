@@ -1,0 +1,34 @@
+// Lets one header of math and per-task algorithms compile for the host (g++)
+// and the device (nvcc). The CPU and CUDA kernels run the *same* code; only
+// how work is split across lanes differs (see Lanes below).
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define MF_HD __host__ __device__ __forceinline__
+#else
+#define MF_HD inline
+#endif
+
+namespace metafast {
+
+// Lanes: who shares a task's work. Loops are written
+//   for (int i = lanes.lane(); i < n; i += lanes.count())
+// and phases are separated by lanes.sync(). On the CPU one lane does all of
+// it (SerialLanes); on the GPU a thread block does (BlockLanes, in the .cu).
+struct SerialLanes {
+  MF_HD int lane() const { return 0; }
+  MF_HD int count() const { return 1; }
+  MF_HD void sync() const {}
+  MF_HD bool leader() const { return true; }
+};
+
+MF_HD float mf_exp(float x) { return expf(x); }
+MF_HD double mf_exp(double x) { return exp(x); }
+MF_HD float mf_log(float x) { return logf(x); }
+MF_HD double mf_log(double x) { return log(x); }
+MF_HD float mf_tanh(float x) { return tanhf(x); }
+MF_HD double mf_tanh(double x) { return tanh(x); }
+
+}  // namespace metafast

@@ -1,0 +1,2 @@
+"""metafast: exact, fast MAML for PyTorch."""
+from metafast import _extension
