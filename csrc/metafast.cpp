@@ -13,11 +13,12 @@ TORCH_LIBRARY(metafast, m) {
   m.def(
       "mlp_adapt(Tensor params, Tensor? lrs, float lr, Tensor support_x, Tensor support_y, "
       "int[] sizes, int steps, str activation, str loss, bool first_order) -> (Tensor, Tensor, Tensor)");
-  // Exact reverse of mlp_adapt; returns per-task (grad_params [T, P], grad_lrs [T, P] or [0, 0]).
+  // Exact reverse of mlp_adapt; returns per-task (grad_params [T, P],
+  // grad_lrs [T, P] or empty, grad_support_x [T, K, d_in] or empty).
   m.def(
       "mlp_adapt_backward(Tensor grad_adapted, Tensor grad_losses, Tensor trajectory, Tensor params, "
       "Tensor? lrs, float lr, Tensor support_x, Tensor support_y, int[] sizes, str activation, "
-      "str loss, bool first_order, bool lrs_grad) -> (Tensor, Tensor)");
+      "str loss, bool first_order, bool lrs_grad, bool x_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace py = pybind11;

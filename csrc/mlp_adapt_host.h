@@ -168,7 +168,7 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
                                       const at::Tensor* lrs, const at::Tensor& grad_adapted,
                                       const at::Tensor& grad_losses, const at::Tensor& trajectory,
                                       const at::Tensor& x, const at::Tensor& y, at::Tensor& grad_init,
-                                      at::Tensor* grad_lrs, at::Tensor& workspace) {
+                                      at::Tensor* grad_lrs, at::Tensor* grad_x, at::Tensor& workspace) {
   MlpAdaptBackwardArgs<T> a;
   a.layout = c.layout;
   a.act = c.act;
@@ -187,6 +187,7 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
   a.y_class = c.loss == Loss::CrossEntropy ? y.data_ptr<int64_t>() : nullptr;
   a.grad_init = grad_init.data_ptr<T>();
   a.grad_lrs = grad_lrs ? grad_lrs->data_ptr<T>() : nullptr;
+  a.grad_x = grad_x ? grad_x->data_ptr<T>() : nullptr;
   a.workspace = workspace.data_ptr<T>();
   return a;
 }

@@ -48,11 +48,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_cpu(
   return {adapted, losses, trajectory};
 }
 
-std::tuple<at::Tensor, at::Tensor> mlp_adapt_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_backward_cpu(
     const at::Tensor& grad_adapted, const at::Tensor& grad_losses, const at::Tensor& trajectory,
     const at::Tensor& params, const std::optional<at::Tensor>& lrs, double lr, const at::Tensor& support_x,
     const at::Tensor& support_y, c10::IntArrayRef sizes, c10::string_view activation, c10::string_view loss,
-    bool first_order, bool lrs_grad) {
+    bool first_order, bool lrs_grad, bool x_grad) {
   const MlpAdaptConfig c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes,
                                                   trajectory.dim() == 3 ? trajectory.size(1) : 0,
                                                   std::string(activation), std::string(loss));
@@ -64,15 +64,18 @@ std::tuple<at::Tensor, at::Tensor> mlp_adapt_backward_cpu(
   const int64_t P = c.layout.num_params;
   at::Tensor grad_init = at::empty({c.tasks, P}, params.options());
   at::Tensor grad_lrs = at::empty({lrs_grad ? c.tasks : 0, lrs_grad ? P : 0}, params.options());
+  at::Tensor grad_x = at::empty({x_grad ? c.tasks : 0, x_grad ? c.shots : 0, x_grad ? c.layout.sizes[0] : 0},
+                                params.options());
   at::Tensor workspace = at::empty({c.tasks, mlp_workspace_size(c.layout, c.shots)}, params.options());
   AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "metafast::mlp_adapt_backward_cpu", [&] {
     const auto a = backward_args<scalar_t>(c, lr, first_order, lrs.has_value() ? &lrs_c : nullptr, ga, gl, tr,
-                                           x, y, grad_init, lrs_grad ? &grad_lrs : nullptr, workspace);
+                                           x, y, grad_init, lrs_grad ? &grad_lrs : nullptr,
+                                           x_grad ? &grad_x : nullptr, workspace);
     at::parallel_for(0, c.tasks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<scalar_t>(SerialLanes{}, a, int(t));
     });
   });
-  return {grad_init, grad_lrs};
+  return {grad_init, grad_lrs, grad_x};
 }
 
 }  // namespace

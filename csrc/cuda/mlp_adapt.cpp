@@ -45,11 +45,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_cuda(
   return {adapted, losses, trajectory};
 }
 
-std::tuple<at::Tensor, at::Tensor> mlp_adapt_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_backward_cuda(
     const at::Tensor& grad_adapted, const at::Tensor& grad_losses, const at::Tensor& trajectory,
     const at::Tensor& params, const std::optional<at::Tensor>& lrs, double lr, const at::Tensor& support_x,
     const at::Tensor& support_y, c10::IntArrayRef sizes, c10::string_view activation, c10::string_view loss,
-    bool first_order, bool lrs_grad) {
+    bool first_order, bool lrs_grad, bool x_grad) {
   const MlpAdaptConfig c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes,
                                                   trajectory.dim() == 3 ? trajectory.size(1) : 0,
                                                   std::string(activation), std::string(loss));
@@ -63,15 +63,18 @@ std::tuple<at::Tensor, at::Tensor> mlp_adapt_backward_cuda(
   const int64_t P = c.layout.num_params;
   at::Tensor grad_init = at::empty({c.tasks, P}, params.options());
   at::Tensor grad_lrs = at::empty({lrs_grad ? c.tasks : 0, lrs_grad ? P : 0}, params.options());
+  at::Tensor grad_x = at::empty({x_grad ? c.tasks : 0, x_grad ? c.shots : 0, x_grad ? c.layout.sizes[0] : 0},
+                                params.options());
+  at::Tensor* grad_x_p = x_grad ? &grad_x : nullptr;
   at::Tensor workspace = at::empty({c.tasks, mlp_workspace_size(c.layout, c.shots)}, params.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const at::Tensor* lrs_p = lrs.has_value() ? &lrs_c : nullptr;
   at::Tensor* grad_lrs_p = lrs_grad ? &grad_lrs : nullptr;
   if (params.scalar_type() == at::kFloat)
-    launch_mlp_adapt_backward(backward_args<float>(c, lr, first_order, lrs_p, ga, gl, tr, x, y, grad_init, grad_lrs_p, workspace), stream);
+    launch_mlp_adapt_backward(backward_args<float>(c, lr, first_order, lrs_p, ga, gl, tr, x, y, grad_init, grad_lrs_p, grad_x_p, workspace), stream);
   else
-    launch_mlp_adapt_backward(backward_args<double>(c, lr, first_order, lrs_p, ga, gl, tr, x, y, grad_init, grad_lrs_p, workspace), stream);
-  return {grad_init, grad_lrs};
+    launch_mlp_adapt_backward(backward_args<double>(c, lr, first_order, lrs_p, ga, gl, tr, x, y, grad_init, grad_lrs_p, grad_x_p, workspace), stream);
+  return {grad_init, grad_lrs, grad_x};
 }
 
 }  // namespace

@@ -18,15 +18,16 @@ struct MlpLayout {
   int sizes[kMaxLayers + 1] = {};       // d_0 ... d_L
   int64_t weight_offset[kMaxLayers + 1] = {};  // into θ, index l = 1..L
   int64_t bias_offset[kMaxLayers + 1] = {};
-  int64_t act_offset[kMaxLayers + 1] = {};     // into a [K, D] activation buffer
+  int64_t act_offset[kMaxLayers + 1] = {};     // layer l starts at K·act_offset[l] of a [K·D] buffer
   int64_t num_params = 0;               // P
   int64_t act_width = 0;                // D = d_1 + ... + d_L
 };
 
-// Per-task workspace (elements): gradient, Hessian-vector product, and six
-// activation buffers (z, h, δ and their tangents), plus per-example losses.
+// Per-task workspace (elements): gradient, Hessian-vector product, six
+// activation buffers (z, h, δ and their tangents), per-example losses, and the
+// input gradient with its tangent.
 MF_HD int64_t mlp_workspace_size(const MlpLayout& m, int shots) {
-  return 2 * m.num_params + 6 * int64_t(shots) * m.act_width + shots;
+  return 2 * m.num_params + 6 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
 }
 
 template <typename T>
@@ -39,7 +40,7 @@ struct MlpTaskData {
 
 template <typename T>
 struct MlpWorkspace {
-  T *grad, *hvp, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss;
+  T *grad, *hvp, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss, *dx, *dx_dot;
   MF_HD MlpWorkspace(T* base, const MlpLayout& m, int shots) {
     const int64_t a = int64_t(shots) * m.act_width;
     grad = base;
@@ -51,6 +52,8 @@ struct MlpWorkspace {
     h_dot = z_dot + a;
     dz_dot = h_dot + a;
     point_loss = dz_dot + a;
+    dx = point_loss + shots;
+    dx_dot = dx + int64_t(shots) * m.sizes[0];
   }
 };
 
@@ -66,11 +69,12 @@ struct ScaledDirection {
 // Support loss at θ, its gradient into ws.grad and — when `dir` is given —
 // the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
 // MLP: a tangent pass alongside the forward pass and alongside the backward).
+// With `input_grad`, also ∂L/∂x into ws.dx (and its tangent into ws.dx_dot).
 // Ends with a sync; the returned loss is valid on the leader lane.
 template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act, Loss loss,
                           const T* theta, const MlpTaskData<T>& d, MlpWorkspace<T>& ws,
-                          const ScaledDirection<T>* dir) {
+                          const ScaledDirection<T>* dir, bool input_grad = false) {
   const int K = d.shots;
   const int L = m.num_layers;
   // ---- forward (and tangent forward): z_l = h_{l-1} W_lᵀ + b_l ----
@@ -78,15 +82,15 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
     const int din = m.sizes[l - 1], dout = m.sizes[l];
     const T* W = theta + m.weight_offset[l];
     const T* b = theta + m.bias_offset[l];
-    const T* in = l == 1 ? d.x : ws.h + m.act_offset[l - 1];
-    const T* in_dot = l == 1 ? nullptr : ws.h_dot + m.act_offset[l - 1];
+    const T* in = l == 1 ? d.x : ws.h + (int64_t(K) * m.act_offset[l - 1]);
+    const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
     for (int idx = lanes.lane(); idx < K * dout; idx += lanes.count()) {
       const int k = idx / dout, j = idx % dout;
       const T* w_row = W + int64_t(j) * din;
       const T* x_row = in + int64_t(k) * din;
       T acc = b[j];
       for (int i = 0; i < din; ++i) acc += w_row[i] * x_row[i];
-      const int64_t o = m.act_offset[l] + idx;
+      const int64_t o = (int64_t(K) * m.act_offset[l]) + idx;
       ws.z[o] = acc;
       const T h = l < L ? activate(act, acc) : acc;
       ws.h[o] = h;
@@ -106,7 +110,7 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
   }
   // ---- loss and dL/dy per example (mean over the support set) ----
   const int dL = m.sizes[L];
-  const int64_t out = m.act_offset[L];
+  const int64_t out = (int64_t(K) * m.act_offset[L]);
   for (int k = lanes.lane(); k < K; k += lanes.count()) {
     const T* y = ws.z + out + int64_t(k) * dL;
     T* dy = ws.dz + out + int64_t(k) * dL;
@@ -128,10 +132,10 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
   for (int l = L; l >= 1; --l) {
     const int din = m.sizes[l - 1], dout = m.sizes[l];
     const T* W = theta + m.weight_offset[l];
-    const T* in = l == 1 ? d.x : ws.h + m.act_offset[l - 1];
-    const T* in_dot = l == 1 ? nullptr : ws.h_dot + m.act_offset[l - 1];
-    const T* dz = ws.dz + m.act_offset[l];
-    const T* dz_dot = ws.dz_dot + m.act_offset[l];
+    const T* in = l == 1 ? d.x : ws.h + (int64_t(K) * m.act_offset[l - 1]);
+    const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
+    const T* dz = ws.dz + (int64_t(K) * m.act_offset[l]);
+    const T* dz_dot = ws.dz_dot + (int64_t(K) * m.act_offset[l]);
     // dW[j,i] = Σ_k δ[k,j]·in[k,i]   (tangent: δ̇·in + δ·ḣ_in)
     for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
       const int j = idx / din, i = idx % din;
@@ -157,9 +161,10 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       ws.grad[m.bias_offset[l] + j] = g;
       if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
     }
-    // δ_{l-1} = σ'(z)·(δ W)   (tangent: σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W))
-    if (l > 1) {
-      const int64_t prev = m.act_offset[l - 1];
+    // δ_{l-1} = σ'(z)·(δ W)   (tangent: σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W));
+    // at the input, ∂L/∂x = δ_1 W_1 (tangent: δ̇_1 W_1 + δ_1 u_W1).
+    if (l > 1 || input_grad) {
+      const int64_t prev = l > 1 ? (int64_t(K) * m.act_offset[l - 1]) : 0;
       for (int idx = lanes.lane(); idx < K * din; idx += lanes.count()) {
         const int k = idx / din, i = idx % din;
         T s = T(0), s_dot = T(0);
@@ -169,6 +174,11 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
           if (dir)
             s_dot += dz_dot[int64_t(k) * dout + j] * w +
                      dz[int64_t(k) * dout + j] * (*dir)[m.weight_offset[l] + int64_t(j) * din + i];
+        }
+        if (l == 1) {
+          ws.dx[idx] = s;
+          if (dir) ws.dx_dot[idx] = s_dot;
+          continue;
         }
         const T h = ws.h[prev + idx];
         const T d1 = activation_grad(act, h);
@@ -236,7 +246,8 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
 // ---------------------------------------------------------------------------
 // Backward: v = ∂Q/∂θ_S; for s = S−1 … 0 (g_s = ∇L(θ_s), H_s its Hessian):
 //   ᾱ += −g_s ⊙ v;   v ← v − H_s(α ⊙ v)  [second order only];   v += l̄_s·g_s
-// giving v = ∂/∂θ_0 and ᾱ = ∂/∂α of the task's share of the meta-loss.
+//   x̄ += l̄_s·∂L/∂x − ∂/∂x[(α⊙v)ᵀ g_s]  [the second term second order only]
+// giving v = ∂/∂θ_0, ᾱ = ∂/∂α and x̄ = ∂/∂x of the task's share of the meta-loss.
 // ---------------------------------------------------------------------------
 template <typename T>
 struct MlpAdaptBackwardArgs {
@@ -255,6 +266,7 @@ struct MlpAdaptBackwardArgs {
   const int64_t* y_class;
   T* grad_init;            // [T, P] per-task ∂/∂θ_0
   T* grad_lrs;             // [T, P] per-task ∂/∂α, or nullptr
+  T* grad_x;               // [T, K, d_0] ∂/∂support_x, or nullptr
   T* workspace;
 };
 
@@ -266,16 +278,24 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, a.shots), m, a.shots);
   T* v = a.grad_init + int64_t(task) * P;
   T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
+  const int64_t nx = int64_t(a.shots) * m.sizes[0];
+  T* x_bar = a.grad_x ? a.grad_x + int64_t(task) * nx : nullptr;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
     v[p] = a.grad_adapted[int64_t(task) * P + p];
     if (lr_bar) lr_bar[p] = T(0);
   }
+  if (x_bar)
+    for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) x_bar[i] = T(0);
   lanes.sync();
   const ScaledDirection<T> dir{v, a.lrs, a.lr};
   for (int s = a.steps - 1; s >= 0; --s) {
     const T* theta = a.trajectory + (int64_t(task) * a.steps + s) * P;
-    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, a.second_order ? &dir : nullptr);
+    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, a.second_order ? &dir : nullptr,
+                         x_bar != nullptr);
     const T loss_bar = a.grad_losses[int64_t(task) * a.steps + s];
+    if (x_bar)
+      for (int64_t i = lanes.lane(); i < nx; i += lanes.count())
+        x_bar[i] += loss_bar * ws.dx[i] - (a.second_order ? ws.dx_dot[i] : T(0));
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
       const T g = ws.grad[p];
       if (lr_bar) lr_bar[p] -= g * v[p];

@@ -1,0 +1,475 @@
+"""Cost of one MAML meta-training iteration: eager loop vs torch.func.vmap vs metafast.
+
+One iteration = forward and backward of the meta-loss (the inner loop over T
+tasks, the query loss, and the meta-gradient into the model's parameters), i.e.
+a training step without the optimizer update.
+
+Problems:
+  sinusoid      the MAML paper's 1-40-40-1 ReLU regression, T=25 tasks, K=10 support, 10 query, α=0.01
+  omniglot-mlp  the paper's non-convolutional Omniglot network 784-256-128-64-64-5 (no batch norm here),
+                cross-entropy, 5-way 1-shot and 5-shot (5 or 25 support points), 5 query points per
+                class, T=32, α=0.4; random inputs in [0, 1) stand in for images
+
+Variants (one row each):
+  eager             metafast.reference.meta_loss: a Python loop over tasks, autograd.grad(create_graph=...)
+  vmap              torch.func: vmap over tasks of an inner loop of torch.func.grad + functional_call
+  metafast-torch    metafast.BatchedMAML(backend="torch")
+  metafast-fused    metafast.BatchedMAML(backend="fused") (skipped with a note when the extension is absent)
+  metafast-auto     metafast.BatchedMAML(backend="auto"); the table notes which backend it picked
+  compile-vmap      (CUDA, first order only) torch.compile of the vmap variant's meta-loss
+  cudagraph-torch   (CUDA) the metafast-torch step (forward + backward) captured in one CUDA graph
+
+Before anything is timed, every variant's meta-gradient is compared with the
+eager loop's in float64 on a small case of the same problem, steps and order;
+a variant that disagrees by more than 1e-8 (relative to the gradient's size)
+is not timed and the script exits with status 1.
+
+Usage:
+  python benchmarks/bench_sinusoid.py --quick            # about a minute on a laptop CPU
+  python benchmarks/bench_sinusoid.py --device cuda      # full grid on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+metafast = common.import_metafast()
+
+CHECK_TOL = 1e-8
+
+
+# --------------------------------------------------------------------------- configurations
+
+@dataclass(frozen=True)
+class Config:
+    problem: str          # "sinusoid" | "omniglot-mlp"
+    sizes: tuple[int, ...]
+    loss: str             # "mse" | "cross_entropy"
+    tasks: int
+    support: int          # support points per task
+    query: int            # query points per task
+    inner_lr: float
+    steps: int
+    first_order: bool
+    ways: int = 0         # classification only
+    shots: int = 0
+
+    @property
+    def order(self) -> str:
+        return "1st" if self.first_order else "2nd"
+
+    @property
+    def label(self) -> str:
+        shape = f"{self.ways}-way {self.shots}-shot" if self.ways else f"K={self.support} Q={self.query}"
+        return f"T={self.tasks} {shape} steps={self.steps} {self.order}"
+
+
+def sinusoid(steps: int, first_order: bool) -> Config:
+    return Config("sinusoid", (1, 40, 40, 1), "mse", tasks=25, support=10, query=10, inner_lr=0.01,
+                  steps=steps, first_order=first_order)
+
+
+def omniglot_mlp(shots: int, steps: int, first_order: bool) -> Config:
+    ways = 5
+    return Config("omniglot-mlp", (784, 256, 128, 64, 64, ways), "cross_entropy", tasks=32, support=ways * shots,
+                  query=ways * 5, inner_lr=0.4, steps=steps, first_order=first_order, ways=ways, shots=shots)
+
+
+def configs(quick: bool, steps: list[int], orders: list[bool], problems: list[str]) -> list[Config]:
+    out: list[Config] = []
+    if "sinusoid" in problems:
+        out += [sinusoid(s, fo) for s in steps for fo in orders]
+    if "omniglot-mlp" in problems:
+        if quick:  # one inner step, second order only (plus first order when asked for alone)
+            o_steps = [min(steps)]
+            o_orders = [False] if False in orders else orders
+        else:
+            o_steps, o_orders = steps, orders
+        out += [omniglot_mlp(k, s, fo) for k in (1, 5) for s in o_steps for fo in o_orders]
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+@dataclass
+class Batch:
+    sx: torch.Tensor
+    sy: torch.Tensor
+    qx: torch.Tensor
+    qy: torch.Tensor
+
+
+def make_batch(cfg: Config, device: torch.device, dtype: torch.dtype, tasks: int | None = None,
+               seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    t = tasks or cfg.tasks
+    if cfg.problem == "sinusoid":
+        b = metafast.data.Sinusoid().sample(num_tasks=t, shots=cfg.support, queries=cfg.query, generator=g,
+                                            device="cpu", dtype=dtype)
+        sx, sy, qx, qy = b.support_x, b.support_y, b.query_x, b.query_y
+    else:
+        d = cfg.sizes[0]
+        sx = torch.rand(t, cfg.support, d, generator=g, dtype=dtype)
+        qx = torch.rand(t, cfg.query, d, generator=g, dtype=dtype)
+        sy = torch.arange(cfg.ways).repeat_interleave(cfg.shots).expand(t, -1).contiguous()
+        qy = torch.arange(cfg.ways).repeat_interleave(cfg.query // cfg.ways).expand(t, -1).contiguous()
+    return Batch(*(x.to(device) for x in (sx, sy, qx, qy)))
+
+
+def make_model(cfg: Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return metafast.nn.MLP(list(cfg.sizes), activation="relu").to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- variants
+# A builder returns (step, info): step() zeroes the parameters' gradients and runs one
+# forward + backward of the meta-loss, leaving the meta-gradient in p.grad.
+
+class Skip(Exception):
+    """The variant does not apply here (reason in the message)."""
+
+
+def _zero(params):
+    for p in params:
+        p.grad = None
+
+
+def build_eager(model, b: Batch, cfg: Config):
+    params = list(model.parameters())
+
+    def step():
+        _zero(params)
+        loss = metafast.reference.meta_loss(model, b.sx, b.sy, b.qx, b.qy, inner_lr=cfg.inner_lr,
+                                            inner_steps=cfg.steps, first_order=cfg.first_order, loss=cfg.loss)
+        loss.backward()
+
+    return step, {}
+
+
+def _task_loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss == "mse":
+        return F.mse_loss
+    return lambda out, y: F.cross_entropy(out, y)
+
+
+def vmap_meta_loss(model, cfg: Config) -> Callable[..., torch.Tensor]:
+    """The torch.func formulation: vmap over tasks of a differentiable inner loop."""
+    loss_fn = _task_loss_fn(cfg.loss)
+
+    def task_loss(params, x, y):
+        return loss_fn(functional_call(model, params, (x,)), y)
+
+    def one_task(params, sx, sy, qx, qy):
+        for _ in range(cfg.steps):
+            g = grad(task_loss)(params, sx, sy)
+            if cfg.first_order:
+                g = {k: v.detach() for k, v in g.items()}
+            params = {k: params[k] - cfg.inner_lr * g[k] for k in params}
+        return task_loss(params, qx, qy)
+
+    batched = vmap(one_task, in_dims=(None, 0, 0, 0, 0))
+
+    def meta_loss(sx, sy, qx, qy):
+        return batched(dict(model.named_parameters()), sx, sy, qx, qy).mean()
+
+    return meta_loss
+
+
+def build_vmap(model, b: Batch, cfg: Config):
+    params = list(model.parameters())
+    fn = vmap_meta_loss(model, cfg)
+
+    def step():
+        _zero(params)
+        fn(b.sx, b.sy, b.qx, b.qy).backward()
+
+    return step, {}
+
+
+def _batched_maml(model, cfg: Config, backend: str):
+    try:
+        return metafast.BatchedMAML(model, inner_lr=cfg.inner_lr, inner_steps=cfg.steps,
+                                    first_order=cfg.first_order, meta_sgd=False, loss=cfg.loss, backend=backend)
+    except Exception as exc:  # the extension may be absent, or the model not served
+        raise Skip(f"BatchedMAML(backend={backend!r}) unavailable: {_short(exc)}") from exc
+
+
+def build_metafast(backend: str):
+    def build(model, b: Batch, cfg: Config):
+        meta = _batched_maml(model, cfg, backend)
+        params = list(model.parameters())
+        info: dict[str, Any] = {}
+
+        def step():
+            _zero(params)
+            out = meta(b.sx, b.sy, b.qx, b.qy)
+            out.loss.backward()
+
+        try:
+            step()  # fail here (→ skip) rather than inside the timer
+        except Exception as exc:
+            raise Skip(f"backend {backend!r} raised: {_short(exc)}") from exc
+        info["backend_used"] = getattr(meta, "backend_used", None)
+        return step, info
+
+    return build
+
+
+def build_compile_vmap(model, b: Batch, cfg: Config):
+    if b.sx.device.type != "cuda":
+        raise Skip("CUDA only")
+    if not cfg.first_order:
+        raise Skip("first order only (torch.compile cannot trace double backward)")
+    params = list(model.parameters())
+    compiled = torch.compile(vmap_meta_loss(model, cfg))
+
+    def step():
+        _zero(params)
+        compiled(b.sx, b.sy, b.qx, b.qy).backward()
+
+    try:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    except Exception as exc:
+        raise Skip(f"n/a: torch.compile failed: {_short(exc)}") from exc
+    return step, {}
+
+
+def build_cudagraph_torch(model, b: Batch, cfg: Config):
+    """Whole-step capture: BatchedMAML(backend="torch") forward + backward in one CUDA graph.
+
+    Inputs are the static tensors in ``b``; the meta-gradient lands in the p.grad
+    tensors allocated during capture, overwritten by every replay.
+    """
+    if b.sx.device.type != "cuda":
+        raise Skip("CUDA only")
+    meta = _batched_maml(model, cfg, "torch")
+    params = list(model.parameters())
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm up outside capture (lazy init, autograd's stream bookkeeping)
+                _zero(params)
+                meta(b.sx, b.sy, b.qx, b.qy).loss.backward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        _zero(params)
+        with torch.cuda.graph(graph):
+            static_loss = meta(b.sx, b.sy, b.qx, b.qy).loss
+            static_loss.backward()
+        graph.replay()
+        torch.cuda.synchronize()
+    except Exception as exc:
+        torch.cuda.synchronize()
+        raise Skip(f"n/a: capture failed: {_short(exc)}") from exc
+
+    def step():
+        graph.replay()
+
+    step._keepalive = (graph, static_loss, meta)  # type: ignore[attr-defined]
+    return step, {"backend_used": "torch (CUDA graph)"}
+
+
+VARIANTS: dict[str, Callable] = {
+    "eager": build_eager,
+    "vmap": build_vmap,
+    "metafast-torch": build_metafast("torch"),
+    "metafast-fused": build_metafast("fused"),
+    "metafast-auto": build_metafast("auto"),
+    "compile-vmap": build_compile_vmap,
+    "cudagraph-torch": build_cudagraph_torch,
+}
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- correctness
+
+def check_cfg(cfg: Config) -> Config:
+    """The small float64 case on which meta-gradients are compared."""
+    return replace(cfg, tasks=3)
+
+
+def meta_gradient(name: str, cfg: Config, device: torch.device) -> list[torch.Tensor]:
+    small = check_cfg(cfg)
+    model = make_model(small, device, torch.float64, seed=1)
+    b = make_batch(small, device, torch.float64, seed=1)
+    step, _ = VARIANTS[name](model, b, small)
+    step()
+    step()  # a second call: graph replays and compiled code paths run as in timing
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    grads = []
+    for n, p in model.named_parameters():
+        if p.grad is None:
+            raise AssertionError(f"{name}: no gradient reached {n}")
+        grads.append(p.grad.detach().clone())
+    return grads
+
+
+def gradient_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """max |g - g_ref| / max(1, max |g_ref|) over all parameters."""
+    scale = max(1.0, max(r.abs().max().item() for r in ref))
+    return max((g - r).abs().max().item() for g, r in zip(grads, ref)) / scale
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--quick", action="store_true",
+                   help="min_run_time 0.3 s and, for omniglot-mlp, one inner step, second order only")
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 5], help="inner steps to benchmark")
+    p.add_argument("--order", choices=("1", "2", "both"), default="both", help="first, second or both orders")
+    p.add_argument("--problems", nargs="+", choices=("sinusoid", "omniglot-mlp"),
+                   default=["sinusoid", "omniglot-mlp"])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--min-run-time", type=float, default=None,
+                   help="seconds of timing per row (default 2, or 0.3 with --quick)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default benchmarks/results/sinusoid_<device>_<date>.json)")
+    p.add_argument("--no-check", action="store_true", help="skip the float64 meta-gradient check (not advised)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = common.resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    min_run_time = args.min_run_time if args.min_run_time is not None else (0.3 if args.quick else 2.0)
+    orders = {"1": [True], "2": [False], "both": [True, False]}[args.order]
+    cfgs = configs(args.quick, sorted(set(args.steps)), orders, args.problems)
+    names = [n for n in VARIANTS if n in args.variants]
+    if "eager" not in names:
+        names.insert(0, "eager")  # the reference of the check and of the speedups
+    env = common.environment(device, args.threads)
+    print(f"device: {env['device_name']} ({device}), torch {env['torch']}, metafast {env.get('metafast')}, "
+          f"{args.threads} threads, min_run_time {min_run_time} s")
+    if device.type == "cpu":
+        print("note: on the CPU peak memory is n/a (no per-call allocator statistics); "
+              "the process's max RSS is in the JSON")
+
+    rows: list[dict[str, Any]] = []
+    failed = False
+    t_start = time.perf_counter()
+    for cfg in cfgs:
+        group = f"{cfg.problem} {cfg.label}"
+        print(f"\n== {group}")
+        ref_grads = None
+        if not args.no_check:
+            ref_grads = meta_gradient("eager", cfg, device)
+        results: dict[str, dict[str, Any]] = {}
+        for name in names:
+            row: dict[str, Any] = {
+                "_group": group, "problem": cfg.problem, "config": cfg.label, "variant": name,
+                "tasks": cfg.tasks, "support": cfg.support, "query": cfg.query, "ways": cfg.ways or None,
+                "shots": cfg.shots or None, "steps": cfg.steps, "order": cfg.order, "inner_lr": cfg.inner_lr,
+                "loss": cfg.loss, "sizes": list(cfg.sizes), "status": "ok",
+            }
+            rows.append(row)
+            try:
+                if ref_grads is not None and name != "eager":
+                    err = gradient_error(meta_gradient(name, cfg, device), ref_grads)
+                    row["check_rel_err"] = err
+                    if not err <= CHECK_TOL:
+                        row["status"] = f"CHECK FAILED: meta-gradient differs from eager by {err:.2e} (> {CHECK_TOL})"
+                        failed = True
+                        print(f"  {name:16s} {row['status']}")
+                        continue
+                elif name == "eager" and ref_grads is not None:
+                    row["check_rel_err"] = 0.0
+                model = make_model(cfg, device, torch.float32)
+                b = make_batch(cfg, device, torch.float32)
+                step, info = VARIANTS[name](model, b, cfg)
+                row.update(info)
+                step()
+                step()  # warm-up
+                timing = common.time_fn(step, min_run_time=min_run_time, threads=args.threads,
+                                        label=cfg.problem, sub_label=cfg.label, description=name)
+                row.update(median_ms=timing.median_s * 1e3, iqr_ms=timing.iqr_s * 1e3, mean_ms=timing.mean_s * 1e3,
+                           blocks=timing.runs, calls_per_block=timing.per_run)
+                mem = common.peak_memory(step, device)
+                row["peak_mib"] = mem["peak_mib"]
+                if device.type == "cuda":
+                    row["peak_total_mib"] = mem["peak_total_mib"]
+                results[name] = row
+                print(f"  {name:16s} {row['median_ms']:9.3f} ms"
+                      + (f"  ({row['backend_used']})" if row.get("backend_used") else ""))
+                del step
+            except Skip as exc:
+                row["status"] = f"skipped: {exc}"
+                print(f"  {name:16s} {row['status']}")
+            except Exception as exc:
+                row["status"] = f"error: {_short(exc, 300)}"
+                failed = True
+                print(f"  {name:16s} {row['status']}")
+                traceback.print_exc()
+        eager = results.get("eager", {}).get("median_ms")
+        vm = results.get("vmap", {}).get("median_ms")
+        for row in results.values():
+            row["speedup_vs_eager"] = eager / row["median_ms"] if eager else None
+            row["speedup_vs_vmap"] = vm / row["median_ms"] if vm else None
+
+    print()
+    table_rows = []
+    for r in rows:
+        table_rows.append({
+            "_group": r["_group"], "problem": r["problem"], "config": r["config"], "variant": r["variant"],
+            "median": common.fmt_ms(r.get("median_ms")), "iqr": common.fmt_ms(r.get("iqr_ms") and r["iqr_ms"] / 1e3),
+            "eager": common.fmt_ratio(r.get("speedup_vs_eager")), "vmap": common.fmt_ratio(r.get("speedup_vs_vmap")),
+            "mem": "n/a" if r.get("median_ms") and r.get("peak_mib") is None else
+                   (None if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"),
+            "err": None if r.get("check_rel_err") is None else f"{r['check_rel_err']:.0e}",
+            "note": (r.get("backend_used") or "") if r["status"] == "ok" else r["status"],
+        })
+    print(common.format_table(table_rows, [
+        ("problem", "problem"), ("config", "config"), ("variant", "variant"), ("median", "median ms"),
+        ("iqr", "IQR ms"), ("eager", "vs eager"), ("vmap", "vs vmap"), ("mem", "peak MiB"),
+        ("err", "grad err"), ("note", "note"),
+    ]))
+
+    out = args.out or common.default_out_path("sinusoid", device)
+    for r in rows:
+        r.pop("_group", None)
+    env["process_max_rss_mib"] = common.max_rss_mib()
+    payload = {
+        "benchmark": "maml-meta-training-iteration",
+        "definition": "median wall time of one forward + backward of the meta-loss (no optimizer step)",
+        "environment": env,
+        "settings": {"quick": args.quick, "min_run_time_s": min_run_time, "threads": args.threads,
+                     "check": not args.no_check, "check_tolerance": CHECK_TOL, "check_tasks": 3,
+                     "check_dtype": "float64", "timed_dtype": "float32"},
+        "elapsed_s": time.perf_counter() - t_start,
+        "rows": rows,
+    }
+    common.write_json(out, payload)
+    print(f"\nwrote {out}")
+    if failed:
+        print("error: some variants failed their meta-gradient check or raised (see the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""``python -m metafast demo``: the MAML paper's sinusoid regression, end to end.
+
+Meta-trains the 1-40-40-1 ReLU network of Finn et al. (2017) with
+:class:`metafast.BatchedMAML` (K = 10 support and 10 query points per task, one
+inner SGD step at alpha = 0.01, 25 tasks per meta-batch, Adam at 1e-3), then
+evaluates 600 held-out tasks at K = 5 shots after 1, 5 and 10 inner steps and
+prints the mean squared error with its 95% interval beside the paper's figures.
+It writes a plot (``sinusoid.png``), the results (``results.json``) and the
+meta-learned weights (``model.pt``) to ``--out``.
+
+The test tasks come from a fixed seed (:data:`TEST_SEED`) that does not depend
+on ``--seed``, so every run is scored on the same 600 tasks.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+#: Seed of the held-out test tasks; fixed, and never used for training.
+TEST_SEED = 20_170_703
+#: Iterations the MAML paper meta-trained the sinusoid model for.
+PAPER_ITERATIONS = 70_000
+#: Paper (appendix table), K = 5 test shots: MSE after 1 / 5 / 10 inner steps.
+PAPER_MSE = {
+    "maml": {"1": 0.67, "5": 0.38, "10": 0.35},
+    "pretrained": {"1": 2.41, "5": 2.23, "10": 2.19},
+}
+EVAL_STEPS = (1, 5, 10)
+DEFAULT_ITERATIONS = 15_000
+
+AMPLITUDE = (0.1, 5.0)
+PHASE = (0.0, math.pi)
+X_RANGE = (-5.0, 5.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m metafast demo",
+        description=(
+            "Meta-train the MAML paper's sinusoid regression model (1-40-40-1 ReLU, K=10, one inner "
+            "step, meta-batch 25, Adam 1e-3) and evaluate 600 held-out tasks at K=5 shots after "
+            "1, 5 and 10 inner steps, next to the paper's numbers."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--iterations", type=_positive_int, default=DEFAULT_ITERATIONS,
+                   help=f"meta-training iterations (the paper used {PAPER_ITERATIONS:,})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run; auto picks cuda when a GPU is available")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training tasks")
+    p.add_argument("--out", default=os.path.join(".", "runs", "demo"),
+                   help="directory for sinusoid.png, results.json and model.pt")
+    p.add_argument("--backend", choices=("auto", "torch", "fused"), default="auto",
+                   help="metafast.BatchedMAML backend")
+    p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
+    p.add_argument("--meta-batch", type=_positive_int, default=25, help="tasks per meta-training iteration")
+    p.add_argument("--inner-lr", type=_positive_float, default=0.01,
+                   help="inner SGD step size, for meta-training and for test-time adaptation")
+    p.add_argument("--meta-lr", type=_positive_float, default=1e-3, help="Adam learning rate of the meta-update")
+    p.add_argument("--shots", type=_positive_int, default=10, help="support points per task in meta-training")
+    p.add_argument("--queries", type=_positive_int, default=10, help="query points per task in meta-training")
+    p.add_argument("--test-tasks", type=_positive_int, default=600, help="held-out tasks to evaluate")
+    p.add_argument("--test-shots", type=_positive_int, default=5, help="support points per test task")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the pretrained (joint regression) baseline")
+    p.add_argument("--no-plot", action="store_true", help="do not write sinusoid.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _resolve_device(name: str) -> torch.device | str:
+    """The torch device to use, or an error message (a str) when it is unavailable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda
+        why = (f"this torch {torch.__version__} is built with CUDA {built} but no CUDA GPU is visible"
+               if built else f"this torch {torch.__version__} is built without CUDA")
+        return f"--device cuda was requested but CUDA is not available ({why}). Use --device cpu or auto."
+    return torch.device(name)
+
+
+def _sample(tasks, num_tasks: int, shots: int, queries: int, generator: torch.Generator,
+            device: torch.device):
+    """Samples on the CPU with a CPU generator (reproducible on any device), then moves."""
+    b = tasks.sample(num_tasks=num_tasks, shots=shots, queries=queries, generator=generator,
+                     device="cpu", dtype=torch.float32)
+    return {k: getattr(b, k).to(device) for k in
+            ("support_x", "support_y", "query_x", "query_y", "amplitude", "phase")}
+
+
+def _mse_stats(per_task: torch.Tensor) -> dict:
+    per_task = per_task.detach().double().cpu()
+    n = per_task.numel()
+    std = per_task.std().item() if n > 1 else 0.0
+    return {"mse": per_task.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "std": std}
+
+
+def _evaluate(meta, model: torch.nn.Module, test: dict, steps: Sequence[int]) -> tuple[dict, dict]:
+    """Query MSE per task before adapting and after each number of inner steps.
+
+    Returns (stats by steps as strings, adapted parameters by steps).
+    """
+    sx, sy, qx, qy = test["support_x"], test["support_y"], test["query_x"], test["query_y"]
+    results, adapted = {}, {}
+    with torch.no_grad():
+        results["0"] = _mse_stats(((model(qx) - qy) ** 2).mean(dim=(1, 2)))
+        results["0"]["support_mse"] = ((model(sx) - sy) ** 2).mean().item()
+    for s in steps:
+        with torch.no_grad():  # adapt() still differentiates the inner loss; it returns detached tensors
+            params = meta.adapt(sx, sy, steps=s)
+            params = {k: v.detach() for k, v in params.items()}
+            results[str(s)] = _mse_stats(((meta.predict(params, qx) - qy) ** 2).mean(dim=(1, 2)))
+            # Training-set fit of the adapted models: must fall with every step.
+            results[str(s)]["support_mse"] = ((meta.predict(params, sx) - sy) ** 2).mean().item()
+        adapted[s] = params
+    return results, adapted
+
+
+def _pretrain(model: torch.nn.Module, tasks, iterations: int, meta_batch: int, points: int, lr: float,
+              generator: torch.Generator, device: torch.device, quiet: bool) -> float:
+    """The paper's baseline: plain regression on points pooled from many tasks."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    start = time.perf_counter()
+    for _ in tqdm(range(iterations), desc="pretrain baseline", unit="it", disable=quiet,
+                  mininterval=0.5, leave=False):
+        b = _sample(tasks, meta_batch, points, 1, generator, device)
+        loss = ((model(b["support_x"]) - b["support_y"]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def _fmt(stat: dict | None) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mse']:.3f} ± {stat['ci95']:.3f}"
+
+
+def _table(rows: list[tuple[str, dict | None, dict]]) -> str:
+    header = ["", "before adapting", "1 step", "5 steps", "10 steps"]
+    body = []
+    for name, res, paper in rows:
+        if res is not None:
+            body.append([name, _fmt(res.get("0"))] + [_fmt(res.get(str(s))) for s in EVAL_STEPS])
+        else:
+            body.append([name, "-"] + [f"{paper[str(s)]:.2f}" for s in EVAL_STEPS])
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    sep = "-" * len(line(header))
+    return "\n".join([line(header), sep] + [line(r) for r in body])
+
+
+def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_it, curve_loss, title: str,
+          num_panels: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    n = min(num_panels, test["support_x"].shape[0])
+    device = test["support_x"].device
+    grid = torch.linspace(X_RANGE[0], X_RANGE[1], 200, device=device)
+    gx = grid.view(1, -1, 1).expand(n, -1, -1).contiguous()
+    amp, phase = test["amplitude"][:n], test["phase"][:n]
+    true = amp.view(-1, 1) * torch.sin(grid.view(1, -1) + phase.view(-1, 1))
+    with torch.no_grad():
+        p0 = model(gx)
+        p1 = meta.predict({k: v[:n] for k, v in adapted[1].items()}, gx)
+        p10 = meta.predict({k: v[:n] for k, v in adapted[10].items()}, gx)
+    cpu = lambda t: t.detach().float().cpu().numpy()
+    g = cpu(grid)
+
+    fig = plt.figure(figsize=(4.2 * n, 7.6), layout="constrained")
+    gs = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
+    for i in range(n):
+        ax = fig.add_subplot(gs[0, i])
+        ax.plot(g, cpu(true[i]), color="black", lw=2.2, label="true function")
+        ax.plot(g, cpu(p0[i, :, 0]), color="0.55", ls="--", lw=1.6, label="meta-learned init")
+        ax.plot(g, cpu(p1[i, :, 0]), color="tab:green", lw=1.6, label="after 1 step")
+        ax.plot(g, cpu(p10[i, :, 0]), color="tab:blue", lw=1.6, label="after 10 steps")
+        ax.scatter(cpu(test["support_x"][i, :, 0]), cpu(test["support_y"][i, :, 0]), color="tab:red",
+                   marker="^", s=60, zorder=5, label=f"K={test['support_x'].shape[1]} support points")
+        ax.set_title(f"test task {i}: A={amp[i].item():.2f}, φ={phase[i].item():.2f}", fontsize=10)
+        ax.set_xlim(*X_RANGE)
+        ax.set_ylim(-5.6, 5.6)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("x")
+        if i == 0:
+            ax.set_ylabel("y")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=5, frameon=False, fontsize=10)
+
+    ax = fig.add_subplot(gs[1, :])
+    it = curve_it
+    ax.plot(it, curve_loss, color="tab:blue", alpha=0.25, lw=0.8, label="meta-batch query MSE")
+    if len(curve_loss) >= 10:
+        window = max(1, len(curve_loss) // 50)
+        smooth = torch.tensor(curve_loss).unfold(0, window, 1).mean(1).tolist() if window > 1 else curve_loss
+        ax.plot(it[window - 1:], smooth, color="tab:blue", lw=2, label=f"moving average ({window} points)")
+    ax.set_yscale("log")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("meta-training iteration")
+    ax.set_ylabel("query MSE after inner adaptation")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper right")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # tolerate `main(["demo", ...])`
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+
+    device = _resolve_device(args.device)
+    if isinstance(device, str):
+        print(f"metafast demo: error: {device}", file=sys.stderr)
+        return 2
+
+    import metafast
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(args.seed)
+    model = metafast.nn.MLP([1, 40, 40, 1], activation="relu").to(device)
+    untrained = copy.deepcopy(model)
+    try:
+        meta = metafast.BatchedMAML(model, inner_lr=args.inner_lr, inner_steps=1, first_order=args.first_order,
+                                    meta_sgd=False, loss="mse", backend=args.backend)
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        print(f"metafast demo: error: backend {args.backend!r} is not available: {exc}", file=sys.stderr)
+        return 2
+    opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
+    tasks = metafast.data.Sinusoid(amplitude=AMPLITUDE, phase=PHASE, x_range=X_RANGE)
+    train_gen = torch.Generator().manual_seed(args.seed)
+
+    order = "first-order" if args.first_order else "second-order"
+    print(f"metafast {metafast.__version__} demo: sinusoid regression, {order} MAML, device {device}, "
+          f"backend {args.backend!r}")
+    print(f"meta-training {args.iterations:,} iterations (the paper used {PAPER_ITERATIONS:,}): "
+          f"K={args.shots} support + {args.queries} query points, 1 inner step at alpha={args.inner_lr:g}, "
+          f"meta-batch {args.meta_batch}, Adam {args.meta_lr:g}")
+
+    losses = torch.empty(args.iterations, device=device)
+    start = time.perf_counter()
+    bar = tqdm(range(args.iterations), desc="meta-train", unit="it", disable=args.quiet, mininterval=0.5,
+               dynamic_ncols=True)
+    for i in bar:
+        b = _sample(tasks, args.meta_batch, args.shots, args.queries, train_gen, device)
+        out = meta(b["support_x"], b["support_y"], b["query_x"], b["query_y"])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        losses[i] = out.loss.detach()
+        if (i + 1) % 100 == 0 or i + 1 == args.iterations:
+            lo = max(0, i + 1 - 100)
+            bar.set_postfix(loss=f"{losses[lo:i + 1].mean().item():.3f}", refresh=False)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - start
+    backend_used = getattr(meta, "backend_used", args.backend)
+    print(f"meta-training took {train_s:.1f} s ({args.iterations / train_s:,.0f} it/s) on backend {backend_used!r}")
+    losses_cpu = losses.cpu()
+    if not torch.isfinite(losses_cpu).all():
+        print("metafast demo: warning: non-finite meta-training loss", file=sys.stderr)
+
+    test = _sample(tasks, args.test_tasks, args.test_shots, 100, torch.Generator().manual_seed(TEST_SEED), device)
+    eval_meta = meta
+    maml_res, adapted = _evaluate(eval_meta, model, test, EVAL_STEPS)
+
+    untrained_meta = metafast.BatchedMAML(untrained, inner_lr=args.inner_lr, inner_steps=1,
+                                          first_order=True, loss="mse", backend="torch")
+    untrained_res, _ = _evaluate(untrained_meta, untrained, test, EVAL_STEPS)
+
+    pretrained_res, pretrain_s = None, None
+    if not args.no_baseline:
+        pretrained = copy.deepcopy(untrained)
+        pretrain_s = _pretrain(pretrained, tasks, args.iterations, args.meta_batch, args.shots + args.queries,
+                               args.meta_lr, torch.Generator().manual_seed(args.seed), device, args.quiet)
+        pre_meta = metafast.BatchedMAML(pretrained, inner_lr=args.inner_lr, inner_steps=1, first_order=True,
+                                        loss="mse", backend="torch")
+        pretrained_res, _ = _evaluate(pre_meta, pretrained, test, EVAL_STEPS)
+
+    rows = [
+        (f"MAML, this run ({args.iterations:,} it)", maml_res, PAPER_MSE["maml"]),
+        (f"MAML, paper ({PAPER_ITERATIONS:,} it)", None, PAPER_MSE["maml"]),
+    ]
+    if pretrained_res is not None:
+        rows += [("pretrained, this run", pretrained_res, PAPER_MSE["pretrained"]),
+                 ("pretrained, paper", None, PAPER_MSE["pretrained"])]
+    rows.append(("untrained init, this run", untrained_res, {}))
+    print()
+    print(f"Test MSE on {args.test_tasks} held-out tasks, K={args.test_shots} shots, SGD alpha={args.inner_lr:g} "
+          f"from the learned init (mean ± 95% interval, lower is better):")
+    print(_table(rows))
+
+    os.makedirs(args.out, exist_ok=True)
+    plot_path = os.path.join(args.out, "sinusoid.png")
+    json_path = os.path.join(args.out, "results.json")
+    model_path = os.path.join(args.out, "model.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, model_path)
+
+    stride = max(1, args.iterations // 2000)
+    curve_it = list(range(1, args.iterations + 1, stride))
+    curve_loss = losses_cpu[::stride].tolist()
+    if not args.no_plot:
+        title = (f"meta-training: {order} MAML, {args.iterations:,} iterations, {train_s:.0f} s on {device} "
+                 f"({backend_used}); test MSE K={args.test_shots}: "
+                 + ", ".join(f"{s} step{'s' if s > 1 else ''} {maml_res[str(s)]['mse']:.2f}" for s in EVAL_STEPS))
+        _plot(plot_path, test, model, eval_meta, adapted, untrained, curve_it, curve_loss, title)
+
+    try:
+        build = metafast.build_info()
+    except Exception as exc:  # pragma: no cover - informational only
+        build = {"error": repr(exc)}
+    payload = {
+        "demo": "sinusoid",
+        "argv": argv,
+        "config": {
+            "iterations": args.iterations, "paper_iterations": PAPER_ITERATIONS, "seed": args.seed,
+            "test_seed": TEST_SEED, "device": str(device), "backend": args.backend, "backend_used": backend_used,
+            "first_order": args.first_order, "meta_batch": args.meta_batch, "inner_lr": args.inner_lr,
+            "meta_lr": args.meta_lr, "shots": args.shots, "queries": args.queries, "inner_steps_train": 1,
+            "test_tasks": args.test_tasks, "test_shots": args.test_shots, "test_queries": 100,
+            "network": [1, 40, 40, 1], "amplitude": AMPLITUDE, "phase": PHASE, "x_range": X_RANGE,
+        },
+        "train": {
+            "wall_s": train_s, "it_per_s": args.iterations / train_s,
+            "final_loss_mean_last_100": losses_cpu[-100:].mean().item(),
+            "loss_curve": {"iteration": curve_it, "loss": curve_loss},
+        },
+        "eval": {"maml": maml_res, "untrained": untrained_res, "pretrained": pretrained_res,
+                 "pretrain_wall_s": pretrain_s},
+        "paper": {"iterations": PAPER_ITERATIONS, **PAPER_MSE},
+        "versions": {"metafast": metafast.__version__, "torch": torch.__version__,
+                     "python": platform.python_version(), "build_info": build},
+        "files": {"plot": None if args.no_plot else plot_path, "json": json_path, "model": model_path},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with open(json_path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    print()
+    if not args.no_plot:
+        print(f"wrote {plot_path}")
+    print(f"wrote {json_path}")
+    print(f"wrote {model_path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""learn2learn-compatible MAML and MetaSGD wrappers (clone / adapt).
+
+Switch with one import: ``from metafast import MAML, MetaSGD``. Parameter
+updates go through the fused multi-tensor op ``metafast::sgd_update``.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from metafast.ops import sgd_update
+
+
+def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
+    """A copy of ``module`` whose parameters are differentiable clones of the
+    originals (gradients flow back to them) and whose buffers are copies, so
+    the clone shares nothing mutable with its parent. Shared parameters stay
+    shared within the clone."""
+    memo = {} if memo is None else memo
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = copy.copy(module)
+    clone.__dict__ = module.__dict__.copy()
+    memo[id(module)] = clone
+    clone._parameters = OrderedDict()
+    for name, p in module._parameters.items():
+        if p is not None and id(p) not in memo:
+            memo[id(p)] = p.clone()
+        clone._parameters[name] = None if p is None else memo[id(p)]
+    clone._buffers = OrderedDict()
+    for name, b in module._buffers.items():
+        if b is not None and id(b) not in memo:
+            memo[id(b)] = b.clone()
+        clone._buffers[name] = None if b is None else memo[id(b)]
+    clone._modules = OrderedDict(
+        (name, None if sub is None else clone_module(sub, memo)) for name, sub in module._modules.items()
+    )
+    return clone
+
+
+def _unique_parameters(module: nn.Module) -> list[torch.Tensor]:
+    seen, out = set(), []
+    for m in module.modules():
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def update_module(module: nn.Module, params: Sequence[torch.Tensor], new_params: Sequence[torch.Tensor]) -> nn.Module:
+    """Replace ``params[i]`` by ``new_params[i]`` wherever it appears in ``module`` (in place)."""
+    mapping = {id(p): q for p, q in zip(params, new_params)}
+    for m in module.modules():
+        for name, p in m._parameters.items():
+            if p is not None and id(p) in mapping:
+                m._parameters[name] = mapping[id(p)]
+    return module
+
+
+def _gradients(loss, params, create_graph, allow_unused, allow_nograd):
+    """One gradient per parameter (None for those without one)."""
+    wanted = [p for p in params if p.requires_grad] if allow_nograd else params
+    try:
+        grads = torch.autograd.grad(loss, wanted, retain_graph=create_graph, create_graph=create_graph,
+                                    allow_unused=allow_unused)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\nmetafast: if some parameters do not require grad or are unused by the loss, "
+                           "pass allow_nograd=True and/or allow_unused=True") from exc
+    by_id = {id(p): g for p, g in zip(wanted, grads)}
+    return [by_id.get(id(p)) for p in params]
+
+
+def _apply_update(module, params, grads, lr, lrs=None):
+    idx = [i for i, g in enumerate(grads) if g is not None]
+    if not idx:
+        return module
+    new = sgd_update([params[i] for i in idx], [grads[i] for i in idx], lr,
+                     None if lrs is None else [lrs[i] for i in idx])
+    return update_module(module, [params[i] for i in idx], new)
+
+
+class MAML(nn.Module):
+    """MAML (Finn et al., 2017), API-compatible with ``learn2learn.algorithms.MAML``.
+
+    >>> maml = MAML(model, lr=0.01)
+    >>> learner = maml.clone()
+    >>> learner.adapt(loss_fn(learner(x_support), y_support))
+    >>> loss_fn(learner(x_query), y_query).backward()   # second-order meta-gradient
+    """
+
+    def __init__(self, model: nn.Module, lr: float, first_order: bool = False, allow_unused: bool | None = None,
+                 allow_nograd: bool = False):
+        super().__init__()
+        self.module = model
+        self.lr = lr
+        self.first_order = first_order
+        self.allow_nograd = allow_nograd
+        self.allow_unused = allow_nograd if allow_unused is None else allow_unused
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def adapt(self, loss: torch.Tensor, first_order: bool | None = None, allow_unused: bool | None = None,
+              allow_nograd: bool | None = None) -> None:
+        """One gradient step on ``loss``: θ ← θ − lr·∇θ loss, differentiably."""
+        first_order = self.first_order if first_order is None else first_order
+        allow_unused = self.allow_unused if allow_unused is None else allow_unused
+        allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
+        params = _unique_parameters(self.module)
+        grads = _gradients(loss, params, not first_order, allow_unused, allow_nograd)
+        self.module = _apply_update(self.module, params, grads, self.lr)
+
+    def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
+              allow_nograd: bool | None = None) -> "MAML":
+        """A learner whose parameters are differentiable copies of these."""
+        return MAML(
+            clone_module(self.module),
+            lr=self.lr,
+            first_order=self.first_order if first_order is None else first_order,
+            allow_unused=self.allow_unused if allow_unused is None else allow_unused,
+            allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd,
+        )
+
+
+class MetaSGD(nn.Module):
+    """Meta-SGD (Li et al., 2017): MAML with learnable per-parameter inner rates,
+    API-compatible with ``learn2learn.algorithms.MetaSGD``."""
+
+    def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False,
+                 lrs: Sequence[torch.Tensor] | None = None):
+        super().__init__()
+        self.module = model
+        if lrs is None:
+            lrs = nn.ParameterList([nn.Parameter(torch.ones_like(p) * lr) for p in _unique_parameters(model)])
+        self.lrs = lrs
+        self.first_order = first_order
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def adapt(self, loss: torch.Tensor, first_order: bool | None = None) -> None:
+        """θ ← θ − lrs⊙∇θ loss, differentiable with respect to θ and the rates."""
+        first_order = self.first_order if first_order is None else first_order
+        params = _unique_parameters(self.module)
+        lrs = list(self.lrs)
+        if len(lrs) != len(params):
+            raise ValueError(f"MetaSGD: {len(lrs)} learning rates for {len(params)} parameters")
+        grads = _gradients(loss, params, not first_order, False, False)
+        self.module = _apply_update(self.module, params, grads, 0.0, lrs)
+
+    def clone(self) -> "MetaSGD":
+        return MetaSGD(clone_module(self.module), lrs=[lr.clone() for lr in self.lrs], first_order=self.first_order)

@@ -1,0 +1,228 @@
+"""metafast::mlp_adapt: the whole MAML inner loop of an MLP for a meta-batch.
+
+Kernels: csrc/kernels/mlp_adapt.h (the per-task algorithm, shared by CPU and
+CUDA), csrc/cpu/mlp_adapt.cpp, csrc/cuda/mlp_adapt{.cpp,_kernel.cu}.
+
+Parameters are one flat vector θ = [W1, b1, W2, b2, ...] (nn.Linear layout,
+the order of ``model.parameters()`` for a Linear/activation stack). Inner
+losses are means over the support set (MSE: over every output element).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from metafast import _extension
+from metafast.ops._dispatch import kernel_available
+
+ACTIVATIONS = ("relu", "tanh")
+LOSSES = ("mse", "cross_entropy")
+MAX_LAYERS = 8
+
+
+def mlp_num_params(sizes: Sequence[int]) -> int:
+    return sum(sizes[i] * sizes[i - 1] + sizes[i] for i in range(1, len(sizes)))
+
+
+def _layers(theta: torch.Tensor, sizes: Sequence[int]):
+    """Views (W_l [T, d_l, d_{l-1}], b_l [T, d_l]) of a batched flat θ [T, P]."""
+    offset, out = 0, []
+    for din, dout in zip(sizes[:-1], sizes[1:]):
+        w = theta[:, offset : offset + dout * din].reshape(theta.shape[0], dout, din)
+        offset += dout * din
+        b = theta[:, offset : offset + dout]
+        offset += dout
+        out.append((w, b))
+    return out
+
+
+def mlp_forward(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int], activation: str = "relu") -> torch.Tensor:
+    """Batched MLP forward: θ [T, P], x [T, N, d_in] -> [T, N, d_out] (batched matmuls)."""
+    act = torch.relu if activation == "relu" else torch.tanh
+    h = x
+    layers = _layers(theta, sizes)
+    for i, (w, b) in enumerate(layers):
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if i < len(layers) - 1:
+            h = act(h)
+    return h
+
+
+def task_losses(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-task mean loss [T] of a batched output [T, N, C]."""
+    if loss == "mse":
+        return ((output - target) ** 2).flatten(1).mean(1)
+    t, n, c = output.shape
+    return F.cross_entropy(output.reshape(t * n, c), target.reshape(t * n), reduction="none").view(t, n).mean(1)
+
+
+def check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss) -> None:
+    """The checks of csrc/mlp_adapt_host.h, for the fallback and the fake kernel."""
+    sizes = [int(s) for s in sizes]
+    if not 2 <= len(sizes) <= MAX_LAYERS + 1 or min(sizes) <= 0:
+        raise ValueError(f"mlp_adapt: sizes must list 2 to {MAX_LAYERS + 1} positive widths, got {sizes}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"mlp_adapt: unsupported activation '{activation}' (supported: {ACTIVATIONS})")
+    if loss not in LOSSES:
+        raise ValueError(f"mlp_adapt: unsupported loss '{loss}' (supported: {LOSSES})")
+    if params.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"mlp_adapt: params must be float32 or float64, got {params.dtype}")
+    if params.dim() != 1 or params.numel() != mlp_num_params(sizes):
+        raise ValueError(
+            f"mlp_adapt: params must be the flat vector [W1, b1, ...] of {mlp_num_params(sizes)} elements "
+            f"for sizes {sizes}, got shape {tuple(params.shape)}"
+        )
+    for name, t in (("lrs", lrs), ("support_x", support_x)):
+        if t is None:
+            continue
+        if t.device != params.device:
+            raise ValueError(f"mlp_adapt: {name} is on {t.device} but params is on {params.device}")
+        if t.dtype != params.dtype:
+            raise ValueError(f"mlp_adapt: {name} has dtype {t.dtype} but params has {params.dtype}")
+    if lrs is not None and lrs.shape != params.shape:
+        raise ValueError(f"mlp_adapt: lrs must have the shape of params {tuple(params.shape)}, got {tuple(lrs.shape)}")
+    if support_x.dim() != 3 or support_x.shape[2] != sizes[0]:
+        raise ValueError(f"mlp_adapt: support_x must be [tasks, shots, {sizes[0]}], got {tuple(support_x.shape)}")
+    t, k = support_x.shape[:2]
+    if t == 0 or k == 0:
+        raise ValueError(f"mlp_adapt: support_x has an empty task or support set: {tuple(support_x.shape)}")
+    if not 1 <= int(steps) <= 1000:
+        raise ValueError(f"mlp_adapt: steps must be in [1, 1000], got {steps}")
+    if support_y.device != params.device:
+        raise ValueError(f"mlp_adapt: support_y is on {support_y.device} but params is on {params.device}")
+    if loss == "mse":
+        if support_y.dtype != params.dtype or tuple(support_y.shape) != (t, k, sizes[-1]):
+            raise ValueError(
+                f"mlp_adapt: MSE support_y must be a {params.dtype} tensor of shape {(t, k, sizes[-1])}, "
+                f"got {support_y.dtype} {tuple(support_y.shape)}"
+            )
+    else:
+        if support_y.dtype != torch.int64 or tuple(support_y.shape) != (t, k):
+            raise ValueError(
+                f"mlp_adapt: cross-entropy support_y must be int64 class indices of shape {(t, k)}, "
+                f"got {support_y.dtype} {tuple(support_y.shape)}"
+            )
+
+
+def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation="relu", loss="mse",
+                    first_order=False):
+    """Pure-PyTorch mlp_adapt (batched over tasks): the fallback, and the
+    differentiable formula used when a gradient of the gradient is asked for."""
+    grad_wanted = torch.is_grad_enabled()
+    t = support_x.shape[0]
+    with torch.enable_grad():
+        theta = params.expand(t, -1)
+        if not theta.requires_grad:
+            theta = theta.detach().requires_grad_()
+        rate = lr if lrs is None else lrs
+        losses = []
+        for _ in range(steps):
+            task_loss = task_losses(mlp_forward(theta, support_x, sizes, activation), support_y, loss)
+            losses.append(task_loss)
+            (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order)
+            theta = theta - rate * g
+    adapted, support_losses = theta, torch.stack(losses, 1)
+    if not grad_wanted:
+        adapted, support_losses = adapted.detach(), support_losses.detach()
+    return adapted, support_losses
+
+
+def mlp_adapt(
+    params: torch.Tensor,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    sizes: Sequence[int],
+    steps: int = 1,
+    lr: float = 0.01,
+    lrs: torch.Tensor | None = None,
+    activation: str = "relu",
+    loss: str = "mse",
+    first_order: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adapt an MLP to every task of a meta-batch in one fused call.
+
+    Args:
+        params: flat initial parameters [P] shared by all tasks.
+        support_x: [T, K, d_in]; support_y: [T, K, d_out] (MSE) or [T, K] int64 (cross-entropy).
+        sizes: layer widths [d_in, ..., d_out]; steps: inner steps; lr: scalar inner rate,
+            or lrs [P]: per-parameter rates (Meta-SGD).
+        first_order: the backward ignores second derivatives (first-order MAML).
+
+    Returns:
+        (adapted [T, P], support_losses [T, steps]); both differentiable w.r.t.
+        params, lrs and support_x, exactly (second order unless first_order).
+    """
+    sizes = [int(s) for s in sizes]
+    check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss)
+    if support_y.requires_grad and torch.is_grad_enabled():
+        raise ValueError("mlp_adapt: gradients with respect to support_y are not supported; detach the targets")
+    if loss == "cross_entropy":
+        lo, hi = int(support_y.min()), int(support_y.max())
+        if lo < 0 or hi >= sizes[-1]:
+            raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in [{lo}, {hi}]")
+    if not kernel_available(params.device):
+        return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order)
+    adapted, losses, _ = torch.ops.metafast.mlp_adapt(
+        params, lrs, float(lr), support_x, support_y, sizes, int(steps), activation, loss, bool(first_order)
+    )
+    return adapted, losses
+
+
+if _extension.available():
+
+    @torch.library.register_fake("metafast::mlp_adapt")
+    def _(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order):
+        t, p = support_x.shape[0], params.shape[0]
+        return params.new_empty(t, p), params.new_empty(t, steps), params.new_empty(t, steps, p)
+
+    @torch.library.register_fake("metafast::mlp_adapt_backward")
+    def _(grad_adapted, grad_losses, trajectory, params, lrs, lr, support_x, support_y, sizes, activation,
+          loss, first_order, lrs_grad, x_grad):
+        t, p = grad_adapted.shape
+        k, d = support_x.shape[1:]
+        return (
+            params.new_empty(t, p),
+            params.new_empty((t, p) if lrs_grad else (0, 0)),
+            params.new_empty((t, k, d) if x_grad else (0, 0, 0)),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order = inputs
+        ctx.mark_non_differentiable(output[2])
+        ctx.save_for_backward(params, lrs, support_x, support_y, output[2])
+        ctx.config = (lr, list(sizes), steps, activation, loss, first_order)
+
+    def _backward(ctx, grad_adapted, grad_losses, _grad_trajectory):
+        params, lrs, support_x, support_y, trajectory = ctx.saved_tensors
+        lr, sizes, steps, activation, loss, first_order = ctx.config
+        need_lrs, need_x = ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        t = support_x.shape[0]
+        if grad_adapted is None:
+            grad_adapted = params.new_zeros(t, params.shape[0])
+        if grad_losses is None:
+            grad_losses = params.new_zeros(t, steps)
+        if torch.is_grad_enabled():
+            # A gradient of this gradient is wanted: use the differentiable torch formula.
+            inputs = [x for x, need in ((params, True), (lrs, need_lrs), (support_x, need_x)) if need]
+            with torch.enable_grad():
+                adapted, losses = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation,
+                                                  loss, first_order)
+                grads = torch.autograd.grad((adapted, losses), inputs, (grad_adapted, grad_losses),
+                                            create_graph=True, allow_unused=True)
+            grads = list(grads)
+            g_params = grads.pop(0)
+            g_lrs = grads.pop(0) if need_lrs else None
+            g_x = grads.pop(0) if need_x else None
+        else:
+            g_params, g_lrs, g_x = torch.ops.metafast.mlp_adapt_backward(
+                grad_adapted.contiguous(), grad_losses.contiguous(), trajectory, params, lrs, lr, support_x, support_y,
+                sizes, activation, loss, first_order, need_lrs, need_x,
+            )
+            g_params = g_params.sum(0)
+            g_lrs = g_lrs.sum(0) if need_lrs else None
+            g_x = g_x if need_x else None
+        return g_params, g_lrs, None, g_x, None, None, None, None, None, None
+
+    torch.library.register_autograd("metafast::mlp_adapt", _backward, setup_context=_setup_context)

@@ -1,0 +1,306 @@
+"""metafast.data.omniglot: archive reading, errors, cache, splits, episodes."""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metafast.data import omniglot as om
+from metafast.data.omniglot import EpisodeSampler, Omniglot, load_omniglot, split_characters
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+
+
+def _png(rng: np.random.Generator, size: int = 105) -> bytes:
+    """A binary PNG like Omniglot's: black ink (0) strokes on white (1)."""
+    ink = rng.random((size, size)) < 0.15
+    im = Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).convert("1")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_fake_omniglot(root: Path, chars=(("A", 3), ("B", 2)), eval_chars=(("C", 3),), drawers=4, seed=0):
+    """Write a tiny images_background.zip / images_evaluation.zip pair in ``root``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for archive, alphabets in (("images_background", chars), ("images_evaluation", eval_chars)):
+        with zipfile.ZipFile(root / f"{archive}.zip", "w") as zf:
+            zf.writestr(f"{archive}/", b"")
+            for alpha, nchar in alphabets:
+                for c in range(1, nchar + 1):
+                    n += 1
+                    for d in range(1, drawers + 1):
+                        zf.writestr(f"{archive}/{alpha}/character{c:02d}/{n:04d}_{d:02d}.png", _png(rng))
+    return n
+
+
+@pytest.fixture
+def fake(tmp_path):
+    root = tmp_path / "omniglot"
+    n = make_fake_omniglot(root)
+    return root, n
+
+
+def _kw(tmp_path):
+    return dict(cache_dir=tmp_path / "cache", n_train=4, n_val=2, progress=False)
+
+
+# --------------------------------------------------------------------------- errors
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="brendenlake/omniglot") as e:
+        Omniglot(tmp_path / "nope", **_kw(tmp_path))
+    assert "nope" in str(e.value)
+
+
+def test_missing_archive(fake, tmp_path):
+    root, _ = fake
+    (root / "images_evaluation.zip").unlink()
+    with pytest.raises(FileNotFoundError, match="images_evaluation.zip") as e:
+        Omniglot(root, **_kw(tmp_path))
+    assert "brendenlake/omniglot" in str(e.value) and "python/" in str(e.value)
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_archive(fake, tmp_path, how):
+    root, _ = fake
+    path = root / "images_background.zip"
+    data = path.read_bytes()
+    path.write_bytes(b"not a zip at all" * 10 if how == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match="images_background.zip") as e:
+        Omniglot(root, **_kw(tmp_path))
+    assert "brendenlake/omniglot" in str(e.value)
+
+
+def test_not_omniglot(tmp_path):
+    root = tmp_path / "other"
+    root.mkdir()
+    for name in om.ARCHIVES:
+        with zipfile.ZipFile(root / name, "w") as zf:
+            zf.writestr("cats/cat1.jpg", b"meow")
+    with pytest.raises(ValueError, match="does not look like an official Omniglot archive"):
+        Omniglot(root, **_kw(tmp_path))
+
+
+def test_root_is_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        Omniglot(f, **_kw(tmp_path))
+
+
+def test_bad_split_and_episode_args(fake, tmp_path):
+    root, _ = fake
+    with pytest.raises(ValueError, match="split"):
+        Omniglot(root, split="dev", **_kw(tmp_path))
+    ds = Omniglot(root, **_kw(tmp_path))
+    with pytest.raises(ValueError, match="drawings"):
+        ds.sample(2, ways=2, shots=3, queries=2)  # 5 > 4 drawers
+    with pytest.raises(ValueError, match="classes"):
+        ds.sample(2, ways=1000, shots=1)
+    with pytest.raises(ValueError):
+        split_characters(8, n_train=7, n_val=1)  # nothing left for test
+
+
+# --------------------------------------------------------------------------- format, splits, cache
+def test_format_and_splits(fake, tmp_path):
+    root, n = fake
+    images, names, cache = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    assert images.shape == (n, 4, 28, 28) and images.dtype == np.uint8
+    assert len(names) == n == len(set(names))
+    assert names == sorted(names)
+    assert names[0].startswith("images_background/A/character01")
+    assert names[-1].startswith("images_evaluation/C/character03")
+    # ink (black in the PNGs) is bright: ~15% ink, so the mean is well below 0.5
+    f = images.astype(np.float32) / 255
+    assert 0.02 < f.mean() < 0.4
+
+    # the image of one drawing matches a direct decode with inversion
+    with zipfile.ZipFile(root / "images_background.zip") as zf:
+        entry = sorted(e for e in zf.namelist() if e.endswith(".png"))[0]
+        raw = np.asarray(Image.open(io.BytesIO(zf.read(entry))).convert("L").resize((28, 28), Image.LANCZOS))
+    np.testing.assert_array_equal(images[0, 0], 255 - raw)
+
+    splits = {s: Omniglot(root, split=s, **_kw(tmp_path)) for s in ("train", "val", "test")}
+    assert [splits[s].num_characters for s in ("train", "val", "test")] == [4, 2, n - 6]
+    assert splits["train"].num_classes == 16 and len(splits["train"]) == 16
+    sets = [set(splits[s].characters) for s in splits]
+    assert set.union(*sets) == set(names) and sum(map(len, sets)) == n
+    for ds in splits.values():
+        assert ds.images.dtype == torch.float32 and ds.images.shape[1:] == (4, 28, 28)
+        assert 0 <= ds.images.min() and ds.images.max() <= 1
+    # the split is the fixed-seed permutation: val is the last n_val of the first n_train + n_val
+    perm = np.random.RandomState(0).permutation(n)
+    assert set(splits["val"].characters) == {names[i] for i in perm[4:6]}
+    assert set(splits["test"].characters) == {names[i] for i in perm[6:]}
+    other = Omniglot(root, split="test", seed=1, **_kw(tmp_path))
+    assert set(other.characters) == {names[i] for i in np.random.RandomState(1).permutation(n)[6:]}
+
+
+def test_full_protocol_split_sizes():
+    s = split_characters(1623, seed=0)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [1100, 100, 423]
+    assert len(np.unique(np.concatenate(list(s.values())))) == 1623
+
+
+def test_cache_beside_archives_when_writable(fake, tmp_path, monkeypatch):
+    root, _ = fake
+    _, _, path = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    assert path.parent == root and path.suffix == ".npz"
+    assert not (tmp_path / "cache").exists()
+    # the second load reads the cache, decoding nothing
+    monkeypatch.setattr(om, "_decode", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(om, "_scan_archives", lambda *a: pytest.fail("scanned again"))
+    t = time.perf_counter()
+    images, names, path2 = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    assert path2 == path and time.perf_counter() - t < 1.0
+
+
+def test_cache_fallback_when_read_only(fake, tmp_path):
+    root, _ = fake
+    os.chmod(root, 0o555)
+    try:
+        ds = Omniglot(root, **_kw(tmp_path))
+        assert ds.cache_path.parent == tmp_path / "cache"
+        assert list(root.iterdir()) and not list(root.glob("*.npz"))
+        again = Omniglot(root, **_kw(tmp_path))
+        assert again.cache_path == ds.cache_path
+        torch.testing.assert_close(again.images, ds.images)
+    finally:
+        os.chmod(root, 0o755)
+
+
+def test_cache_invalidated_when_archive_changes(fake, tmp_path):
+    root, _ = fake
+    a, _, p1 = load_omniglot(root, progress=False)
+    make_fake_omniglot(root, seed=1)  # same layout, other pixels
+    b, _, p2 = load_omniglot(root, progress=False)
+    assert p1 != p2 and not np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- episodes
+def _identify(ds: Omniglot, img: torch.Tensor, table: torch.Tensor) -> tuple[int, int]:
+    """(class, drawer) of an image by exhaustive comparison."""
+    hits = (table == img).flatten(2).all(-1).nonzero()
+    assert hits.shape[0] == 1, "image must match exactly one (class, drawer)"
+    return int(hits[0, 0]), int(hits[0, 1])
+
+
+def test_sample_shapes_labels_and_content(fake, tmp_path):
+    root, _ = fake
+    ds = Omniglot(root, **_kw(tmp_path))
+    T, N, K, Q = 5, 3, 1, 2
+    g = torch.Generator().manual_seed(0)
+    ep = ds.sample(T, N, K, Q, generator=g)
+    sx, sy, qx, qy = ep
+    assert sx.shape == (T, N * K, 1, 28, 28) and qx.shape == (T, N * Q, 1, 28, 28)
+    assert sy.shape == (T, N * K) and qy.shape == (T, N * Q)
+    assert sy.dtype == qy.dtype == torch.int64 and sx.dtype == torch.float32
+    assert torch.equal(sy[0], torch.tensor([0, 1, 2])) and torch.equal(qy[0], torch.tensor([0, 0, 1, 1, 2, 2]))
+
+    # every sampled image is ds[class][drawer] (rotation included) for a consistent class per label
+    table = torch.stack([ds[c] for c in range(ds.num_classes)])  # [classes, D, 1, S, S]
+    seen_rot = set()
+    for t in range(T):
+        cls_of_label: dict[int, int] = {}
+        drawers: dict[int, set] = {}
+        for x, y in list(zip(sx[t], sy[t])) + list(zip(qx[t], qy[t])):
+            c, d = _identify(ds, x, table)
+            assert cls_of_label.setdefault(int(y), c) == c
+            assert d not in drawers.setdefault(c, set()), "support and query drawers must differ"
+            drawers[c].add(d)
+            seen_rot.add(c // ds.num_characters)
+        assert len(set(cls_of_label.values())) == N, "classes of a task are distinct"
+    assert len(seen_rot) > 1  # rotations occur
+
+    # reproducible from the generator; another seed gives other tasks
+    again = ds.sample(T, N, K, Q, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(ep, again))
+    other = ds.sample(T, N, K, Q, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(other.support_x, sx)
+
+
+def test_rotation_classes(fake, tmp_path):
+    root, _ = fake
+    ds = Omniglot(root, **_kw(tmp_path))
+    C = ds.num_characters
+    x = ds.images[1]
+    torch.testing.assert_close(ds[1][:, 0], x)
+    torch.testing.assert_close(ds[C + 1][:, 0], torch.rot90(x, 1, dims=(-2, -1)))
+    torch.testing.assert_close(ds[3 * C + 1][:, 0], torch.rot90(x, 3, dims=(-2, -1)))
+    plain = Omniglot(root, rotations=False, **_kw(tmp_path))
+    assert plain.num_classes == C
+    sx, sy, qx, qy = plain.sample(3, 2, 2, 1, generator=torch.Generator().manual_seed(0))
+    table = torch.stack([plain[c] for c in range(C)])
+    for img in sx.flatten(0, 1):
+        _identify(plain, img, table)
+
+
+def test_episode_sampler(fake, tmp_path):
+    root, _ = fake
+    ds = Omniglot(root, **_kw(tmp_path))
+    s = EpisodeSampler(ds, ways=2, shots=1, device="cpu", tasks_per_batch=4, seed=3)
+    a = s.sample()
+    assert a.support_x.shape == (4, 2, 1, 28, 28) and a.query_y.shape == (4, 2)
+    b = EpisodeSampler(ds, 2, 1, tasks_per_batch=4, seed=3).sample()
+    assert torch.equal(a.query_x, b.query_x)
+    assert next(iter(s)).support_x.shape == (4, 2, 1, 28, 28)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sample_on_cuda(fake, tmp_path):
+    root, _ = fake
+    ds = Omniglot(root, device="cuda", **_kw(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    ep = ds.sample(4, 3, 1, 1, generator=g)
+    assert all(t.is_cuda for t in ep)
+    cpu = Omniglot(root, **_kw(tmp_path)).sample(4, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(ep, cpu))
+
+
+# --------------------------------------------------------------------------- real data
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
+def test_real_omniglot():
+    """The shared archives, cached in $METAFAST_CACHE or ~/.cache/metafast (decoded once)."""
+    t0 = time.perf_counter()
+    train = Omniglot(REAL, split="train")
+    first = time.perf_counter() - t0
+    print(f"first Omniglot load (decode or cache): {first:.1f} s, cache {train.cache_path}")
+    t0 = time.perf_counter()
+    val, test = Omniglot(REAL, split="val"), Omniglot(REAL, split="test")
+    assert time.perf_counter() - t0 < 2.0  # two cached loads
+    assert (train.num_characters, val.num_characters, test.num_characters) == (1100, 100, 423)
+    assert (train.num_classes, val.num_classes, test.num_classes) == (4400, 400, 1692)
+    assert train.num_drawers == 20 and train.images.shape[-2:] == (28, 28)
+    all_names = set(train.characters) | set(val.characters) | set(test.characters)
+    assert len(all_names) == 1623
+    assert sum(n.startswith("images_evaluation/") for n in all_names) == 659
+    # ink is the minority of pixels and is bright
+    m = train.images.mean().item()
+    assert 0.03 < m < 0.25, m
+    ep = train.sample(32, 20, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (32, 100, 1, 28, 28) and ep.query_y.shape == (32, 100)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
+def test_real_decode_timing(tmp_path):
+    """Decode all 32,460 images into a fresh cache; a second load takes well under a second."""
+    t0 = time.perf_counter()
+    images, names, path = load_omniglot(REAL, cache_dir=tmp_path, progress=False)
+    decode = time.perf_counter() - t0
+    print(f"decoded 32,460 Omniglot images in {decode:.1f} s")
+    assert images.shape == (1623, 20, 28, 28) and path.parent == tmp_path
+    assert decode < 120
+    t0 = time.perf_counter()
+    load_omniglot(REAL, cache_dir=tmp_path, progress=False)
+    assert time.perf_counter() - t0 < 1.0
