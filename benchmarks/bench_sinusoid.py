@@ -297,6 +297,10 @@ VARIANTS: dict[str, Callable] = {
 }
 
 
+def _s(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1e3
+
+
 def _short(exc: BaseException, limit: int = 160) -> str:
     text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -436,7 +440,7 @@ def main(argv=None) -> int:
     for r in rows:
         table_rows.append({
             "_group": r["_group"], "problem": r["problem"], "config": r["config"], "variant": r["variant"],
-            "median": common.fmt_ms(r.get("median_ms")), "iqr": common.fmt_ms(r.get("iqr_ms") and r["iqr_ms"] / 1e3),
+            "median": common.fmt_ms(_s(r.get("median_ms"))), "iqr": common.fmt_ms(_s(r.get("iqr_ms"))),
             "eager": common.fmt_ratio(r.get("speedup_vs_eager")), "vmap": common.fmt_ratio(r.get("speedup_vs_vmap")),
             "mem": "n/a" if r.get("median_ms") and r.get("peak_mib") is None else
                    (None if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"),

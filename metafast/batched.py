@@ -222,7 +222,7 @@ class BatchedMAML(nn.Module):
             for _ in range(steps):
                 step_losses = batched_loss(params, support_x, support_y)
                 losses.append(step_losses)
-                grads = torch.autograd.grad(step_losses.sum(), params,
+                grads = torch.autograd.grad(step_losses.sum(), params, retain_graph=True,
                                             create_graph=grad_wanted and not self.first_order)
                 params = sgd_update(params, grads, self.inner_lr, None if self.inner_lrs is None else list(self.inner_lrs))
         support_losses = torch.stack(losses, 1)

@@ -26,7 +26,8 @@ def adapt_task(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tenso
     for _ in range(inner_steps):
         support_loss = loss_fn(functional_call(model, params, (x,)), y)
         losses.append(support_loss)
-        grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not first_order)
+        grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not first_order,
+                                    retain_graph=True)
         params = {
             name: p - (inner_lr if lrs is None else lrs[name]) * g
             for (name, p), g in zip(params.items(), grads)

@@ -10,7 +10,9 @@ __all__ = ["Conv4"]
 class Conv4(nn.Module):
     """Four conv blocks, a spatial mean and a linear head.
 
-    Each block is a 3x3 convolution (padding 1), batch norm and ReLU:
+    Each block is a 3x3 convolution (padding 1, no bias: the batch norm that
+    follows subtracts any per-channel constant, so a bias would only add
+    parameters whose gradient is exactly zero), batch norm and ReLU:
 
     * ``pooling="stride"`` (Omniglot in MAML): stride-2 convolutions,
       28 -> 14 -> 7 -> 4 -> 2;
@@ -59,7 +61,7 @@ class Conv4(nn.Module):
         blocks = []
         for i in range(4):
             layers = [
-                nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, stride=stride, padding=1),
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(hidden, eps=eps, affine=True, track_running_stats=False),
                 nn.ReLU(),
             ]

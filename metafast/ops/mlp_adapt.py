@@ -121,7 +121,9 @@ def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activat
         for _ in range(steps):
             task_loss = task_losses(mlp_forward(theta, support_x, sizes, activation), support_y, loss)
             losses.append(task_loss)
-            (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order)
+            # retain_graph: the support losses stay differentiable in first order too.
+            (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order,
+                                       retain_graph=True)
             theta = theta - rate * g
     adapted, support_losses = theta, torch.stack(losses, 1)
     if not grad_wanted:

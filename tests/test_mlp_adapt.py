@@ -1,0 +1,236 @@
+"""metafast::mlp_adapt against the per-task eager reference (float64, 1e-10),
+gradcheck/gradgradcheck, opcheck, float32 tolerance, errors, CUDA vs C++."""
+import random
+
+import pytest
+import torch
+
+import metafast
+from metafast.ops import mlp_adapt, mlp_adapt_torch, mlp_num_params
+from metafast.reference import adapt_task
+from conftest import max_rel_err, random_mlp_task, requires_extension
+
+TOL = 1e-10
+
+
+def random_config(seed):
+    rng = random.Random(seed)
+    depth = rng.randint(1, 5)
+    loss = rng.choice(["mse", "cross_entropy"])
+    sizes = [rng.randint(1, 12) for _ in range(depth + 1)]
+    if loss == "cross_entropy":
+        sizes[-1] = max(sizes[-1], 2)
+    return dict(sizes=sizes, steps=rng.randint(1, 5), tasks=rng.randint(1, 4), shots=rng.randint(1, 6),
+                activation=rng.choice(["relu", "tanh"]), loss=loss, meta_sgd=rng.random() < 0.5,
+                lr=rng.choice([0.05, 0.2, 0.5]))
+
+
+def eager_adapt(model, flat, lrs_flat, sx, sy, lr, steps, first_order, loss):
+    """The per-task eager loop, on the flat parameter layout of mlp_adapt."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    split = lambda v: dict(zip(names, [c.view(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes)]))
+    adapted, losses = [], []
+    for t in range(sx.shape[0]):
+        params, task_losses = adapt_task(model, split(flat), sx[t], sy[t], lr, steps, first_order, loss,
+                                         None if lrs_flat is None else split(lrs_flat))
+        adapted.append(torch.cat([params[n].reshape(-1) for n in names]))
+        losses.append(torch.stack(task_losses))
+    return torch.stack(adapted), torch.stack(losses)
+
+
+def meta_objective(adapted, losses, w_adapted, w_losses):
+    # Exercises both outputs' gradients (query-loss-like and support-loss terms).
+    return (adapted * w_adapted).sum() + (losses * w_losses).sum() + (adapted ** 2).sum() * 0.1
+
+
+def compare_to_reference(cfg, first_order, device="cpu", dtype=torch.float64, x_grad=True, seed=0):
+    torch.manual_seed(seed)
+    sizes = cfg["sizes"]
+    model = metafast.nn.MLP(sizes, cfg["activation"]).to(device, dtype)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
+    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_() if cfg["meta_sgd"] else None
+    sx, sy, _, _ = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], 1, cfg["loss"], dtype, device)
+    sx.requires_grad_(x_grad)
+    w_a = torch.randn(cfg["tasks"], flat.numel(), dtype=dtype, device=device)
+    w_l = torch.randn(cfg["tasks"], cfg["steps"], dtype=dtype, device=device)
+    inputs = [t for t in (flat, lrs, sx) if t is not None and t.requires_grad]
+
+    a, l = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lr=cfg["lr"], lrs=lrs, activation=cfg["activation"],
+                     loss=cfg["loss"], first_order=first_order)
+    got = torch.autograd.grad(meta_objective(a, l, w_a, w_l), inputs)
+    ra, rl = eager_adapt(model, flat, lrs, sx, sy, cfg["lr"], cfg["steps"], first_order, cfg["loss"])
+    want = torch.autograd.grad(meta_objective(ra, rl, w_a, w_l), inputs)
+    return max_rel_err([a, l], [ra, rl]), max_rel_err(got, want)
+
+
+@requires_extension
+@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_matches_eager_reference_float64(seed, first_order):
+    cfg = random_config(seed)
+    forward_err, grad_err = compare_to_reference(cfg, first_order, seed=seed)
+    assert forward_err < TOL, cfg
+    assert grad_err < TOL, cfg
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_torch_fallback_matches_reference(first_order):
+    cfg = random_config(3) | {"meta_sgd": True}
+    torch.manual_seed(0)
+    model = metafast.nn.MLP(cfg["sizes"], cfg["activation"]).double()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
+    lrs = torch.full_like(flat, 0.1).requires_grad_()
+    sx, sy, _, _ = random_mlp_task(cfg["sizes"], 3, 4, 1, cfg["loss"])
+    a, l = mlp_adapt_torch(flat, lrs, 0.0, sx, sy, cfg["sizes"], cfg["steps"], cfg["activation"], cfg["loss"],
+                           first_order)
+    ra, rl = eager_adapt(model, flat, lrs, sx, sy, 0.0, cfg["steps"], first_order, cfg["loss"])
+    got = torch.autograd.grad((a.sum() + l.sum()), [flat, lrs])
+    want = torch.autograd.grad((ra.sum() + rl.sum()), [flat, lrs])
+    assert max_rel_err(got, want) < TOL
+
+
+@requires_extension
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_gradcheck_gradgradcheck(loss):
+    # Second order only: the first-order backward deliberately is not the
+    # true Jacobian (it is checked against the first-order reference above).
+    first_order = False
+    torch.manual_seed(1)
+    sizes = [3, 4, 3]
+    p = torch.randn(mlp_num_params(sizes), dtype=torch.float64, requires_grad=True)
+    lrs = (torch.rand_like(p) * 0.3).requires_grad_()
+    sx, sy, _, _ = random_mlp_task(sizes, 2, 3, 1, loss)
+    sx.requires_grad_()
+
+    def f(p, lrs, sx):
+        return mlp_adapt(p, sx, sy, sizes, 2, lrs=lrs, activation="tanh", loss=loss, first_order=first_order)
+
+    assert torch.autograd.gradcheck(f, (p, lrs, sx))
+    assert torch.autograd.gradgradcheck(f, (p, lrs, sx))
+
+
+@requires_extension
+@pytest.mark.parametrize("meta_sgd", [False, True])
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_opcheck(meta_sgd, loss):
+    torch.manual_seed(2)
+    sizes = [2, 5, 3]
+    p = torch.randn(mlp_num_params(sizes), dtype=torch.float64, requires_grad=True)
+    lrs = torch.rand_like(p).requires_grad_() if meta_sgd else None
+    sx, sy, _, _ = random_mlp_task(sizes, 2, 4, 1, loss)
+    torch.library.opcheck(torch.ops.metafast.mlp_adapt.default, (p, lrs, 0.1, sx, sy, sizes, 2, "relu", loss, False))
+
+
+@requires_extension
+def test_float32_agrees_with_float64():
+    # Documented tolerance: float32 kernel vs float64, relative 1e-4 on the
+    # sinusoid-sized MLP with 5 steps (PyTorch's own float32 eager loop lands
+    # at the same order; compared below).
+    torch.manual_seed(3)
+    sizes = [1, 40, 40, 1]
+    p64 = torch.randn(mlp_num_params(sizes), dtype=torch.float64) * 0.3
+    sx, sy, _, _ = random_mlp_task(sizes, 4, 10, 1, "mse")
+    a64, l64 = mlp_adapt(p64, sx, sy, sizes, 5, lr=0.01)
+    a32, l32 = mlp_adapt(p64.float(), sx.float(), sy.float(), sizes, 5, lr=0.01)
+    t32, _ = mlp_adapt_torch(p64.float(), None, 0.01, sx.float(), sy.float(), sizes, 5)
+    kernel_err = max_rel_err([a32.double(), l32.double()], [a64, l64])
+    torch_err = max_rel_err([t32.double()], [a64])
+    assert kernel_err < 1e-4
+    assert kernel_err < 10 * torch_err + 1e-6
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(activation="gelu"), "unsupported activation"),
+        (dict(loss="hinge"), "unsupported loss"),
+        (dict(sizes=[2, 5, 4]), "flat vector"),
+        (dict(sx=torch.randn(2, 4, 3, dtype=torch.float64)), "support_x must be"),
+        (dict(sx=torch.randn(2, 4, 2, dtype=torch.float32)), "dtype"),
+        (dict(sy=torch.randn(2, 4, 3, dtype=torch.float64)), "cross-entropy support_y"),
+        (dict(sy=torch.tensor([[0, 1, 2, 3]] * 2)), "class labels must be in"),
+        (dict(sx=torch.randn(2, 0, 2, dtype=torch.float64), sy=torch.zeros(2, 0, dtype=torch.int64)), "empty"),
+        (dict(steps=0), "steps"),
+        (dict(p=torch.randn(33, dtype=torch.float64, device="meta")), "device|meta"),
+    ],
+)
+def test_bad_input_names_the_problem(change, match):
+    sizes = [2, 5, 3]
+    args = dict(p=torch.randn(mlp_num_params(sizes), dtype=torch.float64), sx=torch.randn(2, 4, 2, dtype=torch.float64),
+                sy=torch.randint(0, 3, (2, 4)), sizes=sizes, steps=1, activation="relu", loss="cross_entropy")
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        mlp_adapt(args["p"], args["sx"], args["sy"], args["sizes"], args["steps"], activation=args["activation"],
+                  loss=args["loss"])
+
+
+@requires_extension
+def test_op_itself_checks_inputs():
+    sizes = [2, 5, 3]
+    p = torch.randn(mlp_num_params(sizes), dtype=torch.float64)
+    sx = torch.randn(2, 4, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="class labels must be in"):
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.full((2, 4), 7), sizes, 1, "relu", "cross_entropy", False)
+    with pytest.raises(RuntimeError, match="unsupported activation"):
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), sizes, 1, "elu",
+                                     "cross_entropy", False)
+
+
+def _poison_cuda_allocator():
+    # Fill the caching allocator's free blocks with NaN so that an output
+    # element the kernel forgets to write shows up as NaN.
+    junk = torch.full((64 << 20,), float("nan"), device="cuda")
+    del junk
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cuda_matches_cpu_kernel(seed, first_order):
+    cfg = random_config(100 + seed)
+    cfg["sizes"] = [max(s, 1) * (1 + seed % 3) * 7 for s in cfg["sizes"]]  # wider: several lanes per row
+    if cfg["loss"] == "cross_entropy":
+        cfg["sizes"][-1] = min(cfg["sizes"][-1], 20)
+    torch.manual_seed(seed)
+    sizes = cfg["sizes"]
+    p = torch.randn(mlp_num_params(sizes), dtype=torch.float64) * 0.3
+    lrs = torch.rand_like(p) * 0.1 if cfg["meta_sgd"] else None
+    sx, sy, _, _ = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], 1, cfg["loss"])
+    args = (lrs, 0.05, sx, sy, sizes, cfg["steps"], cfg["activation"], cfg["loss"], first_order)
+    cpu = torch.ops.metafast.mlp_adapt(p, *args)
+    _poison_cuda_allocator()
+    to = lambda t: None if t is None else t.cuda()
+    gpu = torch.ops.metafast.mlp_adapt(p.cuda(), *[to(a) if isinstance(a, torch.Tensor) else a for a in args])
+    for c, g in zip(cpu, gpu):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-12, atol=1e-12)
+    ga, gl = torch.randn_like(cpu[0]), torch.randn_like(cpu[1])
+    bargs = (p, lrs, 0.05, sx, sy, sizes, cfg["activation"], cfg["loss"], first_order, lrs is not None, True)
+    cpu_b = torch.ops.metafast.mlp_adapt_backward(ga, gl, cpu[2], *bargs)
+    _poison_cuda_allocator()
+    gpu_b = torch.ops.metafast.mlp_adapt_backward(ga.cuda(), gl.cuda(), gpu[2],
+                                                  *[to(a) if isinstance(a, torch.Tensor) else a for a in bargs])
+    for c, g in zip(cpu_b, gpu_b):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("first_order", [False, True])
+def test_cuda_matches_reference(first_order):
+    for seed in range(6):
+        forward_err, grad_err = compare_to_reference(random_config(200 + seed), first_order, device="cuda")
+        assert forward_err < TOL and grad_err < TOL
+
+
+@pytest.mark.cuda
+def test_cuda_large_widths_and_depth():
+    # The fused path serves widths up to 256 and 5+ layers (Omniglot MLP shape).
+    sizes = [784, 256, 128, 64, 64, 5]
+    torch.manual_seed(0)
+    p = torch.randn(mlp_num_params(sizes), dtype=torch.float64, device="cuda") * 0.05
+    sx, sy, _, _ = random_mlp_task(sizes, 4, 5, 1, "cross_entropy", device="cuda")
+    a, l = mlp_adapt(p, sx, sy, sizes, 2, lr=0.4, loss="cross_entropy")
+    ra, rl = mlp_adapt_torch(p, None, 0.4, sx, sy, sizes, 2, "relu", "cross_entropy")
+    assert max_rel_err([a, l], [ra, rl]) < TOL
