@@ -18,12 +18,14 @@ iteration, arguments, history, random state; ``--resume`` continues from it),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,7 +45,8 @@ _TEST_SEED = 2_000_003
 _STRUCTURAL = ("ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batch", "meta_lr", "first_order",
                "meta_sgd", "anil", "hidden", "seed", "split_seed")
 # arguments of this invocation only, never taken from the checkpoint
-_SESSION = ("dataset", "out", "resume", "overwrite", "data_dir", "cache_dir", "device", "quiet", "iterations")
+_SESSION = ("dataset", "out", "resume", "overwrite", "data_dir", "cache_dir", "device", "quiet", "iterations",
+            "threads")
 
 
 class CLIError(Exception):
@@ -87,6 +90,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-tasks", type=int, default=600, help="test tasks at the end (0: skip)")
     p.add_argument("--test-steps", type=int, default=None,
                    help="inner steps at validation and test (default max(3, --inner-steps))")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -107,6 +111,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=_TEST_SEED, help="seed of the test episodes")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -116,6 +121,23 @@ def _parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
         return parser.parse_args(list(argv))
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return int(e.code) if isinstance(e.code, int) else 2
+
+
+@contextlib.contextmanager
+def _session(a: argparse.Namespace):
+    """Thread count and warning filters for one command, restored afterwards."""
+    threads = torch.get_num_threads()
+    if a.threads is not None:
+        if a.threads < 1:
+            raise CLIError(f"--threads must be at least 1, got {a.threads}")
+        torch.set_num_threads(a.threads)
+    try:
+        with warnings.catch_warnings():
+            # Conv-4 always runs on BatchedMAML's torch backend unless ANIL: no need to warn
+            warnings.filterwarnings("ignore", message="BatchedMAML: using the torch backend", category=RuntimeWarning)
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
@@ -309,7 +331,8 @@ def main_train(argv) -> int:
     if isinstance(a, int):
         return a
     try:
-        return _train(a, list(argv))
+        with _session(a):
+            return _train(a, list(argv))
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -472,7 +495,8 @@ def main_eval(argv) -> int:
     if isinstance(a, int):
         return a
     try:
-        return _eval(a)
+        with _session(a):
+            return _eval(a)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
