@@ -1,0 +1,42 @@
+"""Command line: python -m metafast {demo,train,eval,info} ..."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m metafast COMMAND [options]
+
+commands:
+  demo                 meta-train the MAML paper's sinusoid model and compare with the paper
+  train omniglot ...   meta-train Conv-4 on Omniglot (see `train omniglot --help`)
+  eval CHECKPOINT ...  evaluate a saved Omniglot checkpoint on test tasks
+  info                 print versions and which kernels are compiled in
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from metafast.demo import main as demo_main
+        return demo_main(rest)
+    if command == "train":
+        from metafast.train import main_train
+        return main_train(rest)
+    if command == "eval":
+        from metafast.train import main_eval
+        return main_eval(rest)
+    if command == "info":
+        import json
+
+        import metafast
+        print(json.dumps(metafast.build_info(), indent=2))
+        return 0
+    print(f"metafast: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
