@@ -39,8 +39,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"error: --device {name} requested but CUDA is not available "
-                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
+        print(f"error: --device {name} requested but CUDA is not available "
+              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})", file=sys.stderr)
+        sys.exit(2)
     return torch.device(name)
 
 

@@ -35,7 +35,7 @@ PAPER_MSE = {
     "pretrained": {"1": 2.41, "5": 2.23, "10": 2.19},
 }
 EVAL_STEPS = (1, 5, 10)
-DEFAULT_ITERATIONS = 15_000
+DEFAULT_ITERATIONS = 10_000
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=_positive_int, default=10, help="query points per task in meta-training")
     p.add_argument("--test-tasks", type=_positive_int, default=600, help="held-out tasks to evaluate")
     p.add_argument("--test-shots", type=_positive_int, default=5, help="support points per test task")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default 1 on the CPU: this network's ops are too small to share, "
+                        "and extra threads only contend)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the pretrained (joint regression) baseline")
     p.add_argument("--no-plot", action="store_true", help="do not write sinusoid.png")
@@ -240,6 +243,15 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m metafast demo``: returns the exit status (0 ok, 2 usage/device errors)."""
+    threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(threads)  # the demo may lower it; leave callers (tests) as they were
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # tolerate `main(["demo", ...])`
         argv = argv[1:]
@@ -249,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(device, str):
         print(f"metafast demo: error: {device}", file=sys.stderr)
         return 2
+
+    if args.threads is not None or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
 
     import metafast
     from tqdm.auto import tqdm
@@ -267,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_gen = torch.Generator().manual_seed(args.seed)
 
     order = "first-order" if args.first_order else "second-order"
-    print(f"metafast {metafast.__version__} demo: sinusoid regression, {order} MAML, device {device}, "
-          f"backend {args.backend!r}")
+    print(f"metafast {metafast.__version__} demo: sinusoid regression, {order} MAML, device {device}"
+          f"{f' ({torch.get_num_threads()} thread(s))' if device.type == 'cpu' else ''}, backend {args.backend!r}")
     print(f"meta-training {args.iterations:,} iterations (the paper used {PAPER_ITERATIONS:,}): "
           f"K={args.shots} support + {args.queries} query points, 1 inner step at alpha={args.inner_lr:g}, "
           f"meta-batch {args.meta_batch}, Adam {args.meta_lr:g}")
@@ -355,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "first_order": args.first_order, "meta_batch": args.meta_batch, "inner_lr": args.inner_lr,
             "meta_lr": args.meta_lr, "shots": args.shots, "queries": args.queries, "inner_steps_train": 1,
             "test_tasks": args.test_tasks, "test_shots": args.test_shots, "test_queries": 100,
+            "threads": torch.get_num_threads(),
             "network": [1, 40, 40, 1], "amplitude": AMPLITUDE, "phase": PHASE, "x_range": X_RANGE,
         },
         "train": {

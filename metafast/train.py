@@ -321,7 +321,7 @@ def _versions() -> dict:
         mf = getattr(metafast, "__version__", "unknown")
     except Exception:  # pragma: no cover
         mf = "unknown"
-    return {"torch": torch.__version__, "metafast": mf}
+    return {"torch": str(torch.__version__), "metafast": str(mf)}
 
 
 # --------------------------------------------------------------------------- train

@@ -1,9 +1,11 @@
 """Installation facts: build_info, and the pure-PyTorch path when _C is
 missing or was built against another torch."""
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import metafast
@@ -18,6 +20,17 @@ def test_build_info_fields():
         assert info["built_torch_version"] == torch.__version__
         if info["cuda_kernels"]:
             assert "90" in info["cuda_archs"]
+
+
+def test_extension_loaded_when_required():
+    # CI sets METAFAST_REQUIRE_EXTENSION=1 so that a broken build cannot pass
+    # by skipping every kernel test.
+    if os.environ.get("METAFAST_REQUIRE_EXTENSION") != "1":
+        pytest.skip("METAFAST_REQUIRE_EXTENSION is not set")
+    info = metafast.build_info()
+    assert info["extension"], info["extension_error"]
+    if os.environ.get("METAFAST_WITH_CUDA") == "1":
+        assert info["cuda_kernels"]
 
 
 def _run(prelude: str) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ namespace metafast {
 namespace {
 
 struct BlockLanes {
+  static constexpr bool kSerial = false;
   __device__ __forceinline__ int lane() const { return threadIdx.x; }
   __device__ __forceinline__ int count() const { return blockDim.x; }
   __device__ __forceinline__ void sync() const { __syncthreads(); }

@@ -66,6 +66,147 @@ struct ScaledDirection {
   MF_HD T operator[](int64_t p) const { return (lrs ? lrs[p] : lr) * v[p]; }
 };
 
+// ---------------------------------------------------------------------------
+// One layer of the backward pass (and its tangent):
+//   dW[j,i] = Σ_k δ[k,j]·in[k,i]            ḋW = Σ_k δ̇·in + δ·ḣ_in
+//   db[j]   = Σ_k δ[k,j]                    ḋb = Σ_k δ̇
+//   δ_{l-1} = σ'(z)·(δ W)                   δ̇_{l-1} = σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W)
+//   at the input: ∂L/∂x = δ_1 W_1, with tangent δ̇_1 W_1 + δ_1 u_W1.
+// Two decompositions of the same sums, in the same order over k and j: the GPU
+// gives each thread one output and reduces in registers; the CPU accumulates
+// outer products row by row so its inner loops are contiguous and vectorize.
+// ---------------------------------------------------------------------------
+template <typename T, typename Lanes>
+MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
+                                   const T* W, const T* in, const T* in_dot, const T* dz, const T* dz_dot,
+                                   MlpWorkspace<T>& ws, const ScaledDirection<T>* dir, bool input_grad) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
+    const int j = idx / din, i = idx % din;
+    T g = T(0), gd = T(0);
+    for (int k = 0; k < K; ++k) {
+      const T in_ki = in[int64_t(k) * din + i];
+      g += dz[int64_t(k) * dout + j] * in_ki;
+      if (dir) {
+        gd += dz_dot[int64_t(k) * dout + j] * in_ki;
+        if (in_dot) gd += dz[int64_t(k) * dout + j] * in_dot[int64_t(k) * din + i];
+      }
+    }
+    ws.grad[m.weight_offset[l] + idx] = g;
+    if (dir) ws.hvp[m.weight_offset[l] + idx] = gd;
+  }
+  for (int j = lanes.lane(); j < dout; j += lanes.count()) {
+    T g = T(0), gd = T(0);
+    for (int k = 0; k < K; ++k) {
+      g += dz[int64_t(k) * dout + j];
+      if (dir) gd += dz_dot[int64_t(k) * dout + j];
+    }
+    ws.grad[m.bias_offset[l] + j] = g;
+    if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
+  }
+  if (l == 1 && !input_grad) return;
+  const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
+  for (int idx = lanes.lane(); idx < K * din; idx += lanes.count()) {
+    const int k = idx / din, i = idx % din;
+    T s = T(0), s_dot = T(0);
+    for (int j = 0; j < dout; ++j) {
+      const T w = W[int64_t(j) * din + i];
+      s += dz[int64_t(k) * dout + j] * w;
+      if (dir) {
+        s_dot += dz_dot[int64_t(k) * dout + j] * w;
+        s_dot += dz[int64_t(k) * dout + j] * (*dir)[m.weight_offset[l] + int64_t(j) * din + i];
+      }
+    }
+    if (l == 1) {
+      ws.dx[idx] = s;
+      if (dir) ws.dx_dot[idx] = s_dot;
+    } else {
+      const T h = ws.h[prev + idx];
+      const T d1 = activation_grad(act, h);
+      ws.dz[prev + idx] = d1 * s;
+      if (dir) ws.dz_dot[prev + idx] = d1 * s_dot + activation_grad2(act, h) * ws.z_dot[prev + idx] * s;
+    }
+  }
+}
+
+template <typename T>
+MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int K, const T* W, const T* in,
+                                 const T* in_dot, const T* dz, const T* dz_dot, MlpWorkspace<T>& ws,
+                                 const ScaledDirection<T>* dir, bool input_grad) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  T* gW = ws.grad + m.weight_offset[l];
+  T* hW = ws.hvp + m.weight_offset[l];
+  T* gb = ws.grad + m.bias_offset[l];
+  T* hb = ws.hvp + m.bias_offset[l];
+  for (int64_t p = 0; p < int64_t(dout) * din; ++p) gW[p] = T(0);
+  for (int j = 0; j < dout; ++j) gb[j] = T(0);
+  if (dir) {
+    for (int64_t p = 0; p < int64_t(dout) * din; ++p) hW[p] = T(0);
+    for (int j = 0; j < dout; ++j) hb[j] = T(0);
+  }
+  for (int k = 0; k < K; ++k) {
+    const T* in_k = in + int64_t(k) * din;
+    const T* ind_k = in_dot ? in_dot + int64_t(k) * din : nullptr;
+    for (int j = 0; j < dout; ++j) {
+      const T c = dz[int64_t(k) * dout + j];
+      T* g_row = gW + int64_t(j) * din;
+      MF_SIMD
+      for (int i = 0; i < din; ++i) g_row[i] += c * in_k[i];
+      gb[j] += c;
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        T* h_row = hW + int64_t(j) * din;
+        MF_SIMD
+        for (int i = 0; i < din; ++i) h_row[i] += cd * in_k[i];
+        if (ind_k) {
+          MF_SIMD
+          for (int i = 0; i < din; ++i) h_row[i] += c * ind_k[i];
+        }
+        hb[j] += cd;
+      }
+    }
+  }
+  if (l == 1 && !input_grad) return;
+  // s = δ W and ṡ = δ̇ W + δ u_W, accumulated row by row into the outputs.
+  const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
+  T* s_out = l > 1 ? ws.dz + prev : ws.dx;
+  T* sd_out = l > 1 ? ws.dz_dot + prev : ws.dx_dot;
+  for (int64_t p = 0; p < int64_t(K) * din; ++p) s_out[p] = T(0);
+  if (dir)
+    for (int64_t p = 0; p < int64_t(K) * din; ++p) sd_out[p] = T(0);
+  for (int k = 0; k < K; ++k) {
+    T* s_k = s_out + int64_t(k) * din;
+    T* sd_k = sd_out + int64_t(k) * din;
+    for (int j = 0; j < dout; ++j) {
+      const T c = dz[int64_t(k) * dout + j];
+      const T* w_row = W + int64_t(j) * din;
+      MF_SIMD
+      for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        const T* v_row = dir->v + m.weight_offset[l] + int64_t(j) * din;
+        const T* r_row = dir->lrs ? dir->lrs + m.weight_offset[l] + int64_t(j) * din : nullptr;
+        MF_SIMD
+        for (int i = 0; i < din; ++i) sd_k[i] += cd * w_row[i];
+        if (r_row) {
+          MF_SIMD
+          for (int i = 0; i < din; ++i) sd_k[i] += c * (r_row[i] * v_row[i]);
+        } else {
+          MF_SIMD
+          for (int i = 0; i < din; ++i) sd_k[i] += c * (dir->lr * v_row[i]);
+        }
+      }
+    }
+  }
+  if (l == 1) return;
+  for (int64_t p = 0; p < int64_t(K) * din; ++p) {
+    const T h = ws.h[prev + p];
+    const T d1 = activation_grad(act, h);
+    if (dir) sd_out[p] = d1 * sd_out[p] + activation_grad2(act, h) * ws.z_dot[prev + p] * s_out[p];
+    s_out[p] = d1 * s_out[p];
+  }
+}
+
 // Support loss at θ, its gradient into ws.grad and — when `dir` is given —
 // the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
 // MLP: a tangent pass alongside the forward pass and alongside the backward).
@@ -89,6 +230,7 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       const T* w_row = W + int64_t(j) * din;
       const T* x_row = in + int64_t(k) * din;
       T acc = b[j];
+      MF_SIMD_SUM(acc)
       for (int i = 0; i < din; ++i) acc += w_row[i] * x_row[i];
       const int64_t o = (int64_t(K) * m.act_offset[l]) + idx;
       ws.z[o] = acc;
@@ -97,9 +239,11 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       if (dir) {  // ż = u_b + u_W·in + W·ḣ_in ; ḣ = σ'(z)·ż
         const int64_t uw = m.weight_offset[l] + int64_t(j) * din;
         T t = (*dir)[m.bias_offset[l] + j];
+        MF_SIMD_SUM(t)
         for (int i = 0; i < din; ++i) t += (*dir)[uw + i] * x_row[i];
         if (in_dot) {
           const T* xd_row = in_dot + int64_t(k) * din;
+          MF_SIMD_SUM(t)
           for (int i = 0; i < din; ++i) t += w_row[i] * xd_row[i];
         }
         ws.z_dot[o] = t;
@@ -136,55 +280,10 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
     const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
     const T* dz = ws.dz + (int64_t(K) * m.act_offset[l]);
     const T* dz_dot = ws.dz_dot + (int64_t(K) * m.act_offset[l]);
-    // dW[j,i] = Σ_k δ[k,j]·in[k,i]   (tangent: δ̇·in + δ·ḣ_in)
-    for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
-      const int j = idx / din, i = idx % din;
-      T g = T(0), gd = T(0);
-      for (int k = 0; k < K; ++k) {
-        const T in_ki = in[int64_t(k) * din + i];
-        g += dz[int64_t(k) * dout + j] * in_ki;
-        if (dir) {
-          gd += dz_dot[int64_t(k) * dout + j] * in_ki;
-          if (in_dot) gd += dz[int64_t(k) * dout + j] * in_dot[int64_t(k) * din + i];
-        }
-      }
-      ws.grad[m.weight_offset[l] + idx] = g;
-      if (dir) ws.hvp[m.weight_offset[l] + idx] = gd;
-    }
-    // db[j] = Σ_k δ[k,j]
-    for (int j = lanes.lane(); j < dout; j += lanes.count()) {
-      T g = T(0), gd = T(0);
-      for (int k = 0; k < K; ++k) {
-        g += dz[int64_t(k) * dout + j];
-        if (dir) gd += dz_dot[int64_t(k) * dout + j];
-      }
-      ws.grad[m.bias_offset[l] + j] = g;
-      if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
-    }
-    // δ_{l-1} = σ'(z)·(δ W)   (tangent: σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W));
-    // at the input, ∂L/∂x = δ_1 W_1 (tangent: δ̇_1 W_1 + δ_1 u_W1).
-    if (l > 1 || input_grad) {
-      const int64_t prev = l > 1 ? (int64_t(K) * m.act_offset[l - 1]) : 0;
-      for (int idx = lanes.lane(); idx < K * din; idx += lanes.count()) {
-        const int k = idx / din, i = idx % din;
-        T s = T(0), s_dot = T(0);
-        for (int j = 0; j < dout; ++j) {
-          const T w = W[int64_t(j) * din + i];
-          s += dz[int64_t(k) * dout + j] * w;
-          if (dir)
-            s_dot += dz_dot[int64_t(k) * dout + j] * w +
-                     dz[int64_t(k) * dout + j] * (*dir)[m.weight_offset[l] + int64_t(j) * din + i];
-        }
-        if (l == 1) {
-          ws.dx[idx] = s;
-          if (dir) ws.dx_dot[idx] = s_dot;
-          continue;
-        }
-        const T h = ws.h[prev + idx];
-        const T d1 = activation_grad(act, h);
-        ws.dz[prev + idx] = d1 * s;
-        if (dir) ws.dz_dot[prev + idx] = d1 * s_dot + activation_grad2(act, h) * ws.z_dot[prev + idx] * s;
-      }
+    if constexpr (Lanes::kSerial) {
+      serial_backward_layer(m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad);
+    } else {
+      parallel_backward_layer(lanes, m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad);
     }
     lanes.sync();
   }

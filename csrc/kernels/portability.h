@@ -11,6 +11,17 @@
 #define MF_HD inline
 #endif
 
+// Vectorization hints for the host compiler (g++ -fopenmp-simd). A SIMD sum
+// reassociates, so the CPU may differ from the GPU in the last bits.
+#define MF_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDACC__)
+#define MF_SIMD
+#define MF_SIMD_SUM(v)
+#else
+#define MF_SIMD MF_PRAGMA(omp simd)
+#define MF_SIMD_SUM(v) MF_PRAGMA(omp simd reduction(+ : v))
+#endif
+
 namespace metafast {
 
 // Lanes: who shares a task's work. Loops are written
@@ -18,6 +29,7 @@ namespace metafast {
 // and phases are separated by lanes.sync(). On the CPU one lane does all of
 // it (SerialLanes); on the GPU a thread block does (BlockLanes, in the .cu).
 struct SerialLanes {
+  static constexpr bool kSerial = true;
   MF_HD int lane() const { return 0; }
   MF_HD int count() const { return 1; }
   MF_HD void sync() const {}
