@@ -22,9 +22,14 @@ from torch.func import functional_call, vmap
 from metafast.losses import resolve_loss
 from metafast.nn.mlp import mlp_spec
 from metafast.ops import mlp_adapt, mlp_forward, sgd_update
+from metafast.ops.mlp_adapt import task_losses
 from metafast.ops._dispatch import kernel_available
 
 BACKENDS = ("auto", "fused", "torch")
+# On the CPU the fused kernel (vectorized loops, one task per thread) beats
+# batched BLAS only while the per-task work is small; above this many
+# parameter·example products per task, "auto" prefers the torch backend.
+CPU_FUSED_MAX_WORK = 1_000_000
 
 
 @dataclass
@@ -193,6 +198,11 @@ class BatchedMAML(nn.Module):
         if self.backend == "torch":
             return "torch"
         reason = self._fused_reason(support_x)
+        if reason is None and self.backend == "auto" and support_x.device.type == "cpu":
+            work = sum(dict(self.model.named_parameters())[n].numel() for n in self.adapt_names) * support_x.shape[1]
+            if work > CPU_FUSED_MAX_WORK:
+                reason = (f"on the CPU, batched BLAS is faster for this model size ({work:,} parameter-examples per "
+                          f"task > {CPU_FUSED_MAX_WORK:,}); pass backend='fused' to force the kernel")
         if self.backend == "fused" and reason is not None:
             raise ValueError(f"BatchedMAML(backend='fused') cannot serve this call: {reason}")
         if reason is not None:
@@ -287,7 +297,10 @@ class BatchedMAML(nn.Module):
         else:
             params, support_losses = self._adapt_torch(support_x, support_y, self.inner_steps)
             query_output = self.predict(params, query_x)
-        loss = vmap(self.loss_fn)(query_output, query_y).mean()
+        if self.loss_name is not None and query_output.dim() == 3:
+            loss = task_losses(query_output, query_y, self.loss_name).mean()  # no vmap overhead
+        else:
+            loss = vmap(self.loss_fn)(query_output, query_y).mean()
         accuracy = None
         if self.loss_name == "cross_entropy":
             accuracy = (query_output.detach().argmax(-1) == query_y).float().mean()

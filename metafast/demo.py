@@ -341,6 +341,9 @@ def _main(argv: Sequence[str] | None) -> int:
     print(f"Test MSE on {args.test_tasks} held-out tasks, K={args.test_shots} shots, SGD alpha={args.inner_lr:g} "
           f"from the learned init (mean ± 95% interval, lower is better):")
     print(_table(rows))
+    if pretrained_res is not None:
+        print(f"pretrained: the same network trained by plain regression on points pooled over tasks "
+              f"({args.iterations:,} Adam steps), then fine-tuned like MAML's init.")
 
     os.makedirs(args.out, exist_ok=True)
     plot_path = os.path.join(args.out, "sinusoid.png")

@@ -530,3 +530,10 @@ def _eval(a: argparse.Namespace) -> int:
                        "setting": _setting(run), **r, "paper": PAPER_ACCURACY.get((run.ways, run.shots))},
                       f, indent=2)
     return 0
+
+
+if __name__ == "__main__":  # python -m metafast.train [train] omniglot ... | eval CHECKPOINT ...
+    _argv = sys.argv[1:]
+    if _argv[:1] == ["eval"]:
+        sys.exit(main_eval(_argv[1:]))
+    sys.exit(main_train(_argv[1:] if _argv[:1] == ["train"] else _argv))

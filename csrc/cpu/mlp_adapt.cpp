@@ -12,6 +12,25 @@
 namespace metafast {
 namespace {
 
+// The per-task loops are compiled for several x86 levels (SSE2, AVX2+FMA,
+// AVX-512) and the best one the CPU supports is picked at load time; flatten
+// inlines the whole shared algorithm into each clone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MF_CPU_CLONES __attribute__((flatten, target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+#else
+#define MF_CPU_CLONES
+#endif
+
+#define MF_DEFINE_TASK_RUNNERS(T)                                                                  \
+  MF_CPU_CLONES void run_forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) { \
+    for (int64_t t = begin; t < end; ++t) mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t));      \
+  }                                                                                                \
+  MF_CPU_CLONES void run_backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) { \
+    for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t));     \
+  }
+MF_DEFINE_TASK_RUNNERS(float)
+MF_DEFINE_TASK_RUNNERS(double)
+
 void check_labels_cpu(const MlpAdaptConfig& c, const at::Tensor& y) {
   if (c.loss != Loss::CrossEntropy) return;
   const int64_t* lab = y.data_ptr<int64_t>();
@@ -41,9 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_cpu(
   AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "metafast::mlp_adapt_cpu", [&] {
     const auto a = forward_args<scalar_t>(c, lr, init, lrs.has_value() ? &lrs_c : nullptr, x, y, adapted,
                                           losses, trajectory, workspace);
-    at::parallel_for(0, c.tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) mlp_adapt_forward_task<scalar_t>(SerialLanes{}, a, int(t));
-    });
+    at::parallel_for(0, c.tasks, 1, [&](int64_t begin, int64_t end) { run_forward_tasks(a, begin, end); });
   });
   return {adapted, losses, trajectory};
 }
@@ -71,9 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_adapt_backward_cpu(
     const auto a = backward_args<scalar_t>(c, lr, first_order, lrs.has_value() ? &lrs_c : nullptr, ga, gl, tr,
                                            x, y, grad_init, lrs_grad ? &grad_lrs : nullptr,
                                            x_grad ? &grad_x : nullptr, workspace);
-    at::parallel_for(0, c.tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<scalar_t>(SerialLanes{}, a, int(t));
-    });
+    at::parallel_for(0, c.tasks, 1, [&](int64_t begin, int64_t end) { run_backward_tasks(a, begin, end); });
   });
   return {grad_init, grad_lrs, grad_x};
 }

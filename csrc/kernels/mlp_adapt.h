@@ -23,11 +23,12 @@ struct MlpLayout {
   int64_t act_width = 0;                // D = d_1 + ... + d_L
 };
 
-// Per-task workspace (elements): gradient, Hessian-vector product, six
+// Per-task workspace (elements): gradient, Hessian-vector product and its
+// direction, six
 // activation buffers (z, h, δ and their tangents), per-example losses, and the
 // input gradient with its tangent.
 MF_HD int64_t mlp_workspace_size(const MlpLayout& m, int shots) {
-  return 2 * m.num_params + 6 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
+  return 3 * m.num_params + 6 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
 }
 
 template <typename T>
@@ -40,12 +41,13 @@ struct MlpTaskData {
 
 template <typename T>
 struct MlpWorkspace {
-  T *grad, *hvp, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss, *dx, *dx_dot;
+  T *grad, *hvp, *dir, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss, *dx, *dx_dot;
   MF_HD MlpWorkspace(T* base, const MlpLayout& m, int shots) {
     const int64_t a = int64_t(shots) * m.act_width;
     grad = base;
     hvp = grad + m.num_params;
-    z = hvp + m.num_params;
+    dir = hvp + m.num_params;
+    z = dir + m.num_params;
     h = z + a;
     dz = h + a;
     z_dot = dz + a;
@@ -57,13 +59,12 @@ struct MlpWorkspace {
   }
 };
 
-// Direction of the Hessian-vector product: u = α ⊙ v.
+// Direction of the Hessian-vector product, u = α ⊙ v, materialised once per
+// step so the inner loops read it contiguously.
 template <typename T>
 struct ScaledDirection {
-  const T* v;
-  const T* lrs;  // per-parameter rates, or nullptr for the scalar lr
-  T lr;
-  MF_HD T operator[](int64_t p) const { return (lrs ? lrs[p] : lr) * v[p]; }
+  const T* u;
+  MF_HD T operator[](int64_t p) const { return u[p]; }
 };
 
 // ---------------------------------------------------------------------------
@@ -184,17 +185,11 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
       for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
       if (dir) {
         const T cd = dz_dot[int64_t(k) * dout + j];
-        const T* v_row = dir->v + m.weight_offset[l] + int64_t(j) * din;
-        const T* r_row = dir->lrs ? dir->lrs + m.weight_offset[l] + int64_t(j) * din : nullptr;
+        const T* u_row = dir->u + m.weight_offset[l] + int64_t(j) * din;
         MF_SIMD
         for (int i = 0; i < din; ++i) sd_k[i] += cd * w_row[i];
-        if (r_row) {
-          MF_SIMD
-          for (int i = 0; i < din; ++i) sd_k[i] += c * (r_row[i] * v_row[i]);
-        } else {
-          MF_SIMD
-          for (int i = 0; i < din; ++i) sd_k[i] += c * (dir->lr * v_row[i]);
-        }
+        MF_SIMD
+        for (int i = 0; i < din; ++i) sd_k[i] += c * u_row[i];
       }
     }
   }
@@ -386,9 +381,13 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   if (x_bar)
     for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) x_bar[i] = T(0);
   lanes.sync();
-  const ScaledDirection<T> dir{v, a.lrs, a.lr};
+  const ScaledDirection<T> dir{ws.dir};
   for (int s = a.steps - 1; s >= 0; --s) {
     const T* theta = a.trajectory + (int64_t(task) * a.steps + s) * P;
+    if (a.second_order) {
+      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = (a.lrs ? a.lrs[p] : a.lr) * v[p];
+      lanes.sync();
+    }
     mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, a.second_order ? &dir : nullptr,
                          x_bar != nullptr);
     const T loss_bar = a.grad_losses[int64_t(task) * a.steps + s];

@@ -35,7 +35,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -195,7 +195,8 @@ def _dir_writable(path: Path) -> bool:
         st = path.stat()
     except OSError:
         return False
-    return path.is_dir() and bool(st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(path, os.W_OK | os.X_OK)
+    any_write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    return path.is_dir() and bool(st.st_mode & any_write) and os.access(path, os.W_OK | os.X_OK)
 
 
 def default_cache_dir() -> Path:
