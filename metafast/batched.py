@@ -234,7 +234,10 @@ class BatchedMAML(nn.Module):
                 losses.append(step_losses)
                 grads = torch.autograd.grad(step_losses.sum(), params, retain_graph=True,
                                             create_graph=grad_wanted and not self.first_order)
-                params = sgd_update(params, grads, self.inner_lr, None if self.inner_lrs is None else list(self.inner_lrs))
+                # One multi-tensor launch on the GPU; plain arithmetic on the CPU.
+                params = sgd_update(params, grads, self.inner_lr,
+                                    None if self.inner_lrs is None else list(self.inner_lrs),
+                                    use_kernel=None if support_x.is_cuda else False)
         support_losses = torch.stack(losses, 1)
         if not grad_wanted:
             params, support_losses = [p.detach() for p in params], support_losses.detach()

@@ -67,19 +67,22 @@ def sgd_update(
     grads: Sequence[torch.Tensor],
     lr: float = 0.0,
     lrs: Sequence[torch.Tensor] | None = None,
+    use_kernel: bool | None = None,
 ) -> list[torch.Tensor]:
     """Functional SGD step for every tensor of a list in one call.
 
     ``out[i] = params[i] - lr * grads[i]``, or ``params[i] - lrs[i] * grads[i]``
     (Meta-SGD) when ``lrs`` is given. Any operand may carry a leading task
-    dimension the others lack. Differentiable to any order.
+    dimension the others lack. Differentiable to any order. ``use_kernel``:
+    None uses the compiled kernel when there is one for the device; False
+    uses plain torch arithmetic (cheaper on the CPU, where a launch is free).
     """
     params, grads = list(params), list(grads)
     lrs = None if lrs is None else list(lrs)
     _check(params, grads, lrs)
     if not params:
         return []
-    if kernel_available(params[0].device):
+    if use_kernel is not False and kernel_available(params[0].device):
         return list(torch.ops.metafast.sgd_update(params, grads, float(lr), lrs))
     return _torch_sgd_update(params, grads, float(lr), lrs)
 
