@@ -188,6 +188,8 @@ def _poison_cuda_allocator():
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("first_order", [False, True])
 def test_cuda_matches_cpu_kernel(seed, first_order):
+    # Same algorithm, different decomposition (the CPU sums in SIMD order, the
+    # GPU one output per thread), so float64 agreement to 1e-10, not bitwise.
     cfg = random_config(100 + seed)
     cfg["sizes"] = [max(s, 1) * (1 + seed % 3) * 7 for s in cfg["sizes"]]  # wider: several lanes per row
     if cfg["loss"] == "cross_entropy":
@@ -204,7 +206,7 @@ def test_cuda_matches_cpu_kernel(seed, first_order):
     gpu = torch.ops.metafast.mlp_adapt(p.cuda(), *[to(a) if isinstance(a, torch.Tensor) else a for a in args])
     for c, g in zip(cpu, gpu):
         assert torch.isfinite(g).all()
-        torch.testing.assert_close(g.cpu(), c, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
     ga, gl = torch.randn_like(cpu[0]), torch.randn_like(cpu[1])
     bargs = (p, lrs, 0.05, sx, sy, sizes, cfg["activation"], cfg["loss"], first_order, lrs is not None, True)
     cpu_b = torch.ops.metafast.mlp_adapt_backward(ga, gl, cpu[2], *bargs)
@@ -213,7 +215,7 @@ def test_cuda_matches_cpu_kernel(seed, first_order):
                                                   *[to(a) if isinstance(a, torch.Tensor) else a for a in bargs])
     for c, g in zip(cpu_b, gpu_b):
         assert torch.isfinite(g).all()
-        torch.testing.assert_close(g.cpu(), c, rtol=1e-11, atol=1e-11)
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.cuda
