@@ -8,6 +8,9 @@
 
 #include <string>
 
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
+
 #include "kernels/mlp_adapt.h"
 
 namespace metafast {
@@ -17,6 +20,18 @@ struct MlpAdaptConfig {
   Activation act;
   Loss loss;
   int tasks, shots, steps;
+  int queries = 0;  // 0: no query set
+  int64_t workspace_per_task() const { return mlp_workspace_size(layout, workspace_rows(shots, queries)); }
+};
+
+// The tensors of one call, made contiguous (undefined where absent).
+struct MlpAdaptTensors {
+  at::Tensor init, lrs, x, y, qx, qy;
+};
+
+// Upstream gradients and saved outputs of a backward call (contiguous).
+struct MlpAdaptGrads {
+  at::Tensor grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory;
 };
 
 inline Activation parse_activation(const std::string& name) {
@@ -64,6 +79,24 @@ inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* n
               t.scalar_type(), " but params has ", ref.scalar_type());
 }
 
+inline void check_targets(const MlpAdaptConfig& c, const at::Tensor& params, const at::Tensor& y, int64_t rows,
+                          int64_t d_out, const char* name) {
+  TORCH_CHECK(y.device() == params.device(), "metafast::mlp_adapt: ", name, " is on ", y.device(),
+              " but params is on ", params.device());
+  if (c.loss == Loss::MSE) {
+    TORCH_CHECK(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE ", name, " must have dtype ",
+                params.scalar_type(), ", got ", y.scalar_type());
+    TORCH_CHECK(y.dim() == 3 && y.size(0) == c.tasks && y.size(1) == rows && y.size(2) == d_out,
+                "metafast::mlp_adapt: MSE ", name, " must be [", c.tasks, ", ", rows, ", ", d_out, "], got ",
+                y.sizes());
+  } else {
+    TORCH_CHECK(y.scalar_type() == at::kLong, "metafast::mlp_adapt: cross-entropy ", name,
+                " must hold int64 class indices, got ", y.scalar_type());
+    TORCH_CHECK(y.dim() == 2 && y.size(0) == c.tasks && y.size(1) == rows, "metafast::mlp_adapt: cross-entropy ",
+                name, " must be [", c.tasks, ", ", rows, "], got ", y.sizes());
+  }
+}
+
 // Validates every input; returns the layout and problem sizes.
 inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
                                              const std::optional<at::Tensor>& lrs,
@@ -94,23 +127,21 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
   c.tasks = int(x.size(0));
   c.shots = int(x.size(1));
   c.steps = int(steps);
-  const int64_t d_out = sizes.back();
-  TORCH_CHECK(y.device() == params.device(), "metafast::mlp_adapt: support_y is on ", y.device(),
-              " but params is on ", params.device());
-  if (c.loss == Loss::MSE) {
-    TORCH_CHECK(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE targets must have dtype ",
-                params.scalar_type(), ", got ", y.scalar_type());
-    TORCH_CHECK(y.dim() == 3 && y.size(0) == c.tasks && y.size(1) == c.shots && y.size(2) == d_out,
-                "metafast::mlp_adapt: MSE support_y must be [", c.tasks, ", ", c.shots, ", ", d_out,
-                "], got ", y.sizes());
-  } else {
-    TORCH_CHECK(y.scalar_type() == at::kLong, "metafast::mlp_adapt: cross-entropy support_y must hold int64 class "
-                "indices, got ", y.scalar_type());
-    TORCH_CHECK(y.dim() == 2 && y.size(0) == c.tasks && y.size(1) == c.shots,
-                "metafast::mlp_adapt: cross-entropy support_y must be [", c.tasks, ", ", c.shots, "], got ",
-                y.sizes());
-  }
+  check_targets(c, params, y, c.shots, sizes.back(), "support_y");
   return c;
+}
+
+// Adds the optional query set (both tensors or neither) to the checks.
+inline void check_query_inputs(MlpAdaptConfig& c, const at::Tensor& params, const std::optional<at::Tensor>& qx,
+                               const std::optional<at::Tensor>& qy, c10::IntArrayRef sizes) {
+  TORCH_CHECK(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
+  if (!qx.has_value()) return;
+  check_same(*qx, params, "query_x");
+  TORCH_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0],
+              "metafast::mlp_adapt: query_x must be [", c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
+  TORCH_CHECK(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
+  c.queries = int(qx->size(1));
+  check_targets(c, params, *qy, c.queries, sizes.back(), "query_y");
 }
 
 // Labels must index the d_out classes (checked on the host, once per call).
@@ -121,7 +152,24 @@ inline void check_label_range(int64_t lo, int64_t hi, int64_t classes) {
 
 inline void check_backward_inputs(const MlpAdaptConfig& c, const at::Tensor& grad_adapted,
                                   const at::Tensor& grad_losses, const at::Tensor& trajectory,
-                                  const at::Tensor& x) {
+                                  const at::Tensor& x, const MlpAdaptGrads& g) {
+  if (c.queries > 0) {
+    const int64_t dL = c.layout.sizes[c.layout.num_layers];
+    TORCH_CHECK(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, c.layout.num_params}),
+                "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ",
+                c.layout.num_params, "]");
+    if (g.grad_query_output.defined())
+      TORCH_CHECK(g.grad_query_output.sizes() == c10::IntArrayRef({c.tasks, c.queries, dL}),
+                  "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries, ", ", dL,
+                  "], got ", g.grad_query_output.sizes());
+    if (g.grad_query_losses.defined())
+      TORCH_CHECK(g.grad_query_losses.sizes() == c10::IntArrayRef({c.tasks}),
+                  "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "], got ",
+                  g.grad_query_losses.sizes());
+    for (const at::Tensor* t : {&g.adapted, &g.grad_query_output, &g.grad_query_losses})
+      TORCH_CHECK(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
+                  "metafast::mlp_adapt_backward: query gradients must match support_x's dtype and device");
+  }
   const int64_t P = c.layout.num_params;
   TORCH_CHECK(grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
               "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks, ", ", P, "], got ",
@@ -133,16 +181,23 @@ inline void check_backward_inputs(const MlpAdaptConfig& c, const at::Tensor& gra
               "metafast::mlp_adapt_backward: trajectory must be [", c.tasks, ", ", c.steps, ", ", P,
               "], got ", trajectory.sizes());
   for (const at::Tensor* t : {&grad_adapted, &grad_losses, &trajectory}) {
+    if (!t->defined()) continue;
     TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
                 "metafast::mlp_adapt_backward: gradients and trajectory must match support_x's dtype and device");
   }
 }
 
 template <typename T>
-MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const at::Tensor& init,
-                                    const at::Tensor* lrs, const at::Tensor& x, const at::Tensor& y,
-                                    at::Tensor& adapted, at::Tensor& losses, at::Tensor& trajectory,
-                                    at::Tensor& workspace) {
+const T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+template <typename T>
+T* mut_ptr_or_null(at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr; }
+
+template <typename T>
+MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in,
+                                    at::Tensor& adapted, at::Tensor& losses, at::Tensor& query_output,
+                                    at::Tensor& query_losses, at::Tensor& trajectory, at::Tensor& workspace) {
+  const at::Tensor &init = in.init, &x = in.x, &y = in.y;
+  const at::Tensor* lrs = in.lrs.defined() ? &in.lrs : nullptr;
   MlpAdaptForwardArgs<T> a;
   a.layout = c.layout;
   a.act = c.act;
@@ -156,8 +211,14 @@ MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const at
   a.x = x.data_ptr<T>();
   a.y_float = c.loss == Loss::MSE ? y.data_ptr<T>() : nullptr;
   a.y_class = c.loss == Loss::CrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+  a.queries = c.queries;
+  a.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
+  a.qy_float = c.queries && c.loss == Loss::MSE ? in.qy.data_ptr<T>() : nullptr;
+  a.qy_class = c.queries && c.loss == Loss::CrossEntropy ? in.qy.data_ptr<int64_t>() : nullptr;
   a.adapted = adapted.data_ptr<T>();
   a.losses = losses.data_ptr<T>();
+  a.query_output = c.queries ? query_output.data_ptr<T>() : nullptr;
+  a.query_losses = c.queries ? query_losses.data_ptr<T>() : nullptr;
   a.trajectory = trajectory.data_ptr<T>();
   a.workspace = workspace.data_ptr<T>();
   return a;
@@ -165,10 +226,12 @@ MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const at
 
 template <typename T>
 MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool first_order,
-                                      const at::Tensor* lrs, const at::Tensor& grad_adapted,
-                                      const at::Tensor& grad_losses, const at::Tensor& trajectory,
-                                      const at::Tensor& x, const at::Tensor& y, at::Tensor& grad_init,
-                                      at::Tensor* grad_lrs, at::Tensor* grad_x, at::Tensor& workspace) {
+                                      const MlpAdaptTensors& in, const MlpAdaptGrads& g, at::Tensor& grad_init,
+                                      at::Tensor& grad_lrs, at::Tensor& grad_x, at::Tensor& grad_qx,
+                                      at::Tensor& workspace) {
+  const at::Tensor* lrs = in.lrs.defined() ? &in.lrs : nullptr;
+  const at::Tensor &x = in.x, &y = in.y, &grad_adapted = g.grad_adapted, &grad_losses = g.grad_losses,
+                   &trajectory = g.trajectory;
   MlpAdaptBackwardArgs<T> a;
   a.layout = c.layout;
   a.act = c.act;
@@ -185,11 +248,98 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
   a.x = x.data_ptr<T>();
   a.y_float = c.loss == Loss::MSE ? y.data_ptr<T>() : nullptr;
   a.y_class = c.loss == Loss::CrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+  a.grad_query_output = ptr_or_null<T>(g.grad_query_output);
+  a.grad_query_losses = ptr_or_null<T>(g.grad_query_losses);
+  a.adapted = ptr_or_null<T>(g.adapted);
+  a.queries = c.queries;
+  a.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
+  a.qy_float = c.queries && c.loss == Loss::MSE ? in.qy.data_ptr<T>() : nullptr;
+  a.qy_class = c.queries && c.loss == Loss::CrossEntropy ? in.qy.data_ptr<int64_t>() : nullptr;
   a.grad_init = grad_init.data_ptr<T>();
-  a.grad_lrs = grad_lrs ? grad_lrs->data_ptr<T>() : nullptr;
-  a.grad_x = grad_x ? grad_x->data_ptr<T>() : nullptr;
+  a.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
+  a.grad_x = mut_ptr_or_null<T>(grad_x);
+  a.grad_qx = mut_ptr_or_null<T>(grad_qx);
   a.workspace = workspace.data_ptr<T>();
   return a;
+}
+
+// Labels must index the d_out classes (one small device sync on the GPU).
+inline void check_labels(const MlpAdaptConfig& c, const at::Tensor& y) {
+  if (c.loss != Loss::CrossEntropy || y.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(y);
+  check_label_range(lo.item<int64_t>(), hi.item<int64_t>(), c.layout.sizes[c.layout.num_layers]);
+}
+
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+// Everything a forward launch needs: validated config, inputs, outputs.
+struct MlpAdaptForwardCall {
+  MlpAdaptConfig c;
+  MlpAdaptTensors in;
+  at::Tensor adapted, losses, query_output, query_losses, trajectory, workspace;
+};
+
+inline MlpAdaptForwardCall prepare_forward(const at::Tensor& params, const std::optional<at::Tensor>& lrs,
+                                           const at::Tensor& support_x, const at::Tensor& support_y,
+                                           const std::optional<at::Tensor>& query_x,
+                                           const std::optional<at::Tensor>& query_y, c10::IntArrayRef sizes,
+                                           int64_t steps, c10::string_view activation, c10::string_view loss) {
+  MlpAdaptForwardCall f;
+  f.c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, std::string(activation),
+                               std::string(loss));
+  check_query_inputs(f.c, params, query_x, query_y, sizes);
+  f.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
+          contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
+  check_labels(f.c, f.in.y);
+  if (f.c.queries) check_labels(f.c, f.in.qy);
+  const auto opt = params.options();
+  const int64_t T = f.c.tasks, P = f.c.layout.num_params, Q = f.c.queries;
+  f.adapted = at::empty({T, P}, opt);
+  f.losses = at::empty({T, f.c.steps}, opt);
+  f.query_output = at::empty(Q ? c10::IntArrayRef({T, Q, int64_t(sizes.back())}) : c10::IntArrayRef({0}), opt);
+  f.query_losses = at::empty({Q ? T : 0}, opt);
+  f.trajectory = at::empty({T, f.c.steps, P}, opt);
+  f.workspace = at::empty({T, f.c.workspace_per_task()}, opt);
+  return f;
+}
+
+// Everything a backward launch needs.
+struct MlpAdaptBackwardCall {
+  MlpAdaptConfig c;
+  MlpAdaptTensors in;
+  MlpAdaptGrads g;
+  at::Tensor grad_init, grad_lrs, grad_x, grad_qx, workspace;
+};
+
+inline MlpAdaptBackwardCall prepare_backward(
+    const at::Tensor& grad_adapted, const at::Tensor& grad_losses, const std::optional<at::Tensor>& grad_query_output,
+    const std::optional<at::Tensor>& grad_query_losses, const at::Tensor& adapted, const at::Tensor& trajectory,
+    const at::Tensor& params, const std::optional<at::Tensor>& lrs, const at::Tensor& support_x,
+    const at::Tensor& support_y, const std::optional<at::Tensor>& query_x, const std::optional<at::Tensor>& query_y,
+    c10::IntArrayRef sizes, c10::string_view activation, c10::string_view loss, bool lrs_grad, bool x_grad,
+    bool query_x_grad) {
+  MlpAdaptBackwardCall b;
+  b.c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes,
+                               trajectory.dim() == 3 ? trajectory.size(1) : 0, std::string(activation),
+                               std::string(loss));
+  check_query_inputs(b.c, params, query_x, query_y, sizes);
+  b.g = {grad_adapted.contiguous(), grad_losses.contiguous(), contiguous_or_undefined(grad_query_output),
+         contiguous_or_undefined(grad_query_losses), adapted.contiguous(), trajectory.contiguous()};
+  check_backward_inputs(b.c, b.g.grad_adapted, b.g.grad_losses, b.g.trajectory, support_x, b.g);
+  TORCH_CHECK(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
+  TORCH_CHECK(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
+  b.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
+          contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
+  const auto opt = params.options();
+  const int64_t T = b.c.tasks, P = b.c.layout.num_params, d0 = sizes[0];
+  b.grad_init = at::empty({T, P}, opt);
+  b.grad_lrs = at::empty({lrs_grad ? T : 0, lrs_grad ? P : 0}, opt);
+  b.grad_x = at::empty({x_grad ? T : 0, x_grad ? b.c.shots : 0, x_grad ? d0 : 0}, opt);
+  b.grad_qx = at::empty({query_x_grad ? T : 0, query_x_grad ? b.c.queries : 0, query_x_grad ? d0 : 0}, opt);
+  b.workspace = at::empty({T, b.c.workspace_per_task()}, opt);
+  return b;
 }
 
 }  // namespace metafast

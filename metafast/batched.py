@@ -21,7 +21,7 @@ from torch.func import functional_call, vmap
 
 from metafast.losses import resolve_loss
 from metafast.nn.mlp import mlp_spec
-from metafast.ops import mlp_adapt, mlp_forward, sgd_update
+from metafast.ops import mlp_adapt, sgd_update
 from metafast.ops.mlp_adapt import task_losses
 from metafast.ops._dispatch import kernel_available
 
@@ -247,19 +247,20 @@ class BatchedMAML(nn.Module):
     def _flat(self, tensors):
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def _adapt_fused(self, support_x, support_y, steps):
+    def _adapt_fused(self, support_x, support_y, steps, query_x=None, query_y=None):
+        """mlp_adapt on the flat adapted parameters; with a query set the query
+        forward and loss run in the same kernel launch."""
         named = dict(self.model.named_parameters())
         lrs = None if self.inner_lrs is None else self._flat(self.inner_lrs)
-        x = support_x
         if self.adapt_mode == "head":
-            x = vmap(self._features)(support_x)
+            support_x = vmap(self._features)(support_x)
+            query_x = None if query_x is None else vmap(self._features)(query_x)
             sizes, activation = [self._head.in_features, self._head.out_features], "relu"
         else:
             sizes, activation = mlp_spec(self.model)
-        flat, losses = mlp_adapt(self._flat([named[n] for n in self.adapt_names]), x, support_y, sizes, steps,
-                                 lr=self.inner_lr, lrs=lrs, activation=activation, loss=self.loss_name,
-                                 first_order=self.first_order)
-        return flat, losses, sizes, activation
+        return mlp_adapt(self._flat([named[n] for n in self.adapt_names]), support_x, support_y, sizes, steps,
+                         lr=self.inner_lr, lrs=lrs, activation=activation, loss=self.loss_name,
+                         first_order=self.first_order, query_x=query_x, query_y=query_y)
 
     def _unflatten(self, flat):
         named = dict(self.model.named_parameters())
@@ -277,7 +278,7 @@ class BatchedMAML(nn.Module):
         steps = self.inner_steps if steps is None else int(steps)
         backend = self.backend_used = self._select_backend(support_x)
         if backend == "fused":
-            flat, _, _, _ = self._adapt_fused(support_x, support_y, steps)
+            flat, _ = self._adapt_fused(support_x, support_y, steps)
             return self._unflatten(flat)
         return self._adapt_torch(support_x, support_y, steps)[0]
 
@@ -294,16 +295,16 @@ class BatchedMAML(nn.Module):
         self._check(support_x, support_y, query_x, query_y)
         backend = self.backend_used = self._select_backend(support_x)
         if backend == "fused":
-            flat, support_losses, sizes, activation = self._adapt_fused(support_x, support_y, self.inner_steps)
-            qx = vmap(self._features)(query_x) if self.adapt_mode == "head" else query_x
-            query_output = mlp_forward(flat, qx, sizes, activation)
+            _, support_losses, query_output, query_losses = self._adapt_fused(
+                support_x, support_y, self.inner_steps, query_x, query_y)
+            loss = query_losses.mean()
         else:
             params, support_losses = self._adapt_torch(support_x, support_y, self.inner_steps)
             query_output = self.predict(params, query_x)
-        if self.loss_name is not None and query_output.dim() == 3:
-            loss = task_losses(query_output, query_y, self.loss_name).mean()  # no vmap overhead
-        else:
-            loss = vmap(self.loss_fn)(query_output, query_y).mean()
+            if self.loss_name is not None and query_output.dim() == 3:
+                loss = task_losses(query_output, query_y, self.loss_name).mean()  # no vmap overhead
+            else:
+                loss = vmap(self.loss_fn)(query_output, query_y).mean()
         accuracy = None
         if self.loss_name == "cross_entropy":
             accuracy = (query_output.detach().argmax(-1) == query_y).float().mean()

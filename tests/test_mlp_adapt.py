@@ -119,7 +119,12 @@ def test_opcheck(meta_sgd, loss):
     p = torch.randn(mlp_num_params(sizes), dtype=torch.float64, requires_grad=True)
     lrs = torch.rand_like(p).requires_grad_() if meta_sgd else None
     sx, sy, _, _ = random_mlp_task(sizes, 2, 4, 1, loss)
-    torch.library.opcheck(torch.ops.metafast.mlp_adapt.default, (p, lrs, 0.1, sx, sy, sizes, 2, "relu", loss, False))
+    torch.library.opcheck(torch.ops.metafast.mlp_adapt.default,
+                          (p, lrs, 0.1, sx, sy, None, None, sizes, 2, "relu", loss, False))
+    _, _, qx, qy = random_mlp_task(sizes, 2, 4, 3, loss)
+    qx.requires_grad_()
+    torch.library.opcheck(torch.ops.metafast.mlp_adapt.default,
+                          (p, lrs, 0.1, sx, sy, qx, qy, sizes, 2, "tanh", loss, False))
 
 
 @requires_extension
@@ -171,10 +176,14 @@ def test_op_itself_checks_inputs():
     p = torch.randn(mlp_num_params(sizes), dtype=torch.float64)
     sx = torch.randn(2, 4, 2, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="class labels must be in"):
-        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.full((2, 4), 7), sizes, 1, "relu", "cross_entropy", False)
-    with pytest.raises(RuntimeError, match="unsupported activation"):
-        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), sizes, 1, "elu",
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.full((2, 4), 7), None, None, sizes, 1, "relu",
                                      "cross_entropy", False)
+    with pytest.raises(RuntimeError, match="unsupported activation"):
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), None, None, sizes, 1,
+                                     "elu", "cross_entropy", False)
+    with pytest.raises(RuntimeError, match="query_x must be"):
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), sx[:1],
+                                     torch.zeros(1, 4, dtype=torch.int64), sizes, 1, "relu", "cross_entropy", False)
 
 
 def _poison_cuda_allocator():
@@ -198,8 +207,8 @@ def test_cuda_matches_cpu_kernel(seed, first_order):
     sizes = cfg["sizes"]
     p = torch.randn(mlp_num_params(sizes), dtype=torch.float64) * 0.3
     lrs = torch.rand_like(p) * 0.1 if cfg["meta_sgd"] else None
-    sx, sy, _, _ = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], 1, cfg["loss"])
-    args = (lrs, 0.05, sx, sy, sizes, cfg["steps"], cfg["activation"], cfg["loss"], first_order)
+    sx, sy, qx, qy = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], cfg["shots"] + 2, cfg["loss"])
+    args = (lrs, 0.05, sx, sy, qx, qy, sizes, cfg["steps"], cfg["activation"], cfg["loss"], first_order)
     cpu = torch.ops.metafast.mlp_adapt(p, *args)
     _poison_cuda_allocator()
     to = lambda t: None if t is None else t.cuda()
@@ -207,11 +216,12 @@ def test_cuda_matches_cpu_kernel(seed, first_order):
     for c, g in zip(cpu, gpu):
         assert torch.isfinite(g).all()
         torch.testing.assert_close(g.cpu(), c, rtol=1e-10, atol=1e-10)
-    ga, gl = torch.randn_like(cpu[0]), torch.randn_like(cpu[1])
-    bargs = (p, lrs, 0.05, sx, sy, sizes, cfg["activation"], cfg["loss"], first_order, lrs is not None, True)
-    cpu_b = torch.ops.metafast.mlp_adapt_backward(ga, gl, cpu[2], *bargs)
+    grads = [torch.randn_like(t) for t in cpu[:4]]
+    bargs = (p, lrs, 0.05, sx, sy, qx, qy, sizes, cfg["activation"], cfg["loss"], first_order, lrs is not None, True,
+             True)
+    cpu_b = torch.ops.metafast.mlp_adapt_backward(*grads, cpu[0], cpu[4], *bargs)
     _poison_cuda_allocator()
-    gpu_b = torch.ops.metafast.mlp_adapt_backward(ga.cuda(), gl.cuda(), gpu[2],
+    gpu_b = torch.ops.metafast.mlp_adapt_backward(*[g.cuda() for g in grads], gpu[0], gpu[4],
                                                   *[to(a) if isinstance(a, torch.Tensor) else a for a in bargs])
     for c, g in zip(cpu_b, gpu_b):
         assert torch.isfinite(g).all()
@@ -236,3 +246,41 @@ def test_cuda_large_widths_and_depth():
     a, l = mlp_adapt(p, sx, sy, sizes, 2, lr=0.4, loss="cross_entropy")
     ra, rl = mlp_adapt_torch(p, None, 0.4, sx, sy, sizes, 2, "relu", "cross_entropy")
     assert max_rel_err([a, l], [ra, rl]) < TOL
+
+
+@requires_extension
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("first_order", [False, True])
+def test_fused_query_matches_eager(seed, first_order):
+    # The query forward fused into the same call: outputs, losses and every
+    # gradient (params, rates, support and query inputs) equal the eager loop.
+    cfg = random_config(300 + seed) | {"meta_sgd": True}
+    sizes, loss = cfg["sizes"], cfg["loss"]
+    torch.manual_seed(seed)
+    model = metafast.nn.MLP(sizes, cfg["activation"]).double()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
+    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_()
+    sx, sy, qx, qy = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], cfg["shots"] + 3, loss)
+    sx.requires_grad_()
+    qx.requires_grad_()
+    w = torch.randn(cfg["tasks"], qx.shape[1], sizes[-1], dtype=torch.float64)
+
+    def objective(query_output, query_losses, support_losses):
+        return query_losses.sum() + (query_output * w).sum() * 0.3 + support_losses.sum() * 0.2
+
+    a, l, qo, ql = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lrs=lrs, activation=cfg["activation"], loss=loss,
+                             first_order=first_order, query_x=qx, query_y=qy)
+    got = torch.autograd.grad(objective(qo, ql, l), [flat, lrs, sx, qx])
+    ra, rl = eager_adapt(model, flat, lrs, sx, sy, 0.0, cfg["steps"], first_order, loss)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    outs, losses = [], []
+    for t in range(cfg["tasks"]):
+        params = dict(zip(names, [c.view(s) for c, s in zip(ra[t].split([s.numel() for s in shapes]), shapes)]))
+        out = torch.func.functional_call(model, params, (qx[t],))
+        outs.append(out)
+        losses.append(metafast.losses.resolve_loss(loss)[1](out, qy[t]))
+    rqo, rql = torch.stack(outs), torch.stack(losses)
+    want = torch.autograd.grad(objective(rqo, rql, rl), [flat, lrs, sx, qx])
+    assert max_rel_err([qo, ql], [rqo, rql]) < TOL
+    assert max_rel_err(got, want) < TOL

@@ -206,11 +206,15 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 // the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
 // MLP: a tangent pass alongside the forward pass and alongside the backward).
 // With `input_grad`, also ∂L/∂x into ws.dx (and its tangent into ws.dx_dot).
+// The output gradient back-propagated is loss_scale·dL/dy + extra_dy (the
+// latter for a caller's gradient of the outputs themselves; no tangent).
+// Without `want_grad` it stops after the loss (outputs are in ws.z).
 // Ends with a sync; the returned loss is valid on the leader lane.
 template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act, Loss loss,
                           const T* theta, const MlpTaskData<T>& d, MlpWorkspace<T>& ws,
-                          const ScaledDirection<T>* dir, bool input_grad = false) {
+                          const ScaledDirection<T>* dir, bool input_grad = false, bool want_grad = true,
+                          T loss_scale = T(1), const T* extra_dy = nullptr) {
   const int K = d.shots;
   const int L = m.num_layers;
   // ---- forward (and tangent forward): z_l = h_{l-1} W_lᵀ + b_l ----
@@ -262,11 +266,14 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       ws.point_loss[k] = cross_entropy_loss_grad(y, d.y_class[k], dL, scale, dy);
       if (dir) cross_entropy_grad_tangent(y, ws.z_dot + out + int64_t(k) * dL, dL, scale, ws.dz_dot + out + int64_t(k) * dL);
     }
+    if (extra_dy || loss_scale != T(1))
+      for (int c = 0; c < dL; ++c) dy[c] = loss_scale * dy[c] + (extra_dy ? extra_dy[int64_t(k) * dL + c] : T(0));
   }
   lanes.sync();
   T total = T(0);
   if (lanes.leader())
     for (int k = 0; k < K; ++k) total += ws.point_loss[k];  // fixed order: deterministic
+  if (!want_grad) return total;
   // ---- backward (and tangent backward), layer by layer ----
   for (int l = L; l >= 1; --l) {
     const int din = m.sizes[l - 1], dout = m.sizes[l];
@@ -300,11 +307,19 @@ struct MlpAdaptForwardArgs {
   const T* x;            // [T, K, d_0]
   const T* y_float;      // [T, K, d_L] or nullptr
   const int64_t* y_class;  // [T, K] or nullptr
+  int queries;           // Q, 0 without a query set
+  const T* qx;           // [T, Q, d_0] or nullptr
+  const T* qy_float;     // [T, Q, d_L] or nullptr
+  const int64_t* qy_class;  // [T, Q] or nullptr
   T* adapted;            // [T, P]
   T* losses;             // [T, S]
+  T* query_output;       // [T, Q, d_L] model output at θ_S, or nullptr
+  T* query_losses;       // [T] query loss at θ_S, or nullptr
   T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
-  T* workspace;          // [T, mlp_workspace_size]
+  T* workspace;          // [T, mlp_workspace_size(rows = max(K, Q))]
 };
+
+MF_HD int workspace_rows(int shots, int queries) { return shots > queries ? shots : queries; }
 
 template <typename T>
 MF_HD MlpTaskData<T> task_data(const MlpLayout& m, int shots, const T* x, const T* y_float,
@@ -322,7 +337,8 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
   const MlpLayout& m = a.layout;
   const int64_t P = m.num_params;
   const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
-  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, a.shots), m, a.shots);
+  const int rows = workspace_rows(a.shots, a.queries);
+  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, rows), m, rows);
   T* theta = a.adapted + int64_t(task) * P;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
@@ -334,6 +350,15 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
     for (int64_t p = lanes.lane(); p < P; p += lanes.count())
       theta[p] = sgd_step(theta[p], a.lrs ? a.lrs[p] : a.lr, ws.grad[p]);
     lanes.sync();
+  }
+  if (a.queries > 0) {  // the query forward at θ_S, fused in the same launch
+    const MlpTaskData<T> q = task_data(m, a.queries, a.qx, a.qy_float, a.qy_class, task);
+    const T loss = mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, q, ws, nullptr, false, false);
+    const int dL = m.sizes[m.num_layers];
+    const T* y = ws.z + int64_t(a.queries) * m.act_offset[m.num_layers];
+    T* dst = a.query_output + int64_t(task) * a.queries * dL;
+    for (int64_t i = lanes.lane(); i < int64_t(a.queries) * dL; i += lanes.count()) dst[i] = y[i];
+    if (lanes.leader()) a.query_losses[task] = loss;
   }
 }
 
@@ -354,6 +379,9 @@ struct MlpAdaptBackwardArgs {
   const T* lrs;            // [P] or nullptr
   const T* grad_adapted;   // [T, P]
   const T* grad_losses;    // [T, S]
+  const T* grad_query_output;  // [T, Q, d_L] or nullptr
+  const T* grad_query_losses;  // [T] or nullptr
+  const T* adapted;        // [T, P] θ_S (for the query terms)
   const T* trajectory;     // [T, S, P]
   const T* x;
   const T* y_float;
@@ -361,6 +389,11 @@ struct MlpAdaptBackwardArgs {
   T* grad_init;            // [T, P] per-task ∂/∂θ_0
   T* grad_lrs;             // [T, P] per-task ∂/∂α, or nullptr
   T* grad_x;               // [T, K, d_0] ∂/∂support_x, or nullptr
+  int queries;
+  const T* qx;
+  const T* qy_float;
+  const int64_t* qy_class;
+  T* grad_qx;              // [T, Q, d_0] ∂/∂query_x, or nullptr
   T* workspace;
 };
 
@@ -369,7 +402,8 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   const MlpLayout& m = a.layout;
   const int64_t P = m.num_params;
   const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
-  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, a.shots), m, a.shots);
+  const int rows = workspace_rows(a.shots, a.queries);
+  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, rows), m, rows);
   T* v = a.grad_init + int64_t(task) * P;
   T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
   const int64_t nx = int64_t(a.shots) * m.sizes[0];
@@ -381,6 +415,21 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   if (x_bar)
     for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) x_bar[i] = T(0);
   lanes.sync();
+  if (a.queries > 0) {  // v += ∂/∂θ_S of the query terms (loss and outputs)
+    const MlpTaskData<T> q = task_data(m, a.queries, a.qx, a.qy_float, a.qy_class, task);
+    const int dL = m.sizes[m.num_layers];
+    const T scale = a.grad_query_losses ? a.grad_query_losses[task] : T(0);
+    const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * a.queries * dL : nullptr;
+    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, a.adapted + int64_t(task) * P, q, ws, nullptr,
+                         a.grad_qx != nullptr, true, scale, extra);
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] += ws.grad[p];
+    if (a.grad_qx) {
+      const int64_t nq = int64_t(a.queries) * m.sizes[0];
+      T* qx_bar = a.grad_qx + int64_t(task) * nq;
+      for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = ws.dx[i];
+    }
+    lanes.sync();
+  }
   const ScaledDirection<T> dir{ws.dir};
   for (int s = a.steps - 1; s >= 0; --s) {
     const T* theta = a.trajectory + (int64_t(task) * a.steps + s) * P;

@@ -106,10 +106,30 @@ def check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, acti
             )
 
 
+def check_query_inputs(params, support_x, query_x, query_y, sizes, loss) -> None:
+    if (query_x is None) != (query_y is None):
+        raise ValueError("mlp_adapt: give both query_x and query_y, or neither")
+    if query_x is None:
+        return
+    t = support_x.shape[0]
+    if query_x.device != params.device or query_x.dtype != params.dtype:
+        raise ValueError(f"mlp_adapt: query_x must be a {params.dtype} tensor on {params.device}, "
+                         f"got {query_x.dtype} on {query_x.device}")
+    if query_x.dim() != 3 or query_x.shape[0] != t or query_x.shape[2] != sizes[0] or query_x.shape[1] == 0:
+        raise ValueError(f"mlp_adapt: query_x must be [{t}, queries > 0, {sizes[0]}], got {tuple(query_x.shape)}")
+    q = query_x.shape[1]
+    want = (t, q, sizes[-1]) if loss == "mse" else (t, q)
+    dtype = params.dtype if loss == "mse" else torch.int64
+    if query_y.device != params.device or query_y.dtype != dtype or tuple(query_y.shape) != want:
+        raise ValueError(f"mlp_adapt: {loss} query_y must be a {dtype} tensor of shape {want} on {params.device}, "
+                         f"got {query_y.dtype} {tuple(query_y.shape)} on {query_y.device}")
+
+
 def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation="relu", loss="mse",
-                    first_order=False):
+                    first_order=False, query_x=None, query_y=None):
     """Pure-PyTorch mlp_adapt (batched over tasks): the fallback, and the
-    differentiable formula used when a gradient of the gradient is asked for."""
+    differentiable formula used when a gradient of the gradient is asked for.
+    Returns (adapted, support_losses[, query_output, query_losses])."""
     grad_wanted = torch.is_grad_enabled()
     t = support_x.shape[0]
     with torch.enable_grad():
@@ -125,10 +145,13 @@ def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activat
             (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order,
                                        retain_graph=True)
             theta = theta - rate * g
-    adapted, support_losses = theta, torch.stack(losses, 1)
+        outputs = [theta, torch.stack(losses, 1)]
+        if query_x is not None:
+            query_output = mlp_forward(theta, query_x, sizes, activation)
+            outputs += [query_output, task_losses(query_output, query_y, loss)]
     if not grad_wanted:
-        adapted, support_losses = adapted.detach(), support_losses.detach()
-    return adapted, support_losses
+        outputs = [o.detach() for o in outputs]
+    return tuple(outputs)
 
 
 def mlp_adapt(
@@ -142,7 +165,9 @@ def mlp_adapt(
     activation: str = "relu",
     loss: str = "mse",
     first_order: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    query_x: torch.Tensor | None = None,
+    query_y: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Adapt an MLP to every task of a meta-batch in one fused call.
 
     Args:
@@ -151,80 +176,106 @@ def mlp_adapt(
         sizes: layer widths [d_in, ..., d_out]; steps: inner steps; lr: scalar inner rate,
             or lrs [P]: per-parameter rates (Meta-SGD).
         first_order: the backward ignores second derivatives (first-order MAML).
+        query_x, query_y: optional query set [T, Q, d_in] / targets; the query
+            forward at the adapted parameters then runs in the same launch.
 
     Returns:
-        (adapted [T, P], support_losses [T, steps]); both differentiable w.r.t.
-        params, lrs and support_x, exactly (second order unless first_order).
+        (adapted [T, P], support_losses [T, steps]) and, with a query set,
+        (..., query_output [T, Q, d_out], query_losses [T]); all differentiable
+        w.r.t. params, lrs, support_x and query_x, exactly (second order unless
+        first_order).
     """
     sizes = [int(s) for s in sizes]
     check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss)
-    if support_y.requires_grad and torch.is_grad_enabled():
-        raise ValueError("mlp_adapt: gradients with respect to support_y are not supported; detach the targets")
-    if loss == "cross_entropy":
-        lo, hi = int(support_y.min()), int(support_y.max())
-        if lo < 0 or hi >= sizes[-1]:
-            raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in [{lo}, {hi}]")
+    check_query_inputs(params, support_x, query_x, query_y, sizes, loss)
+    for name, y in (("support_y", support_y), ("query_y", query_y)):
+        if y is None:
+            continue
+        if y.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"mlp_adapt: gradients with respect to {name} are not supported; detach the targets")
+        if loss == "cross_entropy":
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= sizes[-1]:
+                raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in [{lo}, {hi}]")
     if not kernel_available(params.device):
-        return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order)
-    adapted, losses, _ = torch.ops.metafast.mlp_adapt(
-        params, lrs, float(lr), support_x, support_y, sizes, int(steps), activation, loss, bool(first_order)
+        return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
+                               query_x, query_y)
+    adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
+        params, lrs, float(lr), support_x, support_y, query_x, query_y, sizes, int(steps), activation, loss,
+        bool(first_order)
     )
-    return adapted, losses
+    return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
 
 if _extension.available():
 
     @torch.library.register_fake("metafast::mlp_adapt")
-    def _(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order):
+    def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order):
         t, p = support_x.shape[0], params.shape[0]
-        return params.new_empty(t, p), params.new_empty(t, steps), params.new_empty(t, steps, p)
+        if query_x is None:
+            query_output, query_losses = params.new_empty(0), params.new_empty(0)
+        else:
+            query_output, query_losses = params.new_empty(t, query_x.shape[1], sizes[-1]), params.new_empty(t)
+        return (params.new_empty(t, p), params.new_empty(t, steps), query_output, query_losses,
+                params.new_empty(t, steps, p))
 
     @torch.library.register_fake("metafast::mlp_adapt_backward")
-    def _(grad_adapted, grad_losses, trajectory, params, lrs, lr, support_x, support_y, sizes, activation,
-          loss, first_order, lrs_grad, x_grad):
+    def _(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs, lr,
+          support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, lrs_grad, x_grad,
+          query_x_grad):
         t, p = grad_adapted.shape
         k, d = support_x.shape[1:]
+        q = 0 if query_x is None else query_x.shape[1]
         return (
             params.new_empty(t, p),
             params.new_empty((t, p) if lrs_grad else (0, 0)),
             params.new_empty((t, k, d) if x_grad else (0, 0, 0)),
+            params.new_empty((t, q, d) if query_x_grad else (0, 0, 0)),
         )
 
     def _setup_context(ctx, inputs, output):
-        params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order = inputs
-        ctx.mark_non_differentiable(output[2])
-        ctx.save_for_backward(params, lrs, support_x, support_y, output[2])
+        (params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+         first_order) = inputs
+        ctx.mark_non_differentiable(output[4])
+        ctx.save_for_backward(params, lrs, support_x, support_y, query_x, query_y, output[0], output[4])
         ctx.config = (lr, list(sizes), steps, activation, loss, first_order)
 
-    def _backward(ctx, grad_adapted, grad_losses, _grad_trajectory):
-        params, lrs, support_x, support_y, trajectory = ctx.saved_tensors
+    def _backward(ctx, grad_adapted, grad_losses, grad_query_output, grad_query_losses, _grad_trajectory):
+        params, lrs, support_x, support_y, query_x, query_y, adapted, trajectory = ctx.saved_tensors
         lr, sizes, steps, activation, loss, first_order = ctx.config
-        need_lrs, need_x = ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        need_lrs, need_x, need_qx = ctx.needs_input_grad[1], ctx.needs_input_grad[3], ctx.needs_input_grad[5]
         t = support_x.shape[0]
         if grad_adapted is None:
             grad_adapted = params.new_zeros(t, params.shape[0])
         if grad_losses is None:
             grad_losses = params.new_zeros(t, steps)
+        if query_x is None:
+            grad_query_output = grad_query_losses = None
         if torch.is_grad_enabled():
             # A gradient of this gradient is wanted: use the differentiable torch formula.
-            inputs = [x for x, need in ((params, True), (lrs, need_lrs), (support_x, need_x)) if need]
+            wanted = [(params, True), (lrs, need_lrs), (support_x, need_x), (query_x, need_qx)]
+            inputs = [x for x, need in wanted if need]
             with torch.enable_grad():
-                adapted, losses = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation,
-                                                  loss, first_order)
-                grads = torch.autograd.grad((adapted, losses), inputs, (grad_adapted, grad_losses),
-                                            create_graph=True, allow_unused=True)
-            grads = list(grads)
-            g_params = grads.pop(0)
-            g_lrs = grads.pop(0) if need_lrs else None
-            g_x = grads.pop(0) if need_x else None
+                outs = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss,
+                                       first_order, query_x, query_y)
+                pairs = [(o, g) for o, g in zip(outs, (grad_adapted, grad_losses, grad_query_output,
+                                                        grad_query_losses)) if g is not None]
+                grads = list(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
+                                                 create_graph=True, allow_unused=True))
+            result = [grads.pop(0) if need else None for _, need in wanted]
+            g_params, g_lrs, g_x, g_qx = result
+            if g_params is None:
+                g_params = torch.zeros_like(params)
         else:
-            g_params, g_lrs, g_x = torch.ops.metafast.mlp_adapt_backward(
-                grad_adapted.contiguous(), grad_losses.contiguous(), trajectory, params, lrs, lr, support_x, support_y,
-                sizes, activation, loss, first_order, need_lrs, need_x,
+            g_params, g_lrs, g_x, g_qx = torch.ops.metafast.mlp_adapt_backward(
+                grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs,
+                lr, support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, need_lrs, need_x,
+                need_qx,
             )
             g_params = g_params.sum(0)
             g_lrs = g_lrs.sum(0) if need_lrs else None
             g_x = g_x if need_x else None
-        return g_params, g_lrs, None, g_x, None, None, None, None, None, None
+            g_qx = g_qx if need_qx else None
+        return g_params, g_lrs, None, g_x, None, g_qx, None, None, None, None, None, None
 
     torch.library.register_autograd("metafast::mlp_adapt", _backward, setup_context=_setup_context)
