@@ -221,6 +221,7 @@ MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const Ml
   a.query_losses = c.queries ? query_losses.data_ptr<T>() : nullptr;
   a.trajectory = trajectory.data_ptr<T>();
   a.workspace = workspace.data_ptr<T>();
+  a.workspace_stride = c.workspace_per_task();
   return a;
 }
 
@@ -260,6 +261,7 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
   a.grad_x = mut_ptr_or_null<T>(grad_x);
   a.grad_qx = mut_ptr_or_null<T>(grad_qx);
   a.workspace = workspace.data_ptr<T>();
+  a.workspace_stride = c.workspace_per_task();
   return a;
 }
 

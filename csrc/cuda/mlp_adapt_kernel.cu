@@ -1,7 +1,11 @@
 // CUDA kernels of metafast::mlp_adapt: one thread block per task runs the
 // per-task algorithm of kernels/mlp_adapt.h (the code the CPU kernel runs),
 // its lanes being the block's threads. One launch for the whole meta-batch and
-// all inner steps; no host synchronisation inside.
+// all inner steps; no host synchronisation inside. A task's scratch (gradient,
+// HVP, activations) lives in shared memory when it fits (the sinusoid MLP in
+// float32 needs 40 KB), else in a global buffer.
+#include <type_traits>
+
 #include "cuda/launchers.h"
 #include "kernels/mlp_adapt.h"
 
@@ -19,32 +23,57 @@ struct BlockLanes {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) mlp_adapt_forward_kernel(const MlpAdaptForwardArgs<T> a) {
-  mlp_adapt_forward_task<T>(BlockLanes{}, a, int(blockIdx.x));
+__device__ __forceinline__ T* task_workspace(T* global, int64_t stride, bool shared) {
+  extern __shared__ __align__(16) unsigned char shared_workspace[];
+  return shared ? reinterpret_cast<T*>(shared_workspace) : global + int64_t(blockIdx.x) * stride;
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) mlp_adapt_backward_kernel(const MlpAdaptBackwardArgs<T> a) {
-  mlp_adapt_backward_task<T>(BlockLanes{}, a, int(blockIdx.x));
+__global__ void __launch_bounds__(kThreads) mlp_adapt_forward_kernel(const MlpAdaptForwardArgs<T> a, bool shared) {
+  mlp_adapt_forward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.workspace, a.workspace_stride, shared));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) mlp_adapt_backward_kernel(const MlpAdaptBackwardArgs<T> a, bool shared) {
+  mlp_adapt_backward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.workspace, a.workspace_stride, shared));
+}
+
+// Bytes of shared memory to use for a workspace of `bytes` (0: use global).
+template <typename Kernel>
+size_t shared_bytes_for(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return bytes;  // always allowed
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      bytes > size_t(optin) ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)) != cudaSuccess) {
+    cudaGetLastError();  // clear a failed query: the global workspace serves instead
+    return 0;
+  }
+  return bytes;
+}
+
+template <typename Args, typename Kernel>
+void launch(Kernel kernel, const Args& a, cudaStream_t s, const char* what) {
+  using T = std::remove_pointer_t<decltype(a.workspace)>;
+  const size_t smem = shared_bytes_for(kernel, size_t(a.workspace_stride) * sizeof(T));
+  kernel<<<a.tasks, kThreads, smem, s>>>(a, smem > 0);
+  check_launch(what);
 }
 
 }  // namespace
 
 void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, cudaStream_t s) {
-  mlp_adapt_forward_kernel<float><<<a.tasks, kThreads, 0, s>>>(a);
-  check_launch("metafast::mlp_adapt");
+  launch(mlp_adapt_forward_kernel<float>, a, s, "metafast::mlp_adapt");
 }
 void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, cudaStream_t s) {
-  mlp_adapt_forward_kernel<double><<<a.tasks, kThreads, 0, s>>>(a);
-  check_launch("metafast::mlp_adapt");
+  launch(mlp_adapt_forward_kernel<double>, a, s, "metafast::mlp_adapt");
 }
 void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, cudaStream_t s) {
-  mlp_adapt_backward_kernel<float><<<a.tasks, kThreads, 0, s>>>(a);
-  check_launch("metafast::mlp_adapt_backward");
+  launch(mlp_adapt_backward_kernel<float>, a, s, "metafast::mlp_adapt_backward");
 }
 void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, cudaStream_t s) {
-  mlp_adapt_backward_kernel<double><<<a.tasks, kThreads, 0, s>>>(a);
-  check_launch("metafast::mlp_adapt_backward");
+  launch(mlp_adapt_backward_kernel<double>, a, s, "metafast::mlp_adapt_backward");
 }
 
 }  // namespace metafast

@@ -316,7 +316,8 @@ struct MlpAdaptForwardArgs {
   T* query_output;       // [T, Q, d_L] model output at θ_S, or nullptr
   T* query_losses;       // [T] query loss at θ_S, or nullptr
   T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
-  T* workspace;          // [T, mlp_workspace_size(rows = max(K, Q))]
+  T* workspace;          // [T, W] with W = mlp_workspace_size(rows = max(K, Q))
+  int64_t workspace_stride;  // W
 };
 
 MF_HD int workspace_rows(int shots, int queries) { return shots > queries ? shots : queries; }
@@ -332,13 +333,15 @@ MF_HD MlpTaskData<T> task_data(const MlpLayout& m, int shots, const T* x, const 
   return d;
 }
 
+// `workspace`: this task's scratch (mlp_workspace_size elements): a slice of
+// a.workspace, or on the GPU the block's shared memory when it fits.
 template <typename T, typename Lanes>
-MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int task) {
+MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int task, T* workspace) {
   const MlpLayout& m = a.layout;
   const int64_t P = m.num_params;
   const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
   const int rows = workspace_rows(a.shots, a.queries);
-  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, rows), m, rows);
+  MlpWorkspace<T> ws(workspace, m, rows);
   T* theta = a.adapted + int64_t(task) * P;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
@@ -394,16 +397,17 @@ struct MlpAdaptBackwardArgs {
   const T* qy_float;
   const int64_t* qy_class;
   T* grad_qx;              // [T, Q, d_0] ∂/∂query_x, or nullptr
-  T* workspace;
+  T* workspace;            // [T, W]
+  int64_t workspace_stride;
 };
 
 template <typename T, typename Lanes>
-MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task) {
+MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task, T* workspace) {
   const MlpLayout& m = a.layout;
   const int64_t P = m.num_params;
   const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
   const int rows = workspace_rows(a.shots, a.queries);
-  MlpWorkspace<T> ws(a.workspace + int64_t(task) * mlp_workspace_size(m, rows), m, rows);
+  MlpWorkspace<T> ws(workspace, m, rows);
   T* v = a.grad_init + int64_t(task) * P;
   T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
   const int64_t nx = int64_t(a.shots) * m.sizes[0];
