@@ -21,7 +21,7 @@ struct MlpAdaptConfig {
   Loss loss;
   int tasks, shots, steps;
   int queries = 0;  // 0: no query set
-  int64_t workspace_per_task() const { return mlp_workspace_size(layout, workspace_rows(shots, queries)); }
+  int64_t workspace_per_task() const { return mlp_workspace_size(layout, shots > queries ? shots : queries); }
 };
 
 // The tensors of one call, made contiguous (undefined where absent).
@@ -193,35 +193,41 @@ template <typename T>
 T* mut_ptr_or_null(at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr; }
 
 template <typename T>
+MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in, at::Tensor& workspace) {
+  MlpProblem<T> p;
+  p.layout = c.layout;
+  p.act = c.act;
+  p.loss = c.loss;
+  p.tasks = c.tasks;
+  p.shots = c.shots;
+  p.queries = c.queries;
+  p.steps = c.steps;
+  p.lr = T(lr);
+  p.lrs = ptr_or_null<T>(in.lrs);
+  p.x = in.x.data_ptr<T>();
+  const bool mse = c.loss == Loss::MSE;
+  p.y_float = mse ? in.y.data_ptr<T>() : nullptr;
+  p.y_class = mse ? nullptr : in.y.data_ptr<int64_t>();
+  p.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
+  p.qy_float = c.queries && mse ? in.qy.data_ptr<T>() : nullptr;
+  p.qy_class = c.queries && !mse ? in.qy.data_ptr<int64_t>() : nullptr;
+  p.workspace = workspace.data_ptr<T>();
+  p.workspace_stride = c.workspace_per_task();
+  return p;
+}
+
+template <typename T>
 MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in,
                                     at::Tensor& adapted, at::Tensor& losses, at::Tensor& query_output,
                                     at::Tensor& query_losses, at::Tensor& trajectory, at::Tensor& workspace) {
-  const at::Tensor &init = in.init, &x = in.x, &y = in.y;
-  const at::Tensor* lrs = in.lrs.defined() ? &in.lrs : nullptr;
   MlpAdaptForwardArgs<T> a;
-  a.layout = c.layout;
-  a.act = c.act;
-  a.loss = c.loss;
-  a.tasks = c.tasks;
-  a.shots = c.shots;
-  a.steps = c.steps;
-  a.lr = T(lr);
-  a.lrs = lrs ? lrs->data_ptr<T>() : nullptr;
-  a.init = init.data_ptr<T>();
-  a.x = x.data_ptr<T>();
-  a.y_float = c.loss == Loss::MSE ? y.data_ptr<T>() : nullptr;
-  a.y_class = c.loss == Loss::CrossEntropy ? y.data_ptr<int64_t>() : nullptr;
-  a.queries = c.queries;
-  a.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
-  a.qy_float = c.queries && c.loss == Loss::MSE ? in.qy.data_ptr<T>() : nullptr;
-  a.qy_class = c.queries && c.loss == Loss::CrossEntropy ? in.qy.data_ptr<int64_t>() : nullptr;
+  a.p = problem<T>(c, lr, in, workspace);
+  a.init = in.init.data_ptr<T>();
   a.adapted = adapted.data_ptr<T>();
   a.losses = losses.data_ptr<T>();
   a.query_output = c.queries ? query_output.data_ptr<T>() : nullptr;
   a.query_losses = c.queries ? query_losses.data_ptr<T>() : nullptr;
   a.trajectory = trajectory.data_ptr<T>();
-  a.workspace = workspace.data_ptr<T>();
-  a.workspace_stride = c.workspace_per_task();
   return a;
 }
 
@@ -230,38 +236,19 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
                                       const MlpAdaptTensors& in, const MlpAdaptGrads& g, at::Tensor& grad_init,
                                       at::Tensor& grad_lrs, at::Tensor& grad_x, at::Tensor& grad_qx,
                                       at::Tensor& workspace) {
-  const at::Tensor* lrs = in.lrs.defined() ? &in.lrs : nullptr;
-  const at::Tensor &x = in.x, &y = in.y, &grad_adapted = g.grad_adapted, &grad_losses = g.grad_losses,
-                   &trajectory = g.trajectory;
   MlpAdaptBackwardArgs<T> a;
-  a.layout = c.layout;
-  a.act = c.act;
-  a.loss = c.loss;
-  a.tasks = c.tasks;
-  a.shots = c.shots;
-  a.steps = c.steps;
+  a.p = problem<T>(c, lr, in, workspace);
   a.second_order = !first_order;
-  a.lr = T(lr);
-  a.lrs = lrs ? lrs->data_ptr<T>() : nullptr;
-  a.grad_adapted = grad_adapted.data_ptr<T>();
-  a.grad_losses = grad_losses.data_ptr<T>();
-  a.trajectory = trajectory.data_ptr<T>();
-  a.x = x.data_ptr<T>();
-  a.y_float = c.loss == Loss::MSE ? y.data_ptr<T>() : nullptr;
-  a.y_class = c.loss == Loss::CrossEntropy ? y.data_ptr<int64_t>() : nullptr;
+  a.grad_adapted = g.grad_adapted.data_ptr<T>();
+  a.grad_losses = g.grad_losses.data_ptr<T>();
   a.grad_query_output = ptr_or_null<T>(g.grad_query_output);
   a.grad_query_losses = ptr_or_null<T>(g.grad_query_losses);
   a.adapted = ptr_or_null<T>(g.adapted);
-  a.queries = c.queries;
-  a.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
-  a.qy_float = c.queries && c.loss == Loss::MSE ? in.qy.data_ptr<T>() : nullptr;
-  a.qy_class = c.queries && c.loss == Loss::CrossEntropy ? in.qy.data_ptr<int64_t>() : nullptr;
+  a.trajectory = g.trajectory.data_ptr<T>();
   a.grad_init = grad_init.data_ptr<T>();
   a.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
   a.grad_x = mut_ptr_or_null<T>(grad_x);
   a.grad_qx = mut_ptr_or_null<T>(grad_qx);
-  a.workspace = workspace.data_ptr<T>();
-  a.workspace_stride = c.workspace_per_task();
   return a;
 }
 

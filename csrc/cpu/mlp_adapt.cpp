@@ -21,10 +21,10 @@ namespace {
 
 #define MF_DEFINE_TASK_RUNNERS(T)                                                                       \
   MF_CPU_CLONES void run_forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {   \
-    for (int64_t t = begin; t < end; ++t) mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.workspace + t * a.workspace_stride);          \
+    for (int64_t t = begin; t < end; ++t) mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);          \
   }                                                                                                     \
   MF_CPU_CLONES void run_backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) { \
-    for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.workspace + t * a.workspace_stride);         \
+    for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);         \
   }
 MF_DEFINE_TASK_RUNNERS(float)
 MF_DEFINE_TASK_RUNNERS(double)

@@ -30,12 +30,12 @@ __device__ __forceinline__ T* task_workspace(T* global, int64_t stride, bool sha
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) mlp_adapt_forward_kernel(const MlpAdaptForwardArgs<T> a, bool shared) {
-  mlp_adapt_forward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.workspace, a.workspace_stride, shared));
+  mlp_adapt_forward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.p.workspace, a.p.workspace_stride, shared));
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) mlp_adapt_backward_kernel(const MlpAdaptBackwardArgs<T> a, bool shared) {
-  mlp_adapt_backward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.workspace, a.workspace_stride, shared));
+  mlp_adapt_backward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.p.workspace, a.p.workspace_stride, shared));
 }
 
 // Bytes of shared memory to use for a workspace of `bytes` (0: use global).
@@ -55,9 +55,9 @@ size_t shared_bytes_for(Kernel kernel, size_t bytes) {
 
 template <typename Args, typename Kernel>
 void launch(Kernel kernel, const Args& a, cudaStream_t s, const char* what) {
-  using T = std::remove_pointer_t<decltype(a.workspace)>;
-  const size_t smem = shared_bytes_for(kernel, size_t(a.workspace_stride) * sizeof(T));
-  kernel<<<a.tasks, kThreads, smem, s>>>(a, smem > 0);
+  using T = std::remove_pointer_t<decltype(a.p.workspace)>;
+  const size_t smem = shared_bytes_for(kernel, size_t(a.p.workspace_stride) * sizeof(T));
+  kernel<<<a.p.tasks, kThreads, smem, s>>>(a, smem > 0);
   check_launch(what);
 }
 

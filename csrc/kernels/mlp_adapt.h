@@ -293,124 +293,121 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
 }
 
 // ---------------------------------------------------------------------------
-// Forward: θ_0 = init; for s < S: record θ_s, loss_s = L(θ_s), θ_{s+1} = θ_s − α⊙∇L(θ_s).
+// What the forward and the backward of one call share: the network, the
+// update rule, the data of every task and the scratch.
 // ---------------------------------------------------------------------------
 template <typename T>
-struct MlpAdaptForwardArgs {
+struct MlpProblem {
   MlpLayout layout;
   Activation act;
   Loss loss;
-  int tasks, shots, steps;
+  int tasks, shots, queries, steps;  // T, K, Q (0: no query set), S
   T lr;
-  const T* lrs;          // [P] or nullptr
+  const T* lrs;                      // [P] per-parameter rates (Meta-SGD), or nullptr: lr
+  const T* x;                        // [T, K, d_0]
+  const T* y_float;                  // [T, K, d_L] (MSE) or nullptr
+  const int64_t* y_class;            // [T, K] (cross-entropy) or nullptr
+  const T* qx;                       // [T, Q, d_0] or nullptr
+  const T* qy_float;
+  const int64_t* qy_class;
+  T* workspace;                      // [T, W] global scratch
+  int64_t workspace_stride;          // W = mlp_workspace_size(layout, rows())
+
+  MF_HD T rate(int64_t p) const { return lrs ? lrs[p] : lr; }
+  MF_HD int rows() const { return shots > queries ? shots : queries; }
+  MF_HD MlpTaskData<T> task_data(int task, bool query) const {
+    const int n = query ? queries : shots;
+    const T* xs = query ? qx : x;
+    const T* yf = query ? qy_float : y_float;
+    const int64_t* yc = query ? qy_class : y_class;
+    MlpTaskData<T> d;
+    d.shots = n;
+    d.x = xs + int64_t(task) * n * layout.sizes[0];
+    d.y_float = yf ? yf + int64_t(task) * n * layout.sizes[layout.num_layers] : nullptr;
+    d.y_class = yc ? yc + int64_t(task) * n : nullptr;
+    return d;
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Forward: θ_0 = init; for s < S: record θ_s, loss_s = L(θ_s),
+// θ_{s+1} = θ_s − α⊙∇L(θ_s); then, with a query set, the query forward at θ_S.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct MlpAdaptForwardArgs {
+  MlpProblem<T> p;
   const T* init;         // [P]
-  const T* x;            // [T, K, d_0]
-  const T* y_float;      // [T, K, d_L] or nullptr
-  const int64_t* y_class;  // [T, K] or nullptr
-  int queries;           // Q, 0 without a query set
-  const T* qx;           // [T, Q, d_0] or nullptr
-  const T* qy_float;     // [T, Q, d_L] or nullptr
-  const int64_t* qy_class;  // [T, Q] or nullptr
   T* adapted;            // [T, P]
   T* losses;             // [T, S]
   T* query_output;       // [T, Q, d_L] model output at θ_S, or nullptr
   T* query_losses;       // [T] query loss at θ_S, or nullptr
   T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
-  T* workspace;          // [T, W] with W = mlp_workspace_size(rows = max(K, Q))
-  int64_t workspace_stride;  // W
 };
 
-MF_HD int workspace_rows(int shots, int queries) { return shots > queries ? shots : queries; }
-
-template <typename T>
-MF_HD MlpTaskData<T> task_data(const MlpLayout& m, int shots, const T* x, const T* y_float,
-                               const int64_t* y_class, int task) {
-  MlpTaskData<T> d;
-  d.shots = shots;
-  d.x = x + int64_t(task) * shots * m.sizes[0];
-  d.y_float = y_float ? y_float + int64_t(task) * shots * m.sizes[m.num_layers] : nullptr;
-  d.y_class = y_class ? y_class + int64_t(task) * shots : nullptr;
-  return d;
-}
-
 // `workspace`: this task's scratch (mlp_workspace_size elements): a slice of
-// a.workspace, or on the GPU the block's shared memory when it fits.
+// p.workspace, or on the GPU the block's shared memory when it fits.
 template <typename T, typename Lanes>
 MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int task, T* workspace) {
-  const MlpLayout& m = a.layout;
+  const MlpProblem<T>& pr = a.p;
+  const MlpLayout& m = pr.layout;
   const int64_t P = m.num_params;
-  const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
-  const int rows = workspace_rows(a.shots, a.queries);
-  MlpWorkspace<T> ws(workspace, m, rows);
+  const MlpTaskData<T> d = pr.task_data(task, false);
+  MlpWorkspace<T> ws(workspace, m, pr.rows());
   T* theta = a.adapted + int64_t(task) * P;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
-  for (int s = 0; s < a.steps; ++s) {
-    T* record = a.trajectory + (int64_t(task) * a.steps + s) * P;
+  for (int s = 0; s < pr.steps; ++s) {
+    T* record = a.trajectory + (int64_t(task) * pr.steps + s) * P;
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) record[p] = theta[p];
-    const T loss = mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, nullptr);
-    if (lanes.leader()) a.losses[int64_t(task) * a.steps + s] = loss;
-    for (int64_t p = lanes.lane(); p < P; p += lanes.count())
-      theta[p] = sgd_step(theta[p], a.lrs ? a.lrs[p] : a.lr, ws.grad[p]);
+    const T loss = mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, d, ws, nullptr);
+    if (lanes.leader()) a.losses[int64_t(task) * pr.steps + s] = loss;
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = sgd_step(theta[p], pr.rate(p), ws.grad[p]);
     lanes.sync();
   }
-  if (a.queries > 0) {  // the query forward at θ_S, fused in the same launch
-    const MlpTaskData<T> q = task_data(m, a.queries, a.qx, a.qy_float, a.qy_class, task);
-    const T loss = mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, q, ws, nullptr, false, false);
+  if (pr.queries > 0) {  // the query forward at θ_S, fused in the same launch
+    const T loss = mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, pr.task_data(task, true), ws, nullptr,
+                                        false, false);
     const int dL = m.sizes[m.num_layers];
-    const T* y = ws.z + int64_t(a.queries) * m.act_offset[m.num_layers];
-    T* dst = a.query_output + int64_t(task) * a.queries * dL;
-    for (int64_t i = lanes.lane(); i < int64_t(a.queries) * dL; i += lanes.count()) dst[i] = y[i];
+    const T* y = ws.z + int64_t(pr.queries) * m.act_offset[m.num_layers];
+    T* dst = a.query_output + int64_t(task) * pr.queries * dL;
+    for (int64_t i = lanes.lane(); i < int64_t(pr.queries) * dL; i += lanes.count()) dst[i] = y[i];
     if (lanes.leader()) a.query_losses[task] = loss;
   }
 }
 
 // ---------------------------------------------------------------------------
-// Backward: v = ∂Q/∂θ_S; for s = S−1 … 0 (g_s = ∇L(θ_s), H_s its Hessian):
+// Backward: v = ∂Q/∂θ_S (plus the query terms); for s = S−1 … 0 (g_s = ∇L(θ_s),
+// H_s its Hessian):
 //   ᾱ += −g_s ⊙ v;   v ← v − H_s(α ⊙ v)  [second order only];   v += l̄_s·g_s
 //   x̄ += l̄_s·∂L/∂x − ∂/∂x[(α⊙v)ᵀ g_s]  [the second term second order only]
 // giving v = ∂/∂θ_0, ᾱ = ∂/∂α and x̄ = ∂/∂x of the task's share of the meta-loss.
 // ---------------------------------------------------------------------------
 template <typename T>
 struct MlpAdaptBackwardArgs {
-  MlpLayout layout;
-  Activation act;
-  Loss loss;
-  int tasks, shots, steps;
+  MlpProblem<T> p;
   bool second_order;
-  T lr;
-  const T* lrs;            // [P] or nullptr
-  const T* grad_adapted;   // [T, P]
-  const T* grad_losses;    // [T, S]
+  const T* grad_adapted;       // [T, P]
+  const T* grad_losses;        // [T, S]
   const T* grad_query_output;  // [T, Q, d_L] or nullptr
   const T* grad_query_losses;  // [T] or nullptr
-  const T* adapted;        // [T, P] θ_S (for the query terms)
-  const T* trajectory;     // [T, S, P]
-  const T* x;
-  const T* y_float;
-  const int64_t* y_class;
-  T* grad_init;            // [T, P] per-task ∂/∂θ_0
-  T* grad_lrs;             // [T, P] per-task ∂/∂α, or nullptr
-  T* grad_x;               // [T, K, d_0] ∂/∂support_x, or nullptr
-  int queries;
-  const T* qx;
-  const T* qy_float;
-  const int64_t* qy_class;
-  T* grad_qx;              // [T, Q, d_0] ∂/∂query_x, or nullptr
-  T* workspace;            // [T, W]
-  int64_t workspace_stride;
+  const T* adapted;            // [T, P] θ_S (for the query terms)
+  const T* trajectory;         // [T, S, P]
+  T* grad_init;                // [T, P] per-task ∂/∂θ_0
+  T* grad_lrs;                 // [T, P] per-task ∂/∂α, or nullptr
+  T* grad_x;                   // [T, K, d_0] ∂/∂support_x, or nullptr
+  T* grad_qx;                  // [T, Q, d_0] ∂/∂query_x, or nullptr
 };
 
 template <typename T, typename Lanes>
 MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task, T* workspace) {
-  const MlpLayout& m = a.layout;
+  const MlpProblem<T>& pr = a.p;
+  const MlpLayout& m = pr.layout;
   const int64_t P = m.num_params;
-  const MlpTaskData<T> d = task_data(m, a.shots, a.x, a.y_float, a.y_class, task);
-  const int rows = workspace_rows(a.shots, a.queries);
-  MlpWorkspace<T> ws(workspace, m, rows);
+  const MlpTaskData<T> d = pr.task_data(task, false);
+  MlpWorkspace<T> ws(workspace, m, pr.rows());
   T* v = a.grad_init + int64_t(task) * P;
   T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
-  const int64_t nx = int64_t(a.shots) * m.sizes[0];
+  const int64_t nx = int64_t(pr.shots) * m.sizes[0];
   T* x_bar = a.grad_x ? a.grad_x + int64_t(task) * nx : nullptr;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
     v[p] = a.grad_adapted[int64_t(task) * P + p];
@@ -419,31 +416,30 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   if (x_bar)
     for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) x_bar[i] = T(0);
   lanes.sync();
-  if (a.queries > 0) {  // v += ∂/∂θ_S of the query terms (loss and outputs)
-    const MlpTaskData<T> q = task_data(m, a.queries, a.qx, a.qy_float, a.qy_class, task);
+  if (pr.queries > 0) {  // v += ∂/∂θ_S of the query terms (loss and outputs)
     const int dL = m.sizes[m.num_layers];
     const T scale = a.grad_query_losses ? a.grad_query_losses[task] : T(0);
-    const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * a.queries * dL : nullptr;
-    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, a.adapted + int64_t(task) * P, q, ws, nullptr,
-                         a.grad_qx != nullptr, true, scale, extra);
+    const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * pr.queries * dL : nullptr;
+    mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, a.adapted + int64_t(task) * P, pr.task_data(task, true), ws,
+                         nullptr, a.grad_qx != nullptr, true, scale, extra);
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] += ws.grad[p];
     if (a.grad_qx) {
-      const int64_t nq = int64_t(a.queries) * m.sizes[0];
+      const int64_t nq = int64_t(pr.queries) * m.sizes[0];
       T* qx_bar = a.grad_qx + int64_t(task) * nq;
       for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = ws.dx[i];
     }
     lanes.sync();
   }
   const ScaledDirection<T> dir{ws.dir};
-  for (int s = a.steps - 1; s >= 0; --s) {
-    const T* theta = a.trajectory + (int64_t(task) * a.steps + s) * P;
+  for (int s = pr.steps - 1; s >= 0; --s) {
+    const T* theta = a.trajectory + (int64_t(task) * pr.steps + s) * P;
     if (a.second_order) {
-      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = (a.lrs ? a.lrs[p] : a.lr) * v[p];
+      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = pr.rate(p) * v[p];
       lanes.sync();
     }
-    mlp_loss_grad_hvp<T>(lanes, m, a.act, a.loss, theta, d, ws, a.second_order ? &dir : nullptr,
+    mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, d, ws, a.second_order ? &dir : nullptr,
                          x_bar != nullptr);
-    const T loss_bar = a.grad_losses[int64_t(task) * a.steps + s];
+    const T loss_bar = a.grad_losses[int64_t(task) * pr.steps + s];
     if (x_bar)
       for (int64_t i = lanes.lane(); i < nx; i += lanes.count())
         x_bar[i] += loss_bar * ws.dx[i] - (a.second_order ? ws.dx_dot[i] : T(0));
