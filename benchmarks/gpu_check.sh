@@ -31,7 +31,9 @@ for tool in memcheck racecheck; do
 done
 
 log "benchmarks"
-timeout 120 python benchmarks/bench_sinusoid.py --device cuda --out "$OUT" 2>&1 | tail -40
-timeout 90 python benchmarks/bench_omniglot.py --device cuda --quick --out "$OUT" 2>&1 | tail -30
+timeout 120 python benchmarks/bench_sinusoid.py --device cuda --out "$OUT/sinusoid_cuda.json" 2>&1 | tail -40
+[ "${PIPESTATUS[0]}" -eq 0 ] || { log "bench_sinusoid failed"; status=1; }
+timeout 90 python benchmarks/bench_omniglot.py --device cuda --quick --out "$OUT/omniglot_cuda.json" 2>&1 | tail -30
+[ "${PIPESTATUS[0]}" -eq 0 ] || { log "bench_omniglot failed"; status=1; }
 log "done, status $status"
 exit $status

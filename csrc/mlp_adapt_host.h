@@ -56,8 +56,11 @@ inline MlpLayout make_mlp_layout(c10::IntArrayRef sizes) {
   m.num_layers = int(sizes.size()) - 1;
   int64_t p = 0, a = 0;
   for (const auto l : c10::irange(sizes.size())) {
-    TORCH_CHECK(sizes[l] > 0 && sizes[l] < (1 << 20), "metafast::mlp_adapt: layer width ", l,
-                " must be positive, got ", sizes[l]);
+    TORCH_CHECK(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l,
+                " must be in [1, 65536], got ", sizes[l]);
+    // The kernels index one layer's weights and activations with 32-bit ints.
+    TORCH_CHECK(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
+                " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
     m.sizes[l] = int(sizes[l]);
     if (l == 0) continue;
     m.weight_offset[l] = p;
@@ -124,6 +127,11 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
   TORCH_CHECK(x.size(0) > 0 && x.size(1) > 0,
               "metafast::mlp_adapt: support_x has an empty task or support set: ", x.sizes());
   TORCH_CHECK(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
+  int64_t widest = 0;
+  for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
+  TORCH_CHECK(x.size(1) * widest < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
+              "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest,
+              " wide in the fused kernel");
   c.tasks = int(x.size(0));
   c.shots = int(x.size(1));
   c.steps = int(steps);
@@ -140,6 +148,9 @@ inline void check_query_inputs(MlpAdaptConfig& c, const at::Tensor& params, cons
   TORCH_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0],
               "metafast::mlp_adapt: query_x must be [", c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
   TORCH_CHECK(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
+  int64_t widest = 0;
+  for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
+  TORCH_CHECK(qx->size(1) * widest < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
   c.queries = int(qx->size(1));
   check_targets(c, params, *qy, c.queries, sizes.back(), "query_y");
 }

@@ -1,7 +1,7 @@
 // Host-side checks shared by the CPU and CUDA implementations of
-// metafast::sgd_update. Shape rule (no general broadcasting): within entry i,
-// params[i], grads[i] and lrs[i] each have either the full shape F of the
-// largest of them or F without its leading task dimension; the output has F.
+// metafast::sgd_update. Shape rule (no general broadcasting): the output has
+// the shape of grads[i]; params[i] and lrs[i] have that shape or that shape
+// without its leading task dimension (shared by every task).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -17,7 +17,7 @@ struct SgdUpdateEntry {
 };
 
 inline bool is_task_slice(const at::Tensor& t, c10::IntArrayRef full) {
-  return t.sizes() == full || (full.size() >= 1 && t.sizes() == full.slice(1));
+  return t.sizes() == full || (!full.empty() && t.sizes() == full.slice(1));
 }
 
 inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(at::TensorList params, at::TensorList grads,
@@ -31,24 +31,24 @@ inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(at::TensorList params
   entries.reserve(params.size());
   for (const auto i : c10::irange(params.size())) {
     SgdUpdateEntry e{params[i], grads[i], lrs.has_value() ? (*lrs)[i] : at::Tensor(), {}};
-    const at::Tensor* largest = &e.param;
+    TORCH_CHECK(e.param.defined() && e.grad.defined() && (!lrs.has_value() || e.lr.defined()),
+                "metafast::sgd_update: entry ", i, " holds an undefined tensor");
     for (const at::Tensor* t : {&e.grad, &e.lr}) {
       if (!t->defined()) continue;
       TORCH_CHECK(t->device() == e.param.device(), "metafast::sgd_update: entry ", i, " mixes devices ",
                   e.param.device(), " and ", t->device());
       TORCH_CHECK(t->scalar_type() == e.param.scalar_type(), "metafast::sgd_update: entry ", i,
                   " mixes dtypes ", e.param.scalar_type(), " and ", t->scalar_type());
-      if (t->dim() > largest->dim()) largest = t;
     }
     TORCH_CHECK(at::isFloatingType(e.param.scalar_type()), "metafast::sgd_update: entry ", i,
                 " must be floating point, got ", e.param.scalar_type());
-    const c10::IntArrayRef full = largest->sizes();
+    const c10::IntArrayRef full = e.grad.sizes();
     for (const at::Tensor* t : {&e.param, &e.grad, &e.lr}) {
       if (!t->defined()) continue;
       TORCH_CHECK(is_task_slice(*t, full), "metafast::sgd_update: entry ", i, " has shapes param ",
                   e.param.sizes(), ", grad ", e.grad.sizes(), e.lr.defined() ? ", lr " : "",
                   e.lr.defined() ? e.lr.sizes() : c10::IntArrayRef{},
-                  "; each must be the same shape or that shape with a leading task dimension");
+                  "; each must be the grad's shape or the grad's shape without its leading task dimension");
     }
     e.out_shape = full.vec();
     entries.push_back(std::move(e));

@@ -68,7 +68,7 @@ class BatchedMAML(nn.Module):
             raise ValueError(f"BatchedMAML: unknown backend {backend!r} (expected one of {BACKENDS})")
         if adapt not in ("all", "head"):
             raise ValueError(f"BatchedMAML: adapt must be 'all' or 'head' (ANIL), got {adapt!r}")
-        if int(inner_steps) < 1:
+        if int(inner_steps) != inner_steps or int(inner_steps) < 1:
             raise ValueError(f"BatchedMAML: inner_steps must be >= 1, got {inner_steps}")
         self.model = model
         self.inner_lr = float(inner_lr)
@@ -119,6 +119,12 @@ class BatchedMAML(nn.Module):
             raise ValueError("BatchedMAML: the meta-batch has no tasks")
         if support_x.shape[1] == 0:
             raise ValueError("BatchedMAML: empty support set (support_x has 0 examples per task)")
+        if query_x is not None:
+            if query_x.shape[1] == 0:
+                raise ValueError("BatchedMAML: empty query set (query_x has 0 examples per task)")
+            if query_x.shape[2:] != support_x.shape[2:]:
+                raise ValueError(f"BatchedMAML: query examples have shape {tuple(query_x.shape[2:])} but support "
+                                 f"examples {tuple(support_x.shape[2:])}")
         for xn, x, yn, y in (("support_x", support_x, "support_y", support_y),
                              ("query_x", query_x, "query_y", query_y)):
             if x is None:
@@ -146,8 +152,8 @@ class BatchedMAML(nn.Module):
             for name, y in (("support_y", support_y), ("query_y", query_y)):
                 if y is None:
                     continue
-                if y.dtype.is_floating_point or y.dtype == torch.bool:
-                    raise TypeError(f"BatchedMAML: cross-entropy {name} must hold integer class indices, got {y.dtype}")
+                if y.dtype != torch.int64:
+                    raise TypeError(f"BatchedMAML: cross-entropy {name} must hold int64 class indices, got {y.dtype}")
                 head = _last_linear(self.model)
                 lo, hi = int(y.min()), int(y.max())
                 if lo < 0 or (head is not None and hi >= head[1].out_features):
@@ -156,8 +162,9 @@ class BatchedMAML(nn.Module):
                                      f"{classes} outputs")
         elif self.loss_name == "mse":
             for name, y in (("support_y", support_y), ("query_y", query_y)):
-                if y is not None and not y.dtype.is_floating_point:
-                    raise TypeError(f"BatchedMAML: MSE {name} must be floating point, got {y.dtype}")
+                if y is not None and y.dtype != ref.dtype:
+                    raise TypeError(f"BatchedMAML: MSE {name} has dtype {y.dtype} but the model's parameters are "
+                                    f"{ref.dtype}")
 
     # --------------------------------------------------------------- backends
     def _fused_reason(self, support_x) -> str | None:
@@ -275,6 +282,8 @@ class BatchedMAML(nn.Module):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> dict:
         """Adapted parameters, batched over tasks: {name: [T, *shape]} (adapted ones only)."""
         self._check(support_x, support_y)
+        if steps is not None and (int(steps) != steps or steps < 1):
+            raise ValueError(f"BatchedMAML.adapt: steps must be a positive integer, got {steps}")
         steps = self.inner_steps if steps is None else int(steps)
         backend = self.backend_used = self._select_backend(support_x)
         if backend == "fused":
@@ -284,6 +293,12 @@ class BatchedMAML(nn.Module):
 
     def predict(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Apply per-task parameters (from ``adapt``) to inputs x [T, N, ...]."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise ValueError("BatchedMAML.predict: x must be a tensor [tasks, examples, ...]")
+        ref = self._model_tensor()
+        if x.dtype != ref.dtype or x.device != ref.device:
+            raise TypeError(f"BatchedMAML.predict: x is {x.dtype} on {x.device} but the model is {ref.dtype} on "
+                            f"{ref.device}")
         if x.shape[0] != next(iter(params.values())).shape[0]:
             raise ValueError(f"BatchedMAML.predict: x has {x.shape[0]} tasks but params have "
                              f"{next(iter(params.values())).shape[0]}")

@@ -25,6 +25,9 @@ def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
         return memo[id(module)]
     clone = copy.copy(module)
     clone.__dict__ = module.__dict__.copy()
+    for key, value in clone.__dict__.items():  # hook registries and name sets: the clone's own
+        if key.startswith("_") and isinstance(value, (dict, set)):
+            clone.__dict__[key] = copy.copy(value)
     memo[id(module)] = clone
     clone._parameters = OrderedDict()
     for name, p in module._parameters.items():

@@ -153,6 +153,9 @@ def _setup(loss="mse"):
         (lambda d: d["sx"].__setitem__((0, 0, 0), float("nan")), ValueError, "NaN or inf"),
         (lambda d: d["qy"].__setitem__((1, 0, 0), float("inf")), ValueError, "NaN or inf"),
         (lambda d: d.update(sx=d["sx"].to("meta")), ValueError, "is on meta"),
+        (lambda d: d.update(qx=d["qx"][:, :0], qy=d["qy"][:, :0]), ValueError, "empty query set"),
+        (lambda d: d.update(qx=d["qx"][..., :1]), ValueError, "query examples have shape"),
+        (lambda d: d.update(sy=d["sy"].float()), TypeError, "MSE support_y has dtype"),
     ],
 )
 def test_bad_input_names_the_problem(mutate, exc, match):
@@ -167,8 +170,14 @@ def test_bad_labels_and_targets():
     meta, (sx, sy, qx, qy) = _setup("cross_entropy")
     with pytest.raises(ValueError, match="class labels"):
         meta(sx, sy + 5, qx, qy)
-    with pytest.raises(TypeError, match="integer class indices"):
+    with pytest.raises(TypeError, match="int64 class indices"):
         meta(sx, sy.double(), qx, qy)
+    with pytest.raises(TypeError, match="int64 class indices"):
+        meta(sx, sy.int(), qx, qy)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        meta.adapt(sx, sy, steps=0)
+    with pytest.raises(TypeError, match="predict: x is"):
+        meta.predict(meta.adapt(sx, sy), qx.float())
     meta, (sx, sy, qx, qy) = _setup("mse")
     with pytest.raises(ValueError, match="no broadcasting|shape"):
         meta(sx, sy[..., :1], qx, qy[..., :1])

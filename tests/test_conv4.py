@@ -169,6 +169,9 @@ def test_anil_meta_gradients_match_reference(backend, first_order, steps):
         warnings.simplefilter("ignore", RuntimeWarning)  # "auto" may fall back to torch
         meta(sx, sy, qx, qy).loss.backward()
     got = _grads(model.parameters())
+    # "auto" runs the head's inner loop in the fused kernel when the extension is built
+    expected = "fused" if backend == "auto" and metafast._extension.available() else "torch"
+    assert meta.backend_used == expected
 
     model.zero_grad()
     ref = _anil_reference(model, sx, sy, qx, qy, 0.5, steps, first_order)

@@ -76,6 +76,19 @@ def test_clone_shares_nothing_mutable_and_handles_buffers():
     assert isinstance(maml.module[0].weight, nn.Parameter)
 
 
+def test_clone_hooks_do_not_leak_to_parent():
+    model = nn.Sequential(nn.Linear(2, 2))
+    learner = MAML(model, lr=0.1).clone()
+    calls = []
+    learner.module[0].register_forward_hook(lambda *args: calls.append(1))
+    learner.module[0].register_buffer("scratch", torch.zeros(1), persistent=False)
+    model(torch.randn(1, 2))
+    assert calls == []  # the parent's forward does not run the clone's hook
+    assert "scratch" not in model[0]._non_persistent_buffers_set
+    learner(torch.randn(1, 2))
+    assert calls == [1]
+
+
 def test_shared_parameters_stay_shared():
     lin = nn.Linear(3, 3)
     model = nn.Sequential(lin, nn.Tanh(), lin)

@@ -243,9 +243,15 @@ def test_cuda_large_widths_and_depth():
     torch.manual_seed(0)
     p = torch.randn(mlp_num_params(sizes), dtype=torch.float64, device="cuda") * 0.05
     sx, sy, _, _ = random_mlp_task(sizes, 4, 5, 1, "cross_entropy", device="cuda")
+    p.requires_grad_()
+    sx.requires_grad_()
     a, l = mlp_adapt(p, sx, sy, sizes, 2, lr=0.4, loss="cross_entropy")
     ra, rl = mlp_adapt_torch(p, None, 0.4, sx, sy, sizes, 2, "relu", "cross_entropy")
     assert max_rel_err([a, l], [ra, rl]) < TOL
+    w = torch.randn_like(a)
+    got = torch.autograd.grad((a * w).sum() + l.sum(), [p, sx])
+    want = torch.autograd.grad((ra * w).sum() + rl.sum(), [p, sx])
+    assert max_rel_err(got, want) < TOL  # global-memory workspace path, second order
 
 
 @requires_extension

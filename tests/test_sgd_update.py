@@ -81,12 +81,22 @@ def test_opcheck(meta_sgd):
         (lambda: ([torch.ones(3)], [torch.ones(3)], [torch.ones(3), torch.ones(3)]), "1 params but 2 lrs"),
         (lambda: ([torch.ones(3)], [torch.ones(3)], [torch.ones(4)]), "shapes"),
         (lambda: ([torch.ones(3)], [torch.ones(3, device="meta")], None), "devices"),
+        # grads define the result's shape: a param with a task dimension the grad lacks is an error
+        (lambda: ([torch.ones(2, 3)], [torch.ones(3)], None), "shapes"),
+        (lambda: ([torch.ones(3)], [torch.ones(2, 3)], [torch.ones(5, 2, 3)]), "shapes"),
     ],
 )
 def test_bad_input_names_the_problem(make, match):
     params, grads, lrs = make()
     with pytest.raises(ValueError, match=match):
         sgd_update(params, grads, 0.1, lrs)
+
+
+def test_missing_entries_are_type_errors():
+    with pytest.raises(TypeError, match="entry 0: grad is a NoneType"):
+        sgd_update([torch.ones(3)], [None], 0.1)
+    with pytest.raises(TypeError, match="entry 0: param is a NoneType"):
+        sgd_update([None], [torch.ones(3)], 0.1)
 
 
 @requires_extension

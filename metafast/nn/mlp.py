@@ -58,4 +58,6 @@ def mlp_spec(model: nn.Module) -> tuple[list[int], str] | str:
         expect_linear = not expect_linear
     if len(sizes) - 1 > 8:
         return f"{len(sizes) - 1} Linear layers (the fused kernel serves up to 8)"
+    if max(sizes) > 65536:
+        return f"a layer {max(sizes)} wide (the fused kernel serves widths up to 65536)"
     return sizes, activation or "relu"

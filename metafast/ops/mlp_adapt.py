@@ -88,8 +88,8 @@ def check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, acti
     t, k = support_x.shape[:2]
     if t == 0 or k == 0:
         raise ValueError(f"mlp_adapt: support_x has an empty task or support set: {tuple(support_x.shape)}")
-    if not 1 <= int(steps) <= 1000:
-        raise ValueError(f"mlp_adapt: steps must be in [1, 1000], got {steps}")
+    if isinstance(steps, bool) or int(steps) != steps or not 1 <= int(steps) <= 1000:
+        raise ValueError(f"mlp_adapt: steps must be an integer in [1, 1000], got {steps}")
     if support_y.device != params.device:
         raise ValueError(f"mlp_adapt: support_y is on {support_y.device} but params is on {params.device}")
     if loss == "mse":

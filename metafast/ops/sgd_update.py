@@ -1,9 +1,9 @@
 """metafast::sgd_update: θ' = θ − lr·g (or θ − lrs⊙g) for a whole list of tensors.
 
 Kernels: csrc/cpu/sgd_update.cpp, csrc/cuda/sgd_update{.cpp,_kernel.cu}.
-Shape rule (no silent broadcasting): in entry i, param, grad and lr each have
-either the full shape F of the largest of them or F without its leading task
-dimension; the result has shape F.
+Shape rule (no silent broadcasting): the result has the shape of grads[i];
+params[i] and lrs[i] have that shape, or that shape without its leading task
+dimension (an initialisation or rate shared by every task).
 """
 from __future__ import annotations
 
@@ -15,26 +15,28 @@ from metafast import _extension
 from metafast.ops._dispatch import kernel_available
 
 
-def _full_shape(i: int, param: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor | None) -> torch.Size:
-    operands = [t for t in (param, grad, lr) if t is not None]
-    for t in operands:
+def _full_shape(i: int, param: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor | None, has_lrs: bool) -> torch.Size:
+    named = [("param", param), ("grad", grad)] + ([("lr", lr)] if has_lrs else [])
+    for name, t in named:
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"sgd_update: entry {i} holds a {type(t).__name__}, expected a tensor")
+            raise TypeError(f"sgd_update: entry {i}: {name} is a {type(t).__name__}, expected a tensor")
+    operands = [t for _, t in named]
+    for t in operands:
         if t.device != param.device:
             raise ValueError(f"sgd_update: entry {i} mixes devices {param.device} and {t.device}")
         if t.dtype != param.dtype:
             raise ValueError(f"sgd_update: entry {i} mixes dtypes {param.dtype} and {t.dtype}")
     if not param.dtype.is_floating_point:
         raise ValueError(f"sgd_update: entry {i} must be floating point, got {param.dtype}")
-    full = max(operands, key=lambda t: t.dim()).shape
+    full = grad.shape
     for t in operands:
-        if t.shape != full and t.shape != full[1:]:
+        if t.shape != full and (len(full) == 0 or t.shape != full[1:]):
             shapes = f"param {tuple(param.shape)}, grad {tuple(grad.shape)}"
             if lr is not None:
                 shapes += f", lr {tuple(lr.shape)}"
             raise ValueError(
                 f"sgd_update: entry {i} has shapes {shapes}; each must be the same shape "
-                "or that shape with a leading task dimension"
+                "or the grad's shape without its leading task dimension"
             )
     return full
 
@@ -44,7 +46,8 @@ def _check(params, grads, lrs) -> list[torch.Size]:
         raise ValueError(f"sgd_update: got {len(params)} params but {len(grads)} grads")
     if lrs is not None and len(lrs) != len(params):
         raise ValueError(f"sgd_update: got {len(params)} params but {len(lrs)} lrs")
-    shapes = [_full_shape(i, p, g, None if lrs is None else lrs[i]) for i, (p, g) in enumerate(zip(params, grads))]
+    shapes = [_full_shape(i, p, g, None if lrs is None else lrs[i], lrs is not None)
+              for i, (p, g) in enumerate(zip(params, grads))]
     if params and any(p.device != params[0].device for p in params):
         raise ValueError("sgd_update: all tensors of one call must be on one device")
     return shapes
