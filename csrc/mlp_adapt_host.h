@@ -9,7 +9,9 @@
 #include <string>
 
 #include <ATen/ops/aminmax.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 
 #include "kernels/mlp_adapt.h"
 
@@ -37,29 +39,29 @@ struct MlpAdaptGrads {
 inline Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::ReLU;
   if (name == "tanh") return Activation::Tanh;
-  TORCH_CHECK(false, "metafast::mlp_adapt: unsupported activation '", name,
+  TORCH_CHECK_VALUE(false, "metafast::mlp_adapt: unsupported activation '", name,
               "' (supported: 'relu', 'tanh')");
 }
 
 inline Loss parse_loss(const std::string& name) {
   if (name == "mse") return Loss::MSE;
   if (name == "cross_entropy") return Loss::CrossEntropy;
-  TORCH_CHECK(false, "metafast::mlp_adapt: unsupported loss '", name,
+  TORCH_CHECK_VALUE(false, "metafast::mlp_adapt: unsupported loss '", name,
               "' (supported: 'mse', 'cross_entropy')");
 }
 
 inline MlpLayout make_mlp_layout(c10::IntArrayRef sizes) {
-  TORCH_CHECK(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1,
+  TORCH_CHECK_VALUE(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1,
               "metafast::mlp_adapt: sizes must list 2 to ", kMaxLayers + 1,
               " layer widths [d_in, ..., d_out], got ", sizes.size());
   MlpLayout m;
   m.num_layers = int(sizes.size()) - 1;
   int64_t p = 0, a = 0;
   for (const auto l : c10::irange(sizes.size())) {
-    TORCH_CHECK(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l,
+    TORCH_CHECK_VALUE(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l,
                 " must be in [1, 65536], got ", sizes[l]);
     // The kernels index one layer's weights and activations with 32-bit ints.
-    TORCH_CHECK(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
+    TORCH_CHECK_VALUE(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
                 " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
     m.sizes[l] = int(sizes[l]);
     if (l == 0) continue;
@@ -76,26 +78,26 @@ inline MlpLayout make_mlp_layout(c10::IntArrayRef sizes) {
 }
 
 inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), "metafast::mlp_adapt: ", name, " is on ", t.device(),
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "metafast::mlp_adapt: ", name, " is on ", t.device(),
               " but params is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "metafast::mlp_adapt: ", name, " has dtype ",
+  TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), "metafast::mlp_adapt: ", name, " has dtype ",
               t.scalar_type(), " but params has ", ref.scalar_type());
 }
 
 inline void check_targets(const MlpAdaptConfig& c, const at::Tensor& params, const at::Tensor& y, int64_t rows,
                           int64_t d_out, const char* name) {
-  TORCH_CHECK(y.device() == params.device(), "metafast::mlp_adapt: ", name, " is on ", y.device(),
+  TORCH_CHECK_VALUE(y.device() == params.device(), "metafast::mlp_adapt: ", name, " is on ", y.device(),
               " but params is on ", params.device());
   if (c.loss == Loss::MSE) {
-    TORCH_CHECK(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE ", name, " must have dtype ",
+    TORCH_CHECK_VALUE(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE ", name, " must have dtype ",
                 params.scalar_type(), ", got ", y.scalar_type());
-    TORCH_CHECK(y.dim() == 3 && y.size(0) == c.tasks && y.size(1) == rows && y.size(2) == d_out,
+    TORCH_CHECK_VALUE(y.dim() == 3 && y.size(0) == c.tasks && y.size(1) == rows && y.size(2) == d_out,
                 "metafast::mlp_adapt: MSE ", name, " must be [", c.tasks, ", ", rows, ", ", d_out, "], got ",
                 y.sizes());
   } else {
-    TORCH_CHECK(y.scalar_type() == at::kLong, "metafast::mlp_adapt: cross-entropy ", name,
+    TORCH_CHECK_VALUE(y.scalar_type() == at::kLong, "metafast::mlp_adapt: cross-entropy ", name,
                 " must hold int64 class indices, got ", y.scalar_type());
-    TORCH_CHECK(y.dim() == 2 && y.size(0) == c.tasks && y.size(1) == rows, "metafast::mlp_adapt: cross-entropy ",
+    TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == c.tasks && y.size(1) == rows, "metafast::mlp_adapt: cross-entropy ",
                 name, " must be [", c.tasks, ", ", rows, "], got ", y.sizes());
   }
 }
@@ -111,25 +113,25 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
   c.layout = make_mlp_layout(sizes);
   c.act = parse_activation(activation);
   c.loss = parse_loss(loss);
-  TORCH_CHECK(params.scalar_type() == at::kFloat || params.scalar_type() == at::kDouble,
+  TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat || params.scalar_type() == at::kDouble,
               "metafast::mlp_adapt: params must be float32 or float64, got ", params.scalar_type());
-  TORCH_CHECK(params.dim() == 1 && params.numel() == c.layout.num_params,
+  TORCH_CHECK_VALUE(params.dim() == 1 && params.numel() == c.layout.num_params,
               "metafast::mlp_adapt: params must be the flat vector [W1, b1, ...] of ",
               c.layout.num_params, " elements for sizes ", sizes, ", got shape ", params.sizes());
   if (lrs.has_value()) {
     check_same(*lrs, params, "lrs");
-    TORCH_CHECK(lrs->sizes() == params.sizes(), "metafast::mlp_adapt: lrs must have the shape of params ",
+    TORCH_CHECK_VALUE(lrs->sizes() == params.sizes(), "metafast::mlp_adapt: lrs must have the shape of params ",
                 params.sizes(), ", got ", lrs->sizes());
   }
   check_same(x, params, "support_x");
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == sizes[0],
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == sizes[0],
               "metafast::mlp_adapt: support_x must be [tasks, shots, ", sizes[0], "], got ", x.sizes());
-  TORCH_CHECK(x.size(0) > 0 && x.size(1) > 0,
+  TORCH_CHECK_VALUE(x.size(0) > 0 && x.size(1) > 0,
               "metafast::mlp_adapt: support_x has an empty task or support set: ", x.sizes());
-  TORCH_CHECK(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
+  TORCH_CHECK_VALUE(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
   int64_t widest = 0;
   for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
-  TORCH_CHECK(x.size(1) * widest < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
+  TORCH_CHECK_VALUE(x.size(1) * widest < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
               "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest,
               " wide in the fused kernel");
   c.tasks = int(x.size(0));
@@ -142,22 +144,22 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
 // Adds the optional query set (both tensors or neither) to the checks.
 inline void check_query_inputs(MlpAdaptConfig& c, const at::Tensor& params, const std::optional<at::Tensor>& qx,
                                const std::optional<at::Tensor>& qy, c10::IntArrayRef sizes) {
-  TORCH_CHECK(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
+  TORCH_CHECK_VALUE(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
   if (!qx.has_value()) return;
   check_same(*qx, params, "query_x");
-  TORCH_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0],
+  TORCH_CHECK_VALUE(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0],
               "metafast::mlp_adapt: query_x must be [", c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
-  TORCH_CHECK(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
+  TORCH_CHECK_VALUE(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
   int64_t widest = 0;
   for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
-  TORCH_CHECK(qx->size(1) * widest < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
+  TORCH_CHECK_VALUE(qx->size(1) * widest < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
   c.queries = int(qx->size(1));
   check_targets(c, params, *qy, c.queries, sizes.back(), "query_y");
 }
 
 // Labels must index the d_out classes (checked on the host, once per call).
 inline void check_label_range(int64_t lo, int64_t hi, int64_t classes) {
-  TORCH_CHECK(lo >= 0 && hi < classes, "metafast::mlp_adapt: class labels must be in [0, ", classes,
+  TORCH_CHECK_VALUE(lo >= 0 && hi < classes, "metafast::mlp_adapt: class labels must be in [0, ", classes,
               "), got values in [", lo, ", ", hi, "]");
 }
 
@@ -166,34 +168,34 @@ inline void check_backward_inputs(const MlpAdaptConfig& c, const at::Tensor& gra
                                   const at::Tensor& x, const MlpAdaptGrads& g) {
   if (c.queries > 0) {
     const int64_t dL = c.layout.sizes[c.layout.num_layers];
-    TORCH_CHECK(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, c.layout.num_params}),
+    TORCH_CHECK_VALUE(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, c.layout.num_params}),
                 "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ",
                 c.layout.num_params, "]");
     if (g.grad_query_output.defined())
-      TORCH_CHECK(g.grad_query_output.sizes() == c10::IntArrayRef({c.tasks, c.queries, dL}),
+      TORCH_CHECK_VALUE(g.grad_query_output.sizes() == c10::IntArrayRef({c.tasks, c.queries, dL}),
                   "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries, ", ", dL,
                   "], got ", g.grad_query_output.sizes());
     if (g.grad_query_losses.defined())
-      TORCH_CHECK(g.grad_query_losses.sizes() == c10::IntArrayRef({c.tasks}),
+      TORCH_CHECK_VALUE(g.grad_query_losses.sizes() == c10::IntArrayRef({c.tasks}),
                   "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "], got ",
                   g.grad_query_losses.sizes());
     for (const at::Tensor* t : {&g.adapted, &g.grad_query_output, &g.grad_query_losses})
-      TORCH_CHECK(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
+      TORCH_CHECK_VALUE(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
                   "metafast::mlp_adapt_backward: query gradients must match support_x's dtype and device");
   }
   const int64_t P = c.layout.num_params;
-  TORCH_CHECK(grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
+  TORCH_CHECK_VALUE(grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
               "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks, ", ", P, "], got ",
               grad_adapted.sizes());
-  TORCH_CHECK(grad_losses.sizes() == c10::IntArrayRef({c.tasks, c.steps}),
+  TORCH_CHECK_VALUE(grad_losses.sizes() == c10::IntArrayRef({c.tasks, c.steps}),
               "metafast::mlp_adapt_backward: grad_losses must be [", c.tasks, ", ", c.steps, "], got ",
               grad_losses.sizes());
-  TORCH_CHECK(trajectory.sizes() == c10::IntArrayRef({c.tasks, c.steps, P}),
+  TORCH_CHECK_VALUE(trajectory.sizes() == c10::IntArrayRef({c.tasks, c.steps, P}),
               "metafast::mlp_adapt_backward: trajectory must be [", c.tasks, ", ", c.steps, ", ", P,
               "], got ", trajectory.sizes());
   for (const at::Tensor* t : {&grad_adapted, &grad_losses, &trajectory}) {
     if (!t->defined()) continue;
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
+    TORCH_CHECK_VALUE(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
                 "metafast::mlp_adapt_backward: gradients and trajectory must match support_x's dtype and device");
   }
 }
@@ -263,11 +265,14 @@ MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool f
   return a;
 }
 
-// Labels must index the d_out classes (one small device sync on the GPU).
-inline void check_labels(const MlpAdaptConfig& c, const at::Tensor& y) {
-  if (c.loss != Loss::CrossEntropy || y.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(y);
-  check_label_range(lo.item<int64_t>(), hi.item<int64_t>(), c.layout.sizes[c.layout.num_layers]);
+// Labels must index the d_out classes: support and query labels are reduced
+// together so that the GPU is synchronised once.
+inline void check_labels(const MlpAdaptConfig& c, const at::Tensor& y, const at::Tensor& qy) {
+  if (c.loss != Loss::CrossEntropy) return;
+  const at::Tensor all = c.queries ? at::cat({y.reshape(-1), qy.reshape(-1)}) : y.reshape(-1);
+  const auto [lo, hi] = at::aminmax(all);
+  const at::Tensor bounds = at::stack({lo, hi}).cpu();
+  check_label_range(bounds[0].item<int64_t>(), bounds[1].item<int64_t>(), c.layout.sizes[c.layout.num_layers]);
 }
 
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
@@ -292,8 +297,7 @@ inline MlpAdaptForwardCall prepare_forward(const at::Tensor& params, const std::
   check_query_inputs(f.c, params, query_x, query_y, sizes);
   f.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
           contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
-  check_labels(f.c, f.in.y);
-  if (f.c.queries) check_labels(f.c, f.in.qy);
+  check_labels(f.c, f.in.y, f.in.qy);
   const auto opt = params.options();
   const int64_t T = f.c.tasks, P = f.c.layout.num_params, Q = f.c.queries;
   f.adapted = at::empty({T, P}, opt);
@@ -328,8 +332,8 @@ inline MlpAdaptBackwardCall prepare_backward(
   b.g = {grad_adapted.contiguous(), grad_losses.contiguous(), contiguous_or_undefined(grad_query_output),
          contiguous_or_undefined(grad_query_losses), adapted.contiguous(), trajectory.contiguous()};
   check_backward_inputs(b.c, b.g.grad_adapted, b.g.grad_losses, b.g.trajectory, support_x, b.g);
-  TORCH_CHECK(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
-  TORCH_CHECK(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
+  TORCH_CHECK_VALUE(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
+  TORCH_CHECK_VALUE(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
   b.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
           contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
   const auto opt = params.options();

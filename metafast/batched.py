@@ -145,26 +145,37 @@ class BatchedMAML(nn.Module):
         for name, t in pairs:
             if t.device != ref.device:
                 raise ValueError(f"BatchedMAML: {name} is on {t.device} but the model is on {ref.device}")
-        for name, t in pairs:
-            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"BatchedMAML: {name} contains NaN or inf")
         if self.loss_name == "cross_entropy":
             for name, y in (("support_y", support_y), ("query_y", query_y)):
-                if y is None:
-                    continue
-                if y.dtype != torch.int64:
+                if y is not None and y.dtype != torch.int64:
                     raise TypeError(f"BatchedMAML: cross-entropy {name} must hold int64 class indices, got {y.dtype}")
-                head = _last_linear(self.model)
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or (head is not None and hi >= head[1].out_features):
-                    classes = head[1].out_features if head is not None else "?"
-                    raise ValueError(f"BatchedMAML: {name} has class labels in [{lo}, {hi}] but the model has "
-                                     f"{classes} outputs")
         elif self.loss_name == "mse":
             for name, y in (("support_y", support_y), ("query_y", query_y)):
                 if y is not None and y.dtype != ref.dtype:
                     raise TypeError(f"BatchedMAML: MSE {name} has dtype {y.dtype} but the model's parameters are "
                                     f"{ref.dtype}")
+        # Value checks, gathered so that a GPU is synchronised once per call.
+        head = _last_linear(self.model)
+        classes = head[1].out_features if head is not None else None
+        checks = []
+        for name, t in pairs:
+            if t.dtype.is_floating_point:
+                checks.append((name, "finite", torch.isfinite(t).all()))
+            elif self.loss_name == "cross_entropy":
+                in_range = t.min() >= 0
+                if classes is not None:
+                    in_range = in_range & (t.max() < classes)
+                checks.append((name, "labels", in_range))
+        if not checks:
+            return
+        for (name, kind, _), good in zip(checks, torch.stack([c for _, _, c in checks]).tolist()):
+            if good:
+                continue
+            t = dict(pairs)[name]
+            if kind == "finite":
+                raise ValueError(f"BatchedMAML: {name} contains NaN or inf")
+            raise ValueError(f"BatchedMAML: {name} has class labels in [{int(t.min())}, {int(t.max())}] but the "
+                             f"model has {classes if classes is not None else '?'} outputs")
 
     # --------------------------------------------------------------- backends
     def _fused_reason(self, support_x) -> str | None:

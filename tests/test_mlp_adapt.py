@@ -175,13 +175,14 @@ def test_op_itself_checks_inputs():
     sizes = [2, 5, 3]
     p = torch.randn(mlp_num_params(sizes), dtype=torch.float64)
     sx = torch.randn(2, 4, 2, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="class labels must be in"):
+    # The C++ checks raise ValueError too (TORCH_CHECK_VALUE), like the Python ones.
+    with pytest.raises(ValueError, match="class labels must be in"):
         torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.full((2, 4), 7), None, None, sizes, 1, "relu",
                                      "cross_entropy", False)
-    with pytest.raises(RuntimeError, match="unsupported activation"):
+    with pytest.raises(ValueError, match="unsupported activation"):
         torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), None, None, sizes, 1,
                                      "elu", "cross_entropy", False)
-    with pytest.raises(RuntimeError, match="query_x must be"):
+    with pytest.raises(ValueError, match="query_x must be"):
         torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), sx[:1],
                                      torch.zeros(1, 4, dtype=torch.int64), sizes, 1, "relu", "cross_entropy", False)
 

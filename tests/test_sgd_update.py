@@ -102,9 +102,9 @@ def test_missing_entries_are_type_errors():
 @requires_extension
 def test_op_itself_checks_shapes():
     # Called directly (bypassing the Python wrapper), the C++ checks speak.
-    with pytest.raises(RuntimeError, match="leading task dimension"):
+    with pytest.raises(ValueError, match="leading task dimension"):
         torch.ops.metafast.sgd_update([torch.ones(3)], [torch.ones(4)], 0.1, None)
-    with pytest.raises(RuntimeError, match="got 1 params but 2 grads"):
+    with pytest.raises(ValueError, match="got 1 params but 2 grads"):
         torch.ops.metafast.sgd_update([torch.ones(3)], [torch.ones(3), torch.ones(3)], 0.1, None)
 
 

@@ -189,15 +189,14 @@ def mlp_adapt(
     check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss)
     check_query_inputs(params, support_x, query_x, query_y, sizes, loss)
     for name, y in (("support_y", support_y), ("query_y", query_y)):
-        if y is None:
-            continue
-        if y.requires_grad and torch.is_grad_enabled():
+        if y is not None and y.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"mlp_adapt: gradients with respect to {name} are not supported; detach the targets")
-        if loss == "cross_entropy":
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= sizes[-1]:
-                raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in [{lo}, {hi}]")
     if not kernel_available(params.device):
+        if loss == "cross_entropy":  # (the compiled op checks its labels itself)
+            for y in (support_y, query_y):
+                if y is not None and (int(y.min()) < 0 or int(y.max()) >= sizes[-1]):
+                    raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in "
+                                     f"[{int(y.min())}, {int(y.max())}]")
         return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
                                query_x, query_y)
     adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
