@@ -163,41 +163,34 @@ inline void check_label_range(int64_t lo, int64_t hi, int64_t classes) {
               "), got values in [", lo, ", ", hi, "]");
 }
 
-inline void check_backward_inputs(const MlpAdaptConfig& c, const at::Tensor& grad_adapted,
-                                  const at::Tensor& grad_losses, const at::Tensor& trajectory,
-                                  const at::Tensor& x, const MlpAdaptGrads& g) {
+inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& g, const at::Tensor& x) {
+  const int64_t P = c.layout.num_params, dL = c.layout.sizes[c.layout.num_layers];
+  TORCH_CHECK_VALUE(g.grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
+                    "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks, ", ", P, "], got ",
+                    g.grad_adapted.sizes());
+  TORCH_CHECK_VALUE(g.grad_losses.sizes() == c10::IntArrayRef({c.tasks, c.steps}),
+                    "metafast::mlp_adapt_backward: grad_losses must be [", c.tasks, ", ", c.steps, "], got ",
+                    g.grad_losses.sizes());
+  TORCH_CHECK_VALUE(g.trajectory.sizes() == c10::IntArrayRef({c.tasks, c.steps, P}),
+                    "metafast::mlp_adapt_backward: trajectory must be [", c.tasks, ", ", c.steps, ", ", P,
+                    "], got ", g.trajectory.sizes());
   if (c.queries > 0) {
-    const int64_t dL = c.layout.sizes[c.layout.num_layers];
-    TORCH_CHECK_VALUE(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, c.layout.num_params}),
-                "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ",
-                c.layout.num_params, "]");
+    TORCH_CHECK_VALUE(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
+                      "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ", P, "]");
     if (g.grad_query_output.defined())
       TORCH_CHECK_VALUE(g.grad_query_output.sizes() == c10::IntArrayRef({c.tasks, c.queries, dL}),
-                  "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries, ", ", dL,
-                  "], got ", g.grad_query_output.sizes());
+                        "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries,
+                        ", ", dL, "], got ", g.grad_query_output.sizes());
     if (g.grad_query_losses.defined())
       TORCH_CHECK_VALUE(g.grad_query_losses.sizes() == c10::IntArrayRef({c.tasks}),
-                  "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "], got ",
-                  g.grad_query_losses.sizes());
-    for (const at::Tensor* t : {&g.adapted, &g.grad_query_output, &g.grad_query_losses})
-      TORCH_CHECK_VALUE(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
-                  "metafast::mlp_adapt_backward: query gradients must match support_x's dtype and device");
+                        "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "], got ",
+                        g.grad_query_losses.sizes());
   }
-  const int64_t P = c.layout.num_params;
-  TORCH_CHECK_VALUE(grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
-              "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks, ", ", P, "], got ",
-              grad_adapted.sizes());
-  TORCH_CHECK_VALUE(grad_losses.sizes() == c10::IntArrayRef({c.tasks, c.steps}),
-              "metafast::mlp_adapt_backward: grad_losses must be [", c.tasks, ", ", c.steps, "], got ",
-              grad_losses.sizes());
-  TORCH_CHECK_VALUE(trajectory.sizes() == c10::IntArrayRef({c.tasks, c.steps, P}),
-              "metafast::mlp_adapt_backward: trajectory must be [", c.tasks, ", ", c.steps, ", ", P,
-              "], got ", trajectory.sizes());
-  for (const at::Tensor* t : {&grad_adapted, &grad_losses, &trajectory}) {
-    if (!t->defined()) continue;
-    TORCH_CHECK_VALUE(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
-                "metafast::mlp_adapt_backward: gradients and trajectory must match support_x's dtype and device");
-  }
+  for (const at::Tensor* t : {&g.grad_adapted, &g.grad_losses, &g.trajectory, &g.adapted, &g.grad_query_output,
+                              &g.grad_query_losses})
+    TORCH_CHECK_VALUE(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
+                      "metafast::mlp_adapt_backward: gradients and saved outputs must match support_x's dtype and "
+                      "device");
 }
 
 template <typename T>
@@ -331,7 +324,7 @@ inline MlpAdaptBackwardCall prepare_backward(
   check_query_inputs(b.c, params, query_x, query_y, sizes);
   b.g = {grad_adapted.contiguous(), grad_losses.contiguous(), contiguous_or_undefined(grad_query_output),
          contiguous_or_undefined(grad_query_losses), adapted.contiguous(), trajectory.contiguous()};
-  check_backward_inputs(b.c, b.g.grad_adapted, b.g.grad_losses, b.g.trajectory, support_x, b.g);
+  check_backward_inputs(b.c, b.g, support_x);
   TORCH_CHECK_VALUE(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
   TORCH_CHECK_VALUE(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
   b.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),

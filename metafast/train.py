@@ -325,20 +325,22 @@ def _versions() -> dict:
 
 
 # --------------------------------------------------------------------------- train
-def main_train(argv) -> int:
-    """``python -m metafast train omniglot [options]``; returns the exit code."""
-    a = _parse(_train_parser(), argv)
+def _run_command(parser: argparse.ArgumentParser, argv, command) -> int:
+    """Parse, run ``command(args)`` in a session; user errors become one line and exit code 1."""
+    a = _parse(parser, argv)
     if isinstance(a, int):
         return a
     try:
         with _session(a):
-            return _train(a, list(argv))
-    except CLIError as e:
+            return command(a)
+    except (CLIError, FileNotFoundError, NotADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+
+def main_train(argv) -> int:
+    """``python -m metafast train omniglot [options]``; returns the exit code."""
+    return _run_command(_train_parser(), argv, lambda a: _train(a, list(argv)))
 
 
 def _given(argv: list[str], dest: str) -> bool:
@@ -491,18 +493,7 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 def main_eval(argv) -> int:
     """``python -m metafast eval CHECKPOINT [options]``; returns the exit code."""
-    a = _parse(_eval_parser(), argv)
-    if isinstance(a, int):
-        return a
-    try:
-        with _session(a):
-            return _eval(a)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return _run_command(_eval_parser(), argv, _eval)
 
 
 def _eval(a: argparse.Namespace) -> int:

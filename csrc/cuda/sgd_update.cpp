@@ -30,8 +30,7 @@ std::vector<at::Tensor> sgd_update_cuda(at::TensorList params, at::TensorList gr
   TORCH_CHECK(entries[0].param.is_cuda(), "metafast::sgd_update (CUDA): tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(entries[0].param.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  std::vector<at::Tensor> keep;  // contiguous copies alive until launched
-  for (auto& e : entries) {
+  for (auto& e : entries) {  // contiguous copies stay alive in `entries` until launched
     e.param = e.param.contiguous();
     e.grad = e.grad.contiguous();
     if (e.lr.defined()) e.lr = e.lr.contiguous();

@@ -59,13 +59,6 @@ struct MlpWorkspace {
   }
 };
 
-// Direction of the Hessian-vector product, u = α ⊙ v, materialised once per
-// step so the inner loops read it contiguously.
-template <typename T>
-struct ScaledDirection {
-  const T* u;
-  MF_HD T operator[](int64_t p) const { return u[p]; }
-};
 
 // ---------------------------------------------------------------------------
 // One layer of the backward pass (and its tangent):
@@ -80,7 +73,7 @@ struct ScaledDirection {
 template <typename T, typename Lanes>
 MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
                                    const T* W, const T* in, const T* in_dot, const T* dz, const T* dz_dot,
-                                   MlpWorkspace<T>& ws, const ScaledDirection<T>* dir, bool input_grad) {
+                                   MlpWorkspace<T>& ws, const T* dir, bool input_grad) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
     const int j = idx / din, i = idx % din;
@@ -115,7 +108,7 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
       s += dz[int64_t(k) * dout + j] * w;
       if (dir) {
         s_dot += dz_dot[int64_t(k) * dout + j] * w;
-        s_dot += dz[int64_t(k) * dout + j] * (*dir)[m.weight_offset[l] + int64_t(j) * din + i];
+        s_dot += dz[int64_t(k) * dout + j] * dir[m.weight_offset[l] + int64_t(j) * din + i];
       }
     }
     if (l == 1) {
@@ -133,7 +126,7 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
 template <typename T>
 MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int K, const T* W, const T* in,
                                  const T* in_dot, const T* dz, const T* dz_dot, MlpWorkspace<T>& ws,
-                                 const ScaledDirection<T>* dir, bool input_grad) {
+                                 const T* dir, bool input_grad) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   T* gW = ws.grad + m.weight_offset[l];
   T* hW = ws.hvp + m.weight_offset[l];
@@ -185,7 +178,7 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
       for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
       if (dir) {
         const T cd = dz_dot[int64_t(k) * dout + j];
-        const T* u_row = dir->u + m.weight_offset[l] + int64_t(j) * din;
+        const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
         MF_SIMD
         for (int i = 0; i < din; ++i) sd_k[i] += cd * w_row[i];
         MF_SIMD
@@ -202,8 +195,8 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
   }
 }
 
-// Support loss at θ, its gradient into ws.grad and — when `dir` is given —
-// the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
+// Support loss at θ, its gradient into ws.grad and — when the direction
+// `dir` = u = α⊙v [P] is given — the Hessian-vector product H·u into ws.hvp (forward-over-reverse through the
 // MLP: a tangent pass alongside the forward pass and alongside the backward).
 // With `input_grad`, also ∂L/∂x into ws.dx (and its tangent into ws.dx_dot).
 // The output gradient back-propagated is loss_scale·dL/dy + extra_dy (the
@@ -213,7 +206,7 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act, Loss loss,
                           const T* theta, const MlpTaskData<T>& d, MlpWorkspace<T>& ws,
-                          const ScaledDirection<T>* dir, bool input_grad = false, bool want_grad = true,
+                          const T* dir, bool input_grad = false, bool want_grad = true,
                           T loss_scale = T(1), const T* extra_dy = nullptr) {
   const int K = d.shots;
   const int L = m.num_layers;
@@ -237,9 +230,9 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       ws.h[o] = h;
       if (dir) {  // ż = u_b + u_W·in + W·ḣ_in ; ḣ = σ'(z)·ż
         const int64_t uw = m.weight_offset[l] + int64_t(j) * din;
-        T t = (*dir)[m.bias_offset[l] + j];
+        T t = dir[m.bias_offset[l] + j];
         MF_SIMD_SUM(t)
-        for (int i = 0; i < din; ++i) t += (*dir)[uw + i] * x_row[i];
+        for (int i = 0; i < din; ++i) t += dir[uw + i] * x_row[i];
         if (in_dot) {
           const T* xd_row = in_dot + int64_t(k) * din;
           MF_SIMD_SUM(t)
@@ -430,14 +423,13 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
     }
     lanes.sync();
   }
-  const ScaledDirection<T> dir{ws.dir};
   for (int s = pr.steps - 1; s >= 0; --s) {
     const T* theta = a.trajectory + (int64_t(task) * pr.steps + s) * P;
     if (a.second_order) {
       for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = pr.rate(p) * v[p];
       lanes.sync();
     }
-    mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, d, ws, a.second_order ? &dir : nullptr,
+    mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, d, ws, a.second_order ? ws.dir : nullptr,
                          x_bar != nullptr);
     const T loss_bar = a.grad_losses[int64_t(task) * pr.steps + s];
     if (x_bar)
