@@ -1,10 +1,11 @@
-// Every metafast op schema, declared once, and the pybind11 module metafast._C
+// Every metafast op schema, declared once, and the Python module metafast._C
 // whose import registers them (kernels: csrc/cpu/*, csrc/cuda/*; autograd and
-// fake kernels: metafast/ops/*.py).
-#include <pybind11/pybind11.h>
-#include <torch/library.h>
+// fake kernels: metafast/ops/*.py). Built on the LibTorch stable ABI and the
+// Python limited API, so one binary serves every torch >= 2.11 and Python >= 3.10.
+#include <Python.h>
+#include <torch/csrc/stable/library.h>
 
-TORCH_LIBRARY(metafast, m) {
+STABLE_TORCH_LIBRARY(metafast, m) {
   // θ' = θ − lr·g (or θ − lrs⊙g, Meta-SGD) for each entry of a list; operands
   // may carry a leading task dimension.
   m.def("sgd_update(Tensor[] params, Tensor[] grads, float lr, Tensor[]? lrs) -> Tensor[]");
@@ -28,22 +29,9 @@ TORCH_LIBRARY(metafast, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
-namespace py = pybind11;
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "metafast C++/CUDA kernels (importing this module registers the torch.ops.metafast ops)";
-  m.def("build_info", [] {
-    py::dict d;
-    d["torch_version"] = METAFAST_TORCH_VERSION;
-#ifdef METAFAST_WITH_CUDA
-    d["cuda"] = true;
-    d["cuda_version"] = METAFAST_CUDA_VERSION;
-    d["cuda_archs"] = METAFAST_CUDA_ARCHS;
-#else
-    d["cuda"] = false;
-    d["cuda_version"] = py::none();
-    d["cuda_archs"] = py::none();
-#endif
-    return d;
-  });
+// An empty module: importing it runs the registrations above.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "metafast C++ kernels (torch.ops.metafast)", -1,
+                                   nullptr};
+  return PyModule_Create(&module_def);
 }

@@ -1,21 +1,21 @@
 // Host-side API checks and setup shared by the CPU and CUDA implementations of
 // metafast::mlp_adapt / mlp_adapt_backward (flash-attention style: a thin C++
 // layer that validates shapes, dtypes and devices, then calls the kernel).
+// These checks are the truth for the ops; the fake kernels mirror them.
 #pragma once
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <c10/util/irange.h>
+#include <torch/csrc/stable/ops.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
+#include <vector>
 
-#include <ATen/ops/aminmax.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/stack.h>
-
+#include "checks.h"
 #include "kernels/mlp_adapt.h"
 
 namespace metafast {
+
+using OptTensor = std::optional<Tensor>;
 
 struct MlpAdaptConfig {
   MlpLayout layout;
@@ -24,45 +24,45 @@ struct MlpAdaptConfig {
   int tasks, shots, steps;
   int queries = 0;  // 0: no query set
   int64_t workspace_per_task() const { return mlp_workspace_size(layout, shots > queries ? shots : queries); }
+  int classes() const { return layout.sizes[layout.num_layers]; }
 };
 
-// The tensors of one call, made contiguous (undefined where absent).
+// The tensors of one call, made contiguous.
 struct MlpAdaptTensors {
-  at::Tensor init, lrs, x, y, qx, qy;
+  Tensor init, x, y;
+  OptTensor lrs, qx, qy;
 };
 
 // Upstream gradients and saved outputs of a backward call (contiguous).
 struct MlpAdaptGrads {
-  at::Tensor grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory;
+  Tensor grad_adapted, grad_losses, adapted, trajectory;
+  OptTensor grad_query_output, grad_query_losses;
 };
 
 inline Activation parse_activation(const std::string& name) {
   if (name == "relu") return Activation::ReLU;
   if (name == "tanh") return Activation::Tanh;
-  TORCH_CHECK_VALUE(false, "metafast::mlp_adapt: unsupported activation '", name,
-              "' (supported: 'relu', 'tanh')");
+  throw_value_error("metafast::mlp_adapt: unsupported activation '", name, "' (supported: 'relu', 'tanh')");
 }
 
 inline Loss parse_loss(const std::string& name) {
   if (name == "mse") return Loss::MSE;
   if (name == "cross_entropy") return Loss::CrossEntropy;
-  TORCH_CHECK_VALUE(false, "metafast::mlp_adapt: unsupported loss '", name,
-              "' (supported: 'mse', 'cross_entropy')");
+  throw_value_error("metafast::mlp_adapt: unsupported loss '", name, "' (supported: 'mse', 'cross_entropy')");
 }
 
-inline MlpLayout make_mlp_layout(c10::IntArrayRef sizes) {
-  TORCH_CHECK_VALUE(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1,
-              "metafast::mlp_adapt: sizes must list 2 to ", kMaxLayers + 1,
-              " layer widths [d_in, ..., d_out], got ", sizes.size());
+inline MlpLayout make_mlp_layout(const std::vector<int64_t>& sizes) {
+  MF_CHECK(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1, "metafast::mlp_adapt: sizes must list 2 to ",
+           kMaxLayers + 1, " layer widths [d_in, ..., d_out], got ", sizes.size());
   MlpLayout m;
   m.num_layers = int(sizes.size()) - 1;
   int64_t p = 0, a = 0;
-  for (const auto l : c10::irange(sizes.size())) {
-    TORCH_CHECK_VALUE(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l,
-                " must be in [1, 65536], got ", sizes[l]);
-    // The kernels index one layer's weights and activations with 32-bit ints.
-    TORCH_CHECK_VALUE(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
-                " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
+  for (size_t l = 0; l < sizes.size(); ++l) {
+    MF_CHECK(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l, " must be in [1, 65536], got ",
+             sizes[l]);
+    // The kernels index one layer's weights with 32-bit ints.
+    MF_CHECK(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
+             " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
     m.sizes[l] = int(sizes[l]);
     if (l == 0) continue;
     m.weight_offset[l] = p;
@@ -77,129 +77,134 @@ inline MlpLayout make_mlp_layout(c10::IntArrayRef sizes) {
   return m;
 }
 
-inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "metafast::mlp_adapt: ", name, " is on ", t.device(),
-              " but params is on ", ref.device());
-  TORCH_CHECK_VALUE(t.scalar_type() == ref.scalar_type(), "metafast::mlp_adapt: ", name, " has dtype ",
-              t.scalar_type(), " but params has ", ref.scalar_type());
+inline void check_same(const Tensor& t, const Tensor& ref, const char* name) {
+  MF_CHECK(same_device(t, ref), "metafast::mlp_adapt: ", name, " is on ", t.device(), " but params is on ",
+           ref.device());
+  MF_CHECK(t.scalar_type() == ref.scalar_type(), "metafast::mlp_adapt: ", name, " has dtype ", t.scalar_type(),
+           " but params has ", ref.scalar_type());
 }
 
-inline void check_targets(const MlpAdaptConfig& c, const at::Tensor& params, const at::Tensor& y, int64_t rows,
-                          int64_t d_out, const char* name) {
-  TORCH_CHECK_VALUE(y.device() == params.device(), "metafast::mlp_adapt: ", name, " is on ", y.device(),
-              " but params is on ", params.device());
+inline void check_targets(const MlpAdaptConfig& c, const Tensor& params, const Tensor& y, int64_t rows,
+                          const char* name) {
+  MF_CHECK(same_device(y, params), "metafast::mlp_adapt: ", name, " is on ", y.device(), " but params is on ",
+           params.device());
   if (c.loss == Loss::MSE) {
-    TORCH_CHECK_VALUE(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE ", name, " must have dtype ",
-                params.scalar_type(), ", got ", y.scalar_type());
-    TORCH_CHECK_VALUE(y.dim() == 3 && y.size(0) == c.tasks && y.size(1) == rows && y.size(2) == d_out,
-                "metafast::mlp_adapt: MSE ", name, " must be [", c.tasks, ", ", rows, ", ", d_out, "], got ",
-                y.sizes());
+    MF_CHECK(y.scalar_type() == params.scalar_type(), "metafast::mlp_adapt: MSE ", name, " must have dtype ",
+             params.scalar_type(), ", got ", y.scalar_type());
+    MF_CHECK(has_sizes(y, {c.tasks, rows, c.classes()}), "metafast::mlp_adapt: MSE ", name, " must be [", c.tasks,
+             ", ", rows, ", ", c.classes(), "], got ", y.sizes());
   } else {
-    TORCH_CHECK_VALUE(y.scalar_type() == at::kLong, "metafast::mlp_adapt: cross-entropy ", name,
-                " must hold int64 class indices, got ", y.scalar_type());
-    TORCH_CHECK_VALUE(y.dim() == 2 && y.size(0) == c.tasks && y.size(1) == rows, "metafast::mlp_adapt: cross-entropy ",
-                name, " must be [", c.tasks, ", ", rows, "], got ", y.sizes());
+    MF_CHECK(y.scalar_type() == ScalarType::Long, "metafast::mlp_adapt: cross-entropy ", name,
+             " must hold int64 class indices, got ", y.scalar_type());
+    MF_CHECK(has_sizes(y, {c.tasks, rows}), "metafast::mlp_adapt: cross-entropy ", name, " must be [", c.tasks, ", ",
+             rows, "], got ", y.sizes());
   }
 }
 
+inline int64_t widest(const std::vector<int64_t>& sizes) {
+  int64_t w = 0;
+  for (const auto s : sizes) w = std::max(w, s);
+  return w;
+}
+
 // Validates every input; returns the layout and problem sizes.
-inline MlpAdaptConfig check_mlp_adapt_inputs(const at::Tensor& params,
-                                             const std::optional<at::Tensor>& lrs,
-                                             const at::Tensor& x, const at::Tensor& y,
-                                             c10::IntArrayRef sizes, int64_t steps,
-                                             const std::string& activation,
-                                             const std::string& loss) {
+inline MlpAdaptConfig check_mlp_adapt_inputs(const Tensor& params, const OptTensor& lrs, double lr, const Tensor& x,
+                                             const Tensor& y, const std::vector<int64_t>& sizes, int64_t steps,
+                                             const std::string& activation, const std::string& loss) {
   MlpAdaptConfig c;
   c.layout = make_mlp_layout(sizes);
   c.act = parse_activation(activation);
   c.loss = parse_loss(loss);
-  TORCH_CHECK_VALUE(params.scalar_type() == at::kFloat || params.scalar_type() == at::kDouble,
-              "metafast::mlp_adapt: params must be float32 or float64, got ", params.scalar_type());
-  TORCH_CHECK_VALUE(params.dim() == 1 && params.numel() == c.layout.num_params,
-              "metafast::mlp_adapt: params must be the flat vector [W1, b1, ...] of ",
-              c.layout.num_params, " elements for sizes ", sizes, ", got shape ", params.sizes());
+  MF_CHECK(params.scalar_type() == ScalarType::Float || params.scalar_type() == ScalarType::Double,
+           "metafast::mlp_adapt: params must be float32 or float64, got ", params.scalar_type());
+  MF_CHECK(params.dim() == 1 && params.numel() == c.layout.num_params,
+           "metafast::mlp_adapt: params must be the flat vector [W1, b1, ...] of ", c.layout.num_params,
+           " elements for sizes ", IntArrayRef(sizes), ", got shape ", params.sizes());
   if (lrs.has_value()) {
     check_same(*lrs, params, "lrs");
-    TORCH_CHECK_VALUE(lrs->sizes() == params.sizes(), "metafast::mlp_adapt: lrs must have the shape of params ",
-                params.sizes(), ", got ", lrs->sizes());
+    MF_CHECK(same_sizes(lrs->sizes(), params.sizes()), "metafast::mlp_adapt: lrs must have the shape of params ",
+             params.sizes(), ", got ", lrs->sizes());
+  } else {
+    MF_CHECK(std::isfinite(lr), "metafast::mlp_adapt: lr must be finite, got ", lr);
   }
   check_same(x, params, "support_x");
-  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(2) == sizes[0],
-              "metafast::mlp_adapt: support_x must be [tasks, shots, ", sizes[0], "], got ", x.sizes());
-  TORCH_CHECK_VALUE(x.size(0) > 0 && x.size(1) > 0,
-              "metafast::mlp_adapt: support_x has an empty task or support set: ", x.sizes());
-  TORCH_CHECK_VALUE(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
-  int64_t widest = 0;
-  for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
-  TORCH_CHECK_VALUE(x.size(1) * widest < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
-              "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest,
-              " wide in the fused kernel");
+  MF_CHECK(x.dim() == 3 && x.size(2) == sizes[0], "metafast::mlp_adapt: support_x must be [tasks, shots, ", sizes[0],
+           "], got ", x.sizes());
+  MF_CHECK(x.size(0) > 0 && x.size(1) > 0, "metafast::mlp_adapt: support_x has an empty task or support set: ",
+           x.sizes());
+  MF_CHECK(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
+  MF_CHECK(x.size(1) * widest(sizes) < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
+           "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest(sizes),
+           " wide in the fused kernel");
   c.tasks = int(x.size(0));
   c.shots = int(x.size(1));
   c.steps = int(steps);
-  check_targets(c, params, y, c.shots, sizes.back(), "support_y");
+  check_targets(c, params, y, c.shots, "support_y");
   return c;
 }
 
 // Adds the optional query set (both tensors or neither) to the checks.
-inline void check_query_inputs(MlpAdaptConfig& c, const at::Tensor& params, const std::optional<at::Tensor>& qx,
-                               const std::optional<at::Tensor>& qy, c10::IntArrayRef sizes) {
-  TORCH_CHECK_VALUE(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
+inline void check_query_inputs(MlpAdaptConfig& c, const Tensor& params, const OptTensor& qx, const OptTensor& qy,
+                               const std::vector<int64_t>& sizes) {
+  MF_CHECK(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
   if (!qx.has_value()) return;
   check_same(*qx, params, "query_x");
-  TORCH_CHECK_VALUE(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0],
-              "metafast::mlp_adapt: query_x must be [", c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
-  TORCH_CHECK_VALUE(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
-  int64_t widest = 0;
-  for (const auto w : sizes) widest = std::max<int64_t>(widest, w);
-  TORCH_CHECK_VALUE(qx->size(1) * widest < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
+  MF_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0], "metafast::mlp_adapt: query_x must be [",
+           c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
+  MF_CHECK(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
+  MF_CHECK(qx->size(1) * widest(sizes) < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
   c.queries = int(qx->size(1));
-  check_targets(c, params, *qy, c.queries, sizes.back(), "query_y");
+  check_targets(c, params, *qy, c.queries, "query_y");
 }
 
-// Labels must index the d_out classes (checked on the host, once per call).
-inline void check_label_range(int64_t lo, int64_t hi, int64_t classes) {
-  TORCH_CHECK_VALUE(lo >= 0 && hi < classes, "metafast::mlp_adapt: class labels must be in [0, ", classes,
-              "), got values in [", lo, ", ", hi, "]");
+inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& g, const Tensor& params) {
+  const int64_t P = c.layout.num_params;
+  MF_CHECK(has_sizes(g.grad_adapted, {c.tasks, P}), "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks,
+           ", ", P, "], got ", g.grad_adapted.sizes());
+  MF_CHECK(has_sizes(g.grad_losses, {c.tasks, c.steps}), "metafast::mlp_adapt_backward: grad_losses must be [",
+           c.tasks, ", ", c.steps, "], got ", g.grad_losses.sizes());
+  MF_CHECK(has_sizes(g.trajectory, {c.tasks, c.steps, P}), "metafast::mlp_adapt_backward: trajectory must be [",
+           c.tasks, ", ", c.steps, ", ", P, "], got ", g.trajectory.sizes());
+  MF_CHECK(c.queries == 0 || has_sizes(g.adapted, {c.tasks, P}),
+           "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ", P, "], got ",
+           g.adapted.sizes());
+  if (g.grad_query_output)
+    MF_CHECK(c.queries > 0 && has_sizes(*g.grad_query_output, {c.tasks, c.queries, c.classes()}),
+             "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries, ", ", c.classes(),
+             "] with a query set, got ", g.grad_query_output->sizes());
+  if (g.grad_query_losses)
+    MF_CHECK(c.queries > 0 && has_sizes(*g.grad_query_losses, {c.tasks}),
+             "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "] with a query set, got ",
+             g.grad_query_losses->sizes());
+  for (const Tensor* t : {&g.grad_adapted, &g.grad_losses, &g.trajectory, &g.adapted,
+                          g.grad_query_output ? &*g.grad_query_output : nullptr,
+                          g.grad_query_losses ? &*g.grad_query_losses : nullptr})
+    MF_CHECK(!t || (t->scalar_type() == params.scalar_type() && same_device(*t, params)),
+             "metafast::mlp_adapt_backward: gradients and saved outputs must have params' dtype and device");
 }
 
-inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& g, const at::Tensor& x) {
-  const int64_t P = c.layout.num_params, dL = c.layout.sizes[c.layout.num_layers];
-  TORCH_CHECK_VALUE(g.grad_adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
-                    "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks, ", ", P, "], got ",
-                    g.grad_adapted.sizes());
-  TORCH_CHECK_VALUE(g.grad_losses.sizes() == c10::IntArrayRef({c.tasks, c.steps}),
-                    "metafast::mlp_adapt_backward: grad_losses must be [", c.tasks, ", ", c.steps, "], got ",
-                    g.grad_losses.sizes());
-  TORCH_CHECK_VALUE(g.trajectory.sizes() == c10::IntArrayRef({c.tasks, c.steps, P}),
-                    "metafast::mlp_adapt_backward: trajectory must be [", c.tasks, ", ", c.steps, ", ", P,
-                    "], got ", g.trajectory.sizes());
-  if (c.queries > 0) {
-    TORCH_CHECK_VALUE(g.adapted.defined() && g.adapted.sizes() == c10::IntArrayRef({c.tasks, P}),
-                      "metafast::mlp_adapt_backward: the query terms need adapted [", c.tasks, ", ", P, "]");
-    if (g.grad_query_output.defined())
-      TORCH_CHECK_VALUE(g.grad_query_output.sizes() == c10::IntArrayRef({c.tasks, c.queries, dL}),
-                        "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries,
-                        ", ", dL, "], got ", g.grad_query_output.sizes());
-    if (g.grad_query_losses.defined())
-      TORCH_CHECK_VALUE(g.grad_query_losses.sizes() == c10::IntArrayRef({c.tasks}),
-                        "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "], got ",
-                        g.grad_query_losses.sizes());
+// Labels must index the d_out classes. Read on the host, so only the CPU
+// kernels call this: on a GPU it would synchronise every call and forbid
+// CUDA-graph capture, and the kernel turns a bad label into NaN instead of
+// reading out of bounds (BatchedMAML checks labels in Python when it may).
+inline void check_labels_on_host(const MlpAdaptConfig& c, const Tensor& y, const OptTensor& qy) {
+  if (c.loss != Loss::CrossEntropy) return;
+  for (const Tensor* t : {&y, qy ? &*qy : nullptr}) {
+    if (!t) continue;
+    const int64_t* v = t->const_data_ptr<int64_t>();
+    for (int64_t i = 0; i < t->numel(); ++i)
+      MF_CHECK(v[i] >= 0 && v[i] < c.classes(), "metafast::mlp_adapt: class labels must be in [0, ", c.classes(),
+               "), got ", v[i]);
   }
-  for (const at::Tensor* t : {&g.grad_adapted, &g.grad_losses, &g.trajectory, &g.adapted, &g.grad_query_output,
-                              &g.grad_query_losses})
-    TORCH_CHECK_VALUE(!t->defined() || (t->scalar_type() == x.scalar_type() && t->device() == x.device()),
-                      "metafast::mlp_adapt_backward: gradients and saved outputs must match support_x's dtype and "
-                      "device");
 }
 
 template <typename T>
-const T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+const T* ptr_or_null(const OptTensor& t) { return t ? t->const_data_ptr<T>() : nullptr; }
 template <typename T>
-T* mut_ptr_or_null(at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr; }
+T* mut_ptr_or_null(Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<T>() : nullptr; }
 
 template <typename T>
-MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in, at::Tensor& workspace) {
+MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in, Tensor& workspace) {
   MlpProblem<T> p;
   p.layout = c.layout;
   p.act = c.act;
@@ -210,95 +215,59 @@ MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors&
   p.steps = c.steps;
   p.lr = T(lr);
   p.lrs = ptr_or_null<T>(in.lrs);
-  p.x = in.x.data_ptr<T>();
+  p.x = in.x.const_data_ptr<T>();
   const bool mse = c.loss == Loss::MSE;
-  p.y_float = mse ? in.y.data_ptr<T>() : nullptr;
-  p.y_class = mse ? nullptr : in.y.data_ptr<int64_t>();
-  p.qx = c.queries ? in.qx.data_ptr<T>() : nullptr;
-  p.qy_float = c.queries && mse ? in.qy.data_ptr<T>() : nullptr;
-  p.qy_class = c.queries && !mse ? in.qy.data_ptr<int64_t>() : nullptr;
-  p.workspace = workspace.data_ptr<T>();
+  p.y_float = mse ? in.y.const_data_ptr<T>() : nullptr;
+  p.y_class = mse ? nullptr : in.y.const_data_ptr<int64_t>();
+  p.qx = c.queries ? in.qx->const_data_ptr<T>() : nullptr;
+  p.qy_float = c.queries && mse ? in.qy->const_data_ptr<T>() : nullptr;
+  p.qy_class = c.queries && !mse ? in.qy->const_data_ptr<int64_t>() : nullptr;
+  p.workspace = mut_ptr_or_null<T>(workspace);  // nullptr: the GPU's shared memory serves
   p.workspace_stride = c.workspace_per_task();
   return p;
 }
 
-template <typename T>
-MlpAdaptForwardArgs<T> forward_args(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in,
-                                    at::Tensor& adapted, at::Tensor& losses, at::Tensor& query_output,
-                                    at::Tensor& query_losses, at::Tensor& trajectory, at::Tensor& workspace) {
-  MlpAdaptForwardArgs<T> a;
-  a.p = problem<T>(c, lr, in, workspace);
-  a.init = in.init.data_ptr<T>();
-  a.adapted = adapted.data_ptr<T>();
-  a.losses = losses.data_ptr<T>();
-  a.query_output = c.queries ? query_output.data_ptr<T>() : nullptr;
-  a.query_losses = c.queries ? query_losses.data_ptr<T>() : nullptr;
-  a.trajectory = trajectory.data_ptr<T>();
-  return a;
+inline OptTensor contiguous_or_none(const OptTensor& t) {
+  return t ? OptTensor(torch::stable::contiguous(*t)) : std::nullopt;
 }
 
-template <typename T>
-MlpAdaptBackwardArgs<T> backward_args(const MlpAdaptConfig& c, double lr, bool first_order,
-                                      const MlpAdaptTensors& in, const MlpAdaptGrads& g, at::Tensor& grad_init,
-                                      at::Tensor& grad_lrs, at::Tensor& grad_x, at::Tensor& grad_qx,
-                                      at::Tensor& workspace) {
-  MlpAdaptBackwardArgs<T> a;
-  a.p = problem<T>(c, lr, in, workspace);
-  a.second_order = !first_order;
-  a.grad_adapted = g.grad_adapted.data_ptr<T>();
-  a.grad_losses = g.grad_losses.data_ptr<T>();
-  a.grad_query_output = ptr_or_null<T>(g.grad_query_output);
-  a.grad_query_losses = ptr_or_null<T>(g.grad_query_losses);
-  a.adapted = ptr_or_null<T>(g.adapted);
-  a.trajectory = g.trajectory.data_ptr<T>();
-  a.grad_init = grad_init.data_ptr<T>();
-  a.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
-  a.grad_x = mut_ptr_or_null<T>(grad_x);
-  a.grad_qx = mut_ptr_or_null<T>(grad_qx);
-  return a;
-}
-
-// Labels must index the d_out classes: support and query labels are reduced
-// together so that the GPU is synchronised once.
-inline void check_labels(const MlpAdaptConfig& c, const at::Tensor& y, const at::Tensor& qy) {
-  if (c.loss != Loss::CrossEntropy) return;
-  const at::Tensor all = c.queries ? at::cat({y.reshape(-1), qy.reshape(-1)}) : y.reshape(-1);
-  const auto [lo, hi] = at::aminmax(all);
-  const at::Tensor bounds = at::stack({lo, hi}).cpu();
-  check_label_range(bounds[0].item<int64_t>(), bounds[1].item<int64_t>(), c.layout.sizes[c.layout.num_layers]);
-}
-
-inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
-// Everything a forward launch needs: validated config, inputs, outputs.
+// Everything a forward launch needs: validated config, inputs, outputs. The
+// per-task workspace is allocated by the device file (the GPU may not need it).
 struct MlpAdaptForwardCall {
   MlpAdaptConfig c;
   MlpAdaptTensors in;
-  at::Tensor adapted, losses, query_output, query_losses, trajectory, workspace;
+  Tensor adapted, losses, query_output, query_losses, trajectory;
+
+  template <typename T>
+  MlpAdaptForwardArgs<T> args(double lr, Tensor& workspace) {
+    MlpAdaptForwardArgs<T> a;
+    a.p = problem<T>(c, lr, in, workspace);
+    a.init = in.init.const_data_ptr<T>();
+    a.adapted = adapted.mutable_data_ptr<T>();
+    a.losses = losses.mutable_data_ptr<T>();
+    a.query_output = c.queries ? query_output.mutable_data_ptr<T>() : nullptr;
+    a.query_losses = c.queries ? query_losses.mutable_data_ptr<T>() : nullptr;
+    a.trajectory = trajectory.mutable_data_ptr<T>();
+    return a;
+  }
 };
 
-inline MlpAdaptForwardCall prepare_forward(const at::Tensor& params, const std::optional<at::Tensor>& lrs,
-                                           const at::Tensor& support_x, const at::Tensor& support_y,
-                                           const std::optional<at::Tensor>& query_x,
-                                           const std::optional<at::Tensor>& query_y, c10::IntArrayRef sizes,
-                                           int64_t steps, c10::string_view activation, c10::string_view loss) {
+inline MlpAdaptForwardCall prepare_forward(const Tensor& params, const OptTensor& lrs, double lr,
+                                           const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
+                                           const OptTensor& query_y, const std::vector<int64_t>& sizes, int64_t steps,
+                                           const std::string& activation, const std::string& loss) {
   MlpAdaptForwardCall f;
-  f.c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, std::string(activation),
-                               std::string(loss));
+  f.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss);
   check_query_inputs(f.c, params, query_x, query_y, sizes);
-  f.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
-          contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
-  check_labels(f.c, f.in.y, f.in.qy);
-  const auto opt = params.options();
+  f.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
+          torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
+          contiguous_or_none(query_y)};
   const int64_t T = f.c.tasks, P = f.c.layout.num_params, Q = f.c.queries;
-  f.adapted = at::empty({T, P}, opt);
-  f.losses = at::empty({T, f.c.steps}, opt);
-  f.query_output = at::empty(Q ? c10::IntArrayRef({T, Q, int64_t(sizes.back())}) : c10::IntArrayRef({0}), opt);
-  f.query_losses = at::empty({Q ? T : 0}, opt);
-  f.trajectory = at::empty({T, f.c.steps, P}, opt);
-  f.workspace = at::empty({T, f.c.workspace_per_task()}, opt);
+  f.adapted = torch::stable::new_empty(params, {T, P});
+  f.losses = torch::stable::new_empty(params, {T, f.c.steps});
+  f.query_output = Q ? torch::stable::new_empty(params, {T, Q, sizes.back()}) : torch::stable::new_empty(params, {0});
+  f.query_losses = torch::stable::new_empty(params, {Q ? T : 0});
+  f.trajectory = torch::stable::new_empty(params, {T, f.c.steps, P});
   return f;
 }
 
@@ -307,36 +276,60 @@ struct MlpAdaptBackwardCall {
   MlpAdaptConfig c;
   MlpAdaptTensors in;
   MlpAdaptGrads g;
-  at::Tensor grad_init, grad_lrs, grad_x, grad_qx, workspace;
+  bool second_order;
+  Tensor grad_init, grad_lrs, grad_x, grad_qx;
+
+  template <typename T>
+  MlpAdaptBackwardArgs<T> args(double lr, Tensor& workspace) {
+    MlpAdaptBackwardArgs<T> a;
+    a.p = problem<T>(c, lr, in, workspace);
+    a.second_order = second_order;
+    a.grad_adapted = g.grad_adapted.const_data_ptr<T>();
+    a.grad_losses = g.grad_losses.const_data_ptr<T>();
+    a.grad_query_output = ptr_or_null<T>(g.grad_query_output);
+    a.grad_query_losses = ptr_or_null<T>(g.grad_query_losses);
+    a.adapted = g.adapted.numel() ? g.adapted.const_data_ptr<T>() : nullptr;
+    a.trajectory = g.trajectory.const_data_ptr<T>();
+    a.grad_init = grad_init.mutable_data_ptr<T>();
+    a.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
+    a.grad_x = mut_ptr_or_null<T>(grad_x);
+    a.grad_qx = mut_ptr_or_null<T>(grad_qx);
+    return a;
+  }
 };
 
 inline MlpAdaptBackwardCall prepare_backward(
-    const at::Tensor& grad_adapted, const at::Tensor& grad_losses, const std::optional<at::Tensor>& grad_query_output,
-    const std::optional<at::Tensor>& grad_query_losses, const at::Tensor& adapted, const at::Tensor& trajectory,
-    const at::Tensor& params, const std::optional<at::Tensor>& lrs, const at::Tensor& support_x,
-    const at::Tensor& support_y, const std::optional<at::Tensor>& query_x, const std::optional<at::Tensor>& query_y,
-    c10::IntArrayRef sizes, c10::string_view activation, c10::string_view loss, bool lrs_grad, bool x_grad,
-    bool query_x_grad) {
+    const Tensor& grad_adapted, const Tensor& grad_losses, const OptTensor& grad_query_output,
+    const OptTensor& grad_query_losses, const Tensor& adapted, const Tensor& trajectory, const Tensor& params,
+    const OptTensor& lrs, double lr, const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
+    const OptTensor& query_y, const std::vector<int64_t>& sizes, const std::string& activation,
+    const std::string& loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {
   MlpAdaptBackwardCall b;
-  b.c = check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes,
-                               trajectory.dim() == 3 ? trajectory.size(1) : 0, std::string(activation),
-                               std::string(loss));
+  b.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes,
+                               trajectory.dim() == 3 ? trajectory.size(1) : 0, activation, loss);
   check_query_inputs(b.c, params, query_x, query_y, sizes);
-  b.g = {grad_adapted.contiguous(), grad_losses.contiguous(), contiguous_or_undefined(grad_query_output),
-         contiguous_or_undefined(grad_query_losses), adapted.contiguous(), trajectory.contiguous()};
-  check_backward_inputs(b.c, b.g, support_x);
-  TORCH_CHECK_VALUE(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
-  TORCH_CHECK_VALUE(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
-  b.in = {params.contiguous(), contiguous_or_undefined(lrs), support_x.contiguous(), support_y.contiguous(),
-          contiguous_or_undefined(query_x), contiguous_or_undefined(query_y)};
-  const auto opt = params.options();
+  b.g = {torch::stable::contiguous(grad_adapted), torch::stable::contiguous(grad_losses),
+         torch::stable::contiguous(adapted), torch::stable::contiguous(trajectory),
+         contiguous_or_none(grad_query_output), contiguous_or_none(grad_query_losses)};
+  check_backward_inputs(b.c, b.g, params);
+  MF_CHECK(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
+  MF_CHECK(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
+  b.second_order = !first_order;
+  b.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
+          torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
+          contiguous_or_none(query_y)};
   const int64_t T = b.c.tasks, P = b.c.layout.num_params, d0 = sizes[0];
-  b.grad_init = at::empty({T, P}, opt);
-  b.grad_lrs = at::empty({lrs_grad ? T : 0, lrs_grad ? P : 0}, opt);
-  b.grad_x = at::empty({x_grad ? T : 0, x_grad ? b.c.shots : 0, x_grad ? d0 : 0}, opt);
-  b.grad_qx = at::empty({query_x_grad ? T : 0, query_x_grad ? b.c.queries : 0, query_x_grad ? d0 : 0}, opt);
-  b.workspace = at::empty({T, b.c.workspace_per_task()}, opt);
+  b.grad_init = torch::stable::new_empty(params, {T, P});
+  b.grad_lrs = torch::stable::new_empty(params, {lrs_grad ? T : 0, lrs_grad ? P : 0});
+  b.grad_x = torch::stable::new_empty(params, {x_grad ? T : 0, x_grad ? b.c.shots : 0, x_grad ? d0 : 0});
+  b.grad_qx = torch::stable::new_empty(params, {query_x_grad ? T : 0, query_x_grad ? b.c.queries : 0,
+                                                query_x_grad ? d0 : 0});
   return b;
+}
+
+// The global per-task workspace [T, W], or an empty tensor when not needed.
+inline Tensor task_workspace(const MlpAdaptConfig& c, const Tensor& like, bool needed) {
+  return torch::stable::new_empty(like, {needed ? int64_t(c.tasks) : 0, needed ? c.workspace_per_task() : 0});
 }
 
 }  // namespace metafast

@@ -3,60 +3,68 @@
 // the shape of grads[i]; params[i] and lrs[i] have that shape or that shape
 // without its leading task dimension (shared by every task).
 #pragma once
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <c10/util/irange.h>
-
+#include <cmath>
+#include <optional>
 #include <vector>
+
+#include "checks.h"
 
 namespace metafast {
 
 struct SgdUpdateEntry {
-  at::Tensor param, grad, lr;  // lr undefined for a scalar rate
+  Tensor param, grad;
+  std::optional<Tensor> lr;  // absent: the scalar rate
   std::vector<int64_t> out_shape;
 };
 
-inline bool is_task_slice(const at::Tensor& t, c10::IntArrayRef full) {
-  return t.sizes() == full || (!full.empty() && t.sizes() == full.slice(1));
+// The storage types every device implements (float math for the 16-bit ones).
+inline bool sgd_update_supports(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
 }
 
-inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(at::TensorList params, at::TensorList grads,
-                                                           const std::optional<at::TensorList>& lrs) {
-  TORCH_CHECK_VALUE(params.size() == grads.size(), "metafast::sgd_update: got ", params.size(), " params but ",
-              grads.size(), " grads");
+inline bool is_task_slice(IntArrayRef t, IntArrayRef full) {
+  return same_sizes(t, full) || (full.size() > 0 && same_sizes(t, IntArrayRef(full.data() + 1, full.size() - 1)));
+}
+
+inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(const std::vector<Tensor>& params,
+                                                           const std::vector<Tensor>& grads, double lr,
+                                                           const std::optional<std::vector<Tensor>>& lrs) {
+  MF_CHECK(params.size() == grads.size(), "metafast::sgd_update: got ", params.size(), " params but ", grads.size(),
+           " grads");
   if (lrs.has_value())
-    TORCH_CHECK_VALUE(lrs->size() == params.size(), "metafast::sgd_update: got ", params.size(), " params but ",
-                lrs->size(), " lrs");
+    MF_CHECK(lrs->size() == params.size(), "metafast::sgd_update: got ", params.size(), " params but ", lrs->size(),
+             " lrs");
+  else
+    MF_CHECK(std::isfinite(lr), "metafast::sgd_update: lr must be finite, got ", lr);
   std::vector<SgdUpdateEntry> entries;
   entries.reserve(params.size());
-  for (const auto i : c10::irange(params.size())) {
-    SgdUpdateEntry e{params[i], grads[i], lrs.has_value() ? (*lrs)[i] : at::Tensor(), {}};
-    TORCH_CHECK_VALUE(e.param.defined() && e.grad.defined() && (!lrs.has_value() || e.lr.defined()),
-                "metafast::sgd_update: entry ", i, " holds an undefined tensor");
-    for (const at::Tensor* t : {&e.grad, &e.lr}) {
-      if (!t->defined()) continue;
-      TORCH_CHECK_VALUE(t->device() == e.param.device(), "metafast::sgd_update: entry ", i, " mixes devices ",
-                  e.param.device(), " and ", t->device());
-      TORCH_CHECK_VALUE(t->scalar_type() == e.param.scalar_type(), "metafast::sgd_update: entry ", i,
-                  " mixes dtypes ", e.param.scalar_type(), " and ", t->scalar_type());
+  for (size_t i = 0; i < params.size(); ++i) {
+    SgdUpdateEntry e{params[i], grads[i], std::nullopt, {}};
+    if (lrs.has_value()) e.lr = (*lrs)[i];
+    MF_CHECK(e.param.defined() && e.grad.defined() && (!e.lr || e.lr->defined()), "metafast::sgd_update: entry ", i,
+             " holds an undefined tensor");
+    MF_CHECK(sgd_update_supports(e.param.scalar_type()), "metafast::sgd_update: entry ", i,
+             " must be float32, float64, float16 or bfloat16, got ", e.param.scalar_type());
+    for (const Tensor* t : {&e.grad, e.lr ? &*e.lr : nullptr}) {
+      if (!t) continue;
+      MF_CHECK(same_device(*t, e.param), "metafast::sgd_update: entry ", i, " mixes devices ", e.param.device(),
+               " and ", t->device());
+      MF_CHECK(t->scalar_type() == e.param.scalar_type(), "metafast::sgd_update: entry ", i, " mixes dtypes ",
+               e.param.scalar_type(), " and ", t->scalar_type());
     }
-    TORCH_CHECK_VALUE(at::isFloatingType(e.param.scalar_type()), "metafast::sgd_update: entry ", i,
-                " must be floating point, got ", e.param.scalar_type());
-    const c10::IntArrayRef full = e.grad.sizes();
-    for (const at::Tensor* t : {&e.param, &e.grad, &e.lr}) {
-      if (!t->defined()) continue;
-      TORCH_CHECK_VALUE(is_task_slice(*t, full), "metafast::sgd_update: entry ", i, " has shapes param ",
-                  e.param.sizes(), ", grad ", e.grad.sizes(), e.lr.defined() ? ", lr " : "",
-                  e.lr.defined() ? e.lr.sizes() : c10::IntArrayRef{},
-                  "; each must be the grad's shape or the grad's shape without its leading task dimension");
+    const IntArrayRef full = e.grad.sizes();
+    const bool ok = is_task_slice(e.param.sizes(), full) && (!e.lr || is_task_slice(e.lr->sizes(), full));
+    if (!ok) {
+      std::ostringstream shapes;
+      shapes << "param " << e.param.sizes() << ", grad " << full;
+      if (e.lr) shapes << ", lr " << e.lr->sizes();
+      throw_value_error("metafast::sgd_update: entry ", i, " has shapes ", shapes.str(),
+                        "; each must be the grad's shape or the grad's shape without its leading task dimension");
     }
-    e.out_shape = full.vec();
+    e.out_shape.assign(full.begin(), full.end());
+    MF_CHECK(same_device(e.param, params[0]), "metafast::sgd_update: tensors on ", params[0].device(), " and ",
+             e.param.device(), " in one call");
     entries.push_back(std::move(e));
-  }
-  if (!entries.empty()) {
-    for (const auto& e : entries)
-      TORCH_CHECK_VALUE(e.param.device() == entries[0].param.device(), "metafast::sgd_update: tensors on ",
-                  entries[0].param.device(), " and ", e.param.device(), " in one call");
   }
   return entries;
 }

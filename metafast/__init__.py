@@ -10,7 +10,7 @@ from metafast import data, nn, ops, reference
 from metafast.batched import BatchedMAML, MetaOutput
 from metafast.maml import MAML, MetaSGD, clone_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it)
 
 
 def build_info() -> dict:
@@ -23,14 +23,18 @@ def build_info() -> dict:
         "extension": _extension.available(),
         "extension_error": _extension.UNAVAILABLE_REASON,
         "built_torch_version": None,
+        "torch_target": None,
         "cuda_kernels": False,
+        "cuda_error": None,
         "cuda_version": None,
         "cuda_archs": None,
     }
+    config = _extension.CONFIG
+    if config is not None:
+        info.update(built_torch_version=config.BUILT_WITH_TORCH, torch_target=config.TORCH_TARGET,
+                    cuda_version=config.CUDA_VERSION or None, cuda_archs=config.CUDA_ARCHS or None)
     if _extension.available():
-        built = _extension._C.build_info()
-        info.update(built_torch_version=built["torch_version"], cuda_kernels=bool(built["cuda"]),
-                    cuda_version=built["cuda_version"], cuda_archs=built["cuda_archs"])
+        info.update(cuda_kernels=_extension.cuda_available(), cuda_error=_extension.CUDA_UNAVAILABLE_REASON)
     return info
 
 

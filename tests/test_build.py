@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ def test_build_info_fields():
         assert key in info
     assert info["torch_version"] == torch.__version__
     if info["extension"]:
-        assert info["built_torch_version"] == torch.__version__
+        assert info["built_torch_version"] and info["torch_target"] == "2.11"
         if info["cuda_kernels"] and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             assert "90" in info["cuda_archs"]  # the documented default includes sm_90
 
@@ -73,14 +74,56 @@ def test_missing_extension_warns_once_and_falls_back():
     assert "SGD: [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]" in r.stdout
 
 
-def test_extension_for_another_torch_is_not_loaded():
+def test_extension_needing_a_newer_torch_is_not_loaded():
     r = _run("""
         import sys, types
         fake = types.ModuleType("metafast._build_config")
-        fake.TORCH_VERSION, fake.WITH_CUDA, fake.CUDA_VERSION, fake.CUDA_ARCHS = "1.0.0", False, "", ""
+        fake.BUILT_WITH_TORCH, fake.TORCH_TARGET = "99.1.0", "99.1"
+        fake.WITH_CUDA, fake.CUDA_VERSION, fake.CUDA_ARCHS = False, "", ""
         sys.modules["metafast._build_config"] = fake
     """)
     assert r.returncode == 0, r.stderr
-    assert "built against torch 1.0.0" in r.stdout
+    assert "need torch >= 99.1" in r.stdout
     assert "AVAILABLE: False" in r.stdout and "BACKEND: torch" in r.stdout
-    assert "C_LOADED: False" in r.stdout  # the mismatched library was never loaded
+    assert "C_LOADED: False" in r.stdout  # the library was never loaded
+
+
+def test_stable_abi_accepts_any_torch_at_or_above_the_target():
+    from metafast import _extension
+
+    if not _extension.available():
+        pytest.skip("metafast._C not built")
+    target = _extension._major_minor(_extension.CONFIG.TORCH_TARGET)
+    assert target <= _extension._major_minor(torch.__version__)
+    assert target == (2, 11)  # the documented stable-ABI target
+
+
+@pytest.mark.parametrize("archs, capability, runs", [
+    ("80-real,90", (8, 0), True), ("80-real,90", (8, 6), True), ("80-real,90", (8, 9), True),
+    ("80-real,90", (9, 0), True), ("80-real,90", (10, 0), True), ("80-real,90", (12, 0), True),
+    ("80-real,90", (7, 5), False), ("80-real,90", (7, 0), False),
+    ("80-real,90-real", (10, 0), False), ("86-real", (8, 0), False), ("75", (8, 0), True),
+])
+def test_cuda_arch_rule(monkeypatch, archs, capability, runs):
+    from metafast import _extension
+
+    fake = types.SimpleNamespace(CUDA_ARCHS=archs)
+    monkeypatch.setattr(_extension, "CONFIG", fake)
+    assert _extension.runs_on_capability(*capability) is runs
+
+
+def test_old_gpu_falls_back_with_a_reason(monkeypatch):
+    """auto must not pick the fused kernel on a GPU its code cannot run on."""
+    from metafast import _extension
+    from metafast.ops import _dispatch
+
+    monkeypatch.setattr(_extension, "_C", object())
+    monkeypatch.setattr(_extension, "CUDA_UNAVAILABLE_REASON", None)
+    monkeypatch.setattr(_extension, "CONFIG", types.SimpleNamespace(CUDA_ARCHS="80-real,90"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    reason = _dispatch.kernel_unavailable_reason(torch.device("cuda", 0))
+    assert "Tesla T4" in reason and "7.5" in reason
+    assert not _dispatch.kernel_available(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert _dispatch.kernel_available(torch.device("cuda", 0))

@@ -77,7 +77,7 @@ def test_opcheck(meta_sgd):
         (lambda: ([torch.ones(3)], [torch.ones(4)], None), "shapes"),
         (lambda: ([torch.ones(3)], [torch.ones(2, 4)], None), "shapes"),
         (lambda: ([torch.ones(3)], [torch.ones(3, dtype=torch.float64)], None), "dtypes"),
-        (lambda: ([torch.ones(3, dtype=torch.int64)], [torch.ones(3, dtype=torch.int64)], None), "floating point"),
+        (lambda: ([torch.ones(3, dtype=torch.int64)], [torch.ones(3, dtype=torch.int64)], None), "float32, float64"),
         (lambda: ([torch.ones(3)], [torch.ones(3)], [torch.ones(3), torch.ones(3)]), "1 params but 2 lrs"),
         (lambda: ([torch.ones(3)], [torch.ones(3)], [torch.ones(4)]), "shapes"),
         (lambda: ([torch.ones(3)], [torch.ones(3, device="meta")], None), "devices"),

@@ -1,9 +1,7 @@
 // CPU kernels of metafast::mlp_adapt and mlp_adapt_backward: the per-task
-// algorithm of kernels/mlp_adapt.h, one task per thread (at::parallel_for).
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <torch/library.h>
+// algorithm of kernels/mlp_adapt.h, one task per thread (torch's threads).
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include "mlp_adapt_host.h"
 
@@ -21,52 +19,64 @@ namespace {
 
 #define MF_DEFINE_TASK_RUNNERS(T)                                                                       \
   MF_CPU_CLONES void run_forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {   \
-    for (int64_t t = begin; t < end; ++t) mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);          \
+    for (int64_t t = begin; t < end; ++t)                                                               \
+      mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);    \
   }                                                                                                     \
   MF_CPU_CLONES void run_backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) { \
-    for (int64_t t = begin; t < end; ++t) mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);         \
+    for (int64_t t = begin; t < end; ++t)                                                               \
+      mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);   \
   }
 MF_DEFINE_TASK_RUNNERS(float)
 MF_DEFINE_TASK_RUNNERS(double)
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_adapt_cpu(
-    const at::Tensor& params, const std::optional<at::Tensor>& lrs, double lr, const at::Tensor& support_x,
-    const at::Tensor& support_y, const std::optional<at::Tensor>& query_x, const std::optional<at::Tensor>& query_y,
-    c10::IntArrayRef sizes, int64_t steps, c10::string_view activation, c10::string_view loss, bool first_order) {
-  TORCH_CHECK(params.device().is_cpu(), "metafast::mlp_adapt (CPU): params must be on the CPU");
-  auto f = prepare_forward(params, lrs, support_x, support_y, query_x, query_y, sizes, steps, activation, loss);
-  AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "metafast::mlp_adapt_cpu", [&] {
-    const auto a = forward_args<scalar_t>(f.c, lr, f.in, f.adapted, f.losses, f.query_output, f.query_losses,
-                                          f.trajectory, f.workspace);
-    at::parallel_for(0, f.c.tasks, 1, [&](int64_t begin, int64_t end) { run_forward_tasks(a, begin, end); });
-  });
+// One task per torch thread.
+template <typename Args>
+void run_forward(const Args& a) {
+  torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t begin, int64_t end) { run_forward_tasks(a, begin, end); });
+}
+template <typename Args>
+void run_backward(const Args& a) {
+  torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t begin, int64_t end) { run_backward_tasks(a, begin, end); });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cpu(
+    Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
+    OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
+    bool first_order) {
+  MF_CHECK(params.is_cpu(), "metafast::mlp_adapt (CPU): params must be on the CPU");
+  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss);
+  check_labels_on_host(f.c, f.in.y, f.in.qy);
+  Tensor workspace = task_workspace(f.c, params, true);
+  if (params.scalar_type() == ScalarType::Float)
+    run_forward(f.args<float>(lr, workspace));
+  else
+    run_forward(f.args<double>(lr, workspace));
   return {f.adapted, f.losses, f.query_output, f.query_losses, f.trajectory};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_adapt_backward_cpu(
-    const at::Tensor& grad_adapted, const at::Tensor& grad_losses, const std::optional<at::Tensor>& grad_query_output,
-    const std::optional<at::Tensor>& grad_query_losses, const at::Tensor& adapted, const at::Tensor& trajectory,
-    const at::Tensor& params, const std::optional<at::Tensor>& lrs, double lr, const at::Tensor& support_x,
-    const at::Tensor& support_y, const std::optional<at::Tensor>& query_x, const std::optional<at::Tensor>& query_y,
-    c10::IntArrayRef sizes, c10::string_view activation, c10::string_view loss, bool first_order, bool lrs_grad,
-    bool x_grad, bool query_x_grad) {
-  TORCH_CHECK(params.device().is_cpu(), "metafast::mlp_adapt_backward (CPU): params must be on the CPU");
+std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cpu(
+    Tensor grad_adapted, Tensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
+    Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
+    OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
+    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {
+  MF_CHECK(params.is_cpu(), "metafast::mlp_adapt_backward (CPU): params must be on the CPU");
   auto b = prepare_backward(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory,
-                            params, lrs, support_x, support_y, query_x, query_y, sizes, activation, loss, lrs_grad,
-                            x_grad, query_x_grad);
-  AT_DISPATCH_FLOATING_TYPES(params.scalar_type(), "metafast::mlp_adapt_backward_cpu", [&] {
-    const auto a = backward_args<scalar_t>(b.c, lr, first_order, b.in, b.g, b.grad_init, b.grad_lrs, b.grad_x,
-                                           b.grad_qx, b.workspace);
-    at::parallel_for(0, b.c.tasks, 1, [&](int64_t begin, int64_t end) { run_backward_tasks(a, begin, end); });
-  });
+                            params, lrs, lr, support_x, support_y, query_x, query_y, sizes, activation, loss,
+                            first_order, lrs_grad, x_grad, query_x_grad);
+  check_labels_on_host(b.c, b.in.y, b.in.qy);
+  Tensor workspace = task_workspace(b.c, params, true);
+  if (params.scalar_type() == ScalarType::Float)
+    run_backward(b.args<float>(lr, workspace));
+  else
+    run_backward(b.args<double>(lr, workspace));
   return {b.grad_init, b.grad_lrs, b.grad_x, b.grad_qx};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metafast, CPU, m) {
-  m.impl("mlp_adapt", &mlp_adapt_cpu);
-  m.impl("mlp_adapt_backward", &mlp_adapt_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) {
+  m.impl("mlp_adapt", TORCH_BOX(&mlp_adapt_cpu));
+  m.impl("mlp_adapt_backward", TORCH_BOX(&mlp_adapt_backward_cpu));
 }
 
 }  // namespace metafast

@@ -1,10 +1,8 @@
 // CPU kernel of metafast::sgd_update: θ' = θ − α·g for every entry of a list.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include "kernels/maml_math.h"
 #include "sgd_update_host.h"
@@ -12,33 +10,48 @@
 namespace metafast {
 namespace {
 
-std::vector<at::Tensor> sgd_update_cpu(at::TensorList params, at::TensorList grads, double lr,
-                                       std::optional<at::TensorList> lrs) {
-  auto entries = check_sgd_update_inputs(params, grads, lrs);
-  std::vector<at::Tensor> out;
+// float arithmetic for the 16-bit storage types, as torch's opmath_type.
+template <typename S> struct OpMath { using type = S; };
+template <> struct OpMath<c10::Half> { using type = float; };
+template <> struct OpMath<c10::BFloat16> { using type = float; };
+
+template <typename S>
+void update_entry(const SgdUpdateEntry& e, const Tensor& p, const Tensor& g, const std::optional<Tensor>& r,
+                  Tensor& o, double lr) {
+  using O = typename OpMath<S>::type;
+  const S* pp = p.const_data_ptr<S>();
+  const S* gp = g.const_data_ptr<S>();
+  const S* rp = r ? r->const_data_ptr<S>() : nullptr;
+  S* op = o.mutable_data_ptr<S>();
+  // An operand without the task dimension repeats every `numel` elements.
+  const int64_t pn = std::max<int64_t>(p.numel(), 1), gn = std::max<int64_t>(g.numel(), 1);
+  const int64_t rn = r ? std::max<int64_t>(r->numel(), 1) : 1;
+  const O lr_scalar = O(lr);
+  torch::stable::parallel_for(0, o.numel(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const O rate = rp ? O(rp[i % rn]) : lr_scalar;
+      op[i] = S(sgd_step<O>(O(pp[i % pn]), rate, O(gp[i % gn])));
+    }
+  });
+}
+
+std::vector<Tensor> sgd_update_cpu(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
+                                   std::optional<std::vector<Tensor>> lrs) {
+  const auto entries = check_sgd_update_inputs(params, grads, lr, lrs);
+  std::vector<Tensor> out;
   out.reserve(entries.size());
-  for (auto& e : entries) {
-    TORCH_CHECK(e.param.device().is_cpu(), "metafast::sgd_update (CPU): tensors must be on the CPU");
-    const at::Tensor p = e.param.contiguous(), g = e.grad.contiguous();
-    const at::Tensor r = e.lr.defined() ? e.lr.contiguous() : at::Tensor();
-    at::Tensor o = at::empty(e.out_shape, e.param.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.scalar_type(), "metafast::sgd_update_cpu", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const scalar_t* pp = p.data_ptr<scalar_t>();
-      const scalar_t* gp = g.data_ptr<scalar_t>();
-      const scalar_t* rp = r.defined() ? r.data_ptr<scalar_t>() : nullptr;
-      scalar_t* op = o.data_ptr<scalar_t>();
-      // An operand without the task dimension repeats every `numel` elements.
-      const int64_t pn = std::max<int64_t>(p.numel(), 1), gn = std::max<int64_t>(g.numel(), 1);
-      const int64_t rn = r.defined() ? std::max<int64_t>(r.numel(), 1) : 1;
-      const opmath_t lr_scalar = opmath_t(lr);
-      at::parallel_for(0, o.numel(), 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const opmath_t rate = rp ? opmath_t(rp[i % rn]) : lr_scalar;
-          op[i] = scalar_t(sgd_step<opmath_t>(opmath_t(pp[i % pn]), rate, opmath_t(gp[i % gn])));
-        }
-      });
-    });
+  for (const auto& e : entries) {
+    MF_CHECK(e.param.is_cpu(), "metafast::sgd_update (CPU): tensors must be on the CPU");
+    const Tensor p = torch::stable::contiguous(e.param), g = torch::stable::contiguous(e.grad);
+    const std::optional<Tensor> r = e.lr ? std::optional<Tensor>(torch::stable::contiguous(*e.lr)) : std::nullopt;
+    Tensor o = torch::stable::new_empty(e.param, e.out_shape);
+    switch (e.param.scalar_type()) {
+      case ScalarType::Float: update_entry<float>(e, p, g, r, o, lr); break;
+      case ScalarType::Double: update_entry<double>(e, p, g, r, o, lr); break;
+      case ScalarType::Half: update_entry<c10::Half>(e, p, g, r, o, lr); break;
+      case ScalarType::BFloat16: update_entry<c10::BFloat16>(e, p, g, r, o, lr); break;
+      default: throw_value_error("metafast::sgd_update: unsupported dtype ", e.param.scalar_type());
+    }
     out.push_back(std::move(o));
   }
   return out;
@@ -46,6 +59,6 @@ std::vector<at::Tensor> sgd_update_cpu(at::TensorList params, at::TensorList gra
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metafast, CPU, m) { m.impl("sgd_update", &sgd_update_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_cpu)); }
 
 }  // namespace metafast

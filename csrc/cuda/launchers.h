@@ -29,12 +29,19 @@ struct SgdUpdateBatch {
 void launch_sgd_update(StorageType type, const SgdUpdateBatch& batch, int64_t max_numel, cudaStream_t stream);
 
 // ---- mlp_adapt: one thread block per task --------------------------------
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, cudaStream_t stream);
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, cudaStream_t stream);
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, cudaStream_t stream);
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, cudaStream_t stream);
+// Shared-memory bytes per block for a task's workspace, or 0 when it does not
+// fit (then p.workspace must point to a global [T, W] buffer).
+size_t mlp_adapt_forward_shared_bytes(const MlpProblem<float>& p);
+size_t mlp_adapt_forward_shared_bytes(const MlpProblem<double>& p);
+size_t mlp_adapt_backward_shared_bytes(const MlpProblem<float>& p);
+size_t mlp_adapt_backward_shared_bytes(const MlpProblem<double>& p);
+void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, size_t shared_bytes, cudaStream_t stream);
+void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, size_t shared_bytes, cudaStream_t stream);
+void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, size_t shared_bytes, cudaStream_t stream);
+void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, size_t shared_bytes, cudaStream_t stream);
 
-// Throws std::runtime_error with the CUDA error string if the last launch failed.
-void check_launch(const char* what);
+// Throws std::runtime_error("<what>: <context>: <CUDA error>") if this
+// library's CUDA runtime has an error pending (cudaGetLastError).
+void check_launch(const char* what, const char* context);
 
 }  // namespace metafast

@@ -39,41 +39,58 @@ __global__ void __launch_bounds__(kThreads) mlp_adapt_backward_kernel(const MlpA
 }
 
 // Bytes of shared memory to use for a workspace of `bytes` (0: use global).
+// An earlier pending error is reported, not swallowed, so that clearing our
+// own failed attribute call below can only clear our own error.
 template <typename Kernel>
-size_t shared_bytes_for(Kernel kernel, size_t bytes) {
+size_t shared_bytes_for(Kernel kernel, size_t bytes, const char* what) {
+  check_launch(what, "an earlier CUDA call failed");
   if (bytes <= 48 * 1024) return bytes;  // always allowed
   int device = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
       bytes > size_t(optin) ||
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)) != cudaSuccess) {
-    cudaGetLastError();  // clear a failed query: the global workspace serves instead
+    (void)cudaGetLastError();  // our own failed query: the global workspace serves instead
     return 0;
   }
   return bytes;
 }
 
 template <typename Args, typename Kernel>
-void launch(Kernel kernel, const Args& a, cudaStream_t s, const char* what) {
-  using T = std::remove_pointer_t<decltype(a.p.workspace)>;
-  const size_t smem = shared_bytes_for(kernel, size_t(a.p.workspace_stride) * sizeof(T));
+void launch(Kernel kernel, const Args& a, size_t smem, cudaStream_t s, const char* what) {
   kernel<<<a.p.tasks, kThreads, smem, s>>>(a, smem > 0);
-  check_launch(what);
+  check_launch(what, "kernel launch failed");
 }
+
+template <typename T>
+size_t workspace_bytes(const MlpProblem<T>& p) { return size_t(p.workspace_stride) * sizeof(T); }
 
 }  // namespace
 
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, cudaStream_t s) {
-  launch(mlp_adapt_forward_kernel<float>, a, s, "metafast::mlp_adapt");
+size_t mlp_adapt_forward_shared_bytes(const MlpProblem<float>& p) {
+  return shared_bytes_for(mlp_adapt_forward_kernel<float>, workspace_bytes(p), "metafast::mlp_adapt");
 }
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, cudaStream_t s) {
-  launch(mlp_adapt_forward_kernel<double>, a, s, "metafast::mlp_adapt");
+size_t mlp_adapt_forward_shared_bytes(const MlpProblem<double>& p) {
+  return shared_bytes_for(mlp_adapt_forward_kernel<double>, workspace_bytes(p), "metafast::mlp_adapt");
 }
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, cudaStream_t s) {
-  launch(mlp_adapt_backward_kernel<float>, a, s, "metafast::mlp_adapt_backward");
+size_t mlp_adapt_backward_shared_bytes(const MlpProblem<float>& p) {
+  return shared_bytes_for(mlp_adapt_backward_kernel<float>, workspace_bytes(p), "metafast::mlp_adapt_backward");
 }
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, cudaStream_t s) {
-  launch(mlp_adapt_backward_kernel<double>, a, s, "metafast::mlp_adapt_backward");
+size_t mlp_adapt_backward_shared_bytes(const MlpProblem<double>& p) {
+  return shared_bytes_for(mlp_adapt_backward_kernel<double>, workspace_bytes(p), "metafast::mlp_adapt_backward");
+}
+
+void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, size_t smem, cudaStream_t s) {
+  launch(mlp_adapt_forward_kernel<float>, a, smem, s, "metafast::mlp_adapt");
+}
+void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, size_t smem, cudaStream_t s) {
+  launch(mlp_adapt_forward_kernel<double>, a, smem, s, "metafast::mlp_adapt");
+}
+void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, size_t smem, cudaStream_t s) {
+  launch(mlp_adapt_backward_kernel<float>, a, smem, s, "metafast::mlp_adapt_backward");
+}
+void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, size_t smem, cudaStream_t s) {
+  launch(mlp_adapt_backward_kernel<double>, a, smem, s, "metafast::mlp_adapt_backward");
 }
 
 }  // namespace metafast

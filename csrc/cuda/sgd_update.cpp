@@ -1,43 +1,42 @@
 // CUDA dispatch of metafast::sgd_update: checks, device guard, current stream,
 // then one multi-tensor launch per dtype and per kSgdMaxTensors entries.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include "cuda/launchers.h"
+#include "cuda/stream.h"
 #include "sgd_update_host.h"
 
 namespace metafast {
 namespace {
 
-StorageType storage_type(at::ScalarType t) {
+StorageType storage_type(ScalarType t) {
   switch (t) {
-    case at::kFloat: return StorageType::Float;
-    case at::kDouble: return StorageType::Double;
-    case at::kHalf: return StorageType::Half;
-    case at::kBFloat16: return StorageType::BFloat16;
-    default: TORCH_CHECK(false, "metafast::sgd_update (CUDA): unsupported dtype ", t);
+    case ScalarType::Float: return StorageType::Float;
+    case ScalarType::Double: return StorageType::Double;
+    case ScalarType::Half: return StorageType::Half;
+    case ScalarType::BFloat16: return StorageType::BFloat16;
+    default: throw_value_error("metafast::sgd_update (CUDA): unsupported dtype ", t);
   }
 }
 
-std::vector<at::Tensor> sgd_update_cuda(at::TensorList params, at::TensorList grads, double lr,
-                                        std::optional<at::TensorList> lrs) {
-  auto entries = check_sgd_update_inputs(params, grads, lrs);
-  std::vector<at::Tensor> out;
+std::vector<Tensor> sgd_update_cuda(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
+                                    std::optional<std::vector<Tensor>> lrs) {
+  auto entries = check_sgd_update_inputs(params, grads, lr, lrs);
+  std::vector<Tensor> out;
   if (entries.empty()) return out;
-  TORCH_CHECK(entries[0].param.is_cuda(), "metafast::sgd_update (CUDA): tensors must be on a CUDA device");
-  const c10::cuda::CUDAGuard guard(entries[0].param.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  MF_CHECK(entries[0].param.is_cuda(), "metafast::sgd_update (CUDA): tensors must be on a CUDA device");
+  const auto device = entries[0].param.get_device_index();
+  const torch::stable::accelerator::DeviceGuard guard(device);
+  const cudaStream_t stream = current_cuda_stream(device);
   for (auto& e : entries) {  // contiguous copies stay alive in `entries` until launched
-    e.param = e.param.contiguous();
-    e.grad = e.grad.contiguous();
-    if (e.lr.defined()) e.lr = e.lr.contiguous();
-    out.push_back(at::empty(e.out_shape, e.param.options()));
+    e.param = torch::stable::contiguous(e.param);
+    e.grad = torch::stable::contiguous(e.grad);
+    if (e.lr) e.lr = torch::stable::contiguous(*e.lr);
+    out.push_back(torch::stable::new_empty(e.param, e.out_shape));
   }
   // Group entries by dtype; each group is launched in batches.
-  for (const at::ScalarType dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+  for (const ScalarType dtype : {ScalarType::Float, ScalarType::Double, ScalarType::Half, ScalarType::BFloat16}) {
     SgdUpdateBatch batch;
     batch.lr = lr;
     int64_t max_numel = 0;
@@ -48,17 +47,16 @@ std::vector<at::Tensor> sgd_update_cuda(at::TensorList params, at::TensorList gr
     };
     for (size_t i = 0; i < entries.size(); ++i) {
       const auto& e = entries[i];
-      if (e.param.scalar_type() != dtype) continue;
-      if (out[i].numel() == 0) continue;
+      if (e.param.scalar_type() != dtype || out[i].numel() == 0) continue;
       const int k = batch.count++;
-      batch.param[k] = e.param.data_ptr();
-      batch.grad[k] = e.grad.data_ptr();
-      batch.lr_tensor[k] = e.lr.defined() ? e.lr.data_ptr() : nullptr;
-      batch.out[k] = out[i].data_ptr();
+      batch.param[k] = e.param.const_data_ptr();
+      batch.grad[k] = e.grad.const_data_ptr();
+      batch.lr_tensor[k] = e.lr ? e.lr->const_data_ptr() : nullptr;
+      batch.out[k] = out[i].mutable_data_ptr();
       batch.out_numel[k] = out[i].numel();
       batch.param_numel[k] = std::max<int64_t>(e.param.numel(), 1);
       batch.grad_numel[k] = std::max<int64_t>(e.grad.numel(), 1);
-      batch.lr_numel[k] = e.lr.defined() ? std::max<int64_t>(e.lr.numel(), 1) : 1;
+      batch.lr_numel[k] = e.lr ? std::max<int64_t>(e.lr->numel(), 1) : 1;
       max_numel = std::max(max_numel, out[i].numel());
       if (batch.count == kSgdMaxTensors) flush();
     }
@@ -69,6 +67,6 @@ std::vector<at::Tensor> sgd_update_cuda(at::TensorList params, at::TensorList gr
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(metafast, CUDA, m) { m.impl("sgd_update", &sgd_update_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(metafast, CUDA, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_cuda)); }
 
 }  // namespace metafast

@@ -45,6 +45,7 @@ __global__ void sgd_update_kernel(const SgdUpdateBatch batch) {
 
 void launch_sgd_update(StorageType type, const SgdUpdateBatch& batch, int64_t max_numel, cudaStream_t stream) {
   if (batch.count == 0 || max_numel == 0) return;
+  check_launch("metafast::sgd_update", "an earlier CUDA call failed");
   constexpr int kThreads = 256;
   const int64_t blocks = (max_numel + kThreads - 1) / kThreads;
   const dim3 grid(unsigned(blocks < 1024 ? blocks : 1024), unsigned(batch.count));
@@ -54,12 +55,13 @@ void launch_sgd_update(StorageType type, const SgdUpdateBatch& batch, int64_t ma
     case StorageType::Half: sgd_update_kernel<__half><<<grid, kThreads, 0, stream>>>(batch); break;
     case StorageType::BFloat16: sgd_update_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(batch); break;
   }
-  check_launch("metafast::sgd_update");
+  check_launch("metafast::sgd_update", "kernel launch failed");
 }
 
-void check_launch(const char* what) {
+void check_launch(const char* what, const char* context) {
   const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) + ": " + context + ": " + cudaGetErrorString(err));
 }
 
 }  // namespace metafast

@@ -9,6 +9,8 @@ losses are means over the support set (MSE: over every output element).
 """
 from __future__ import annotations
 
+import math
+import operator
 from typing import Sequence
 
 import torch
@@ -58,71 +60,81 @@ def task_losses(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.
     return F.cross_entropy(output.reshape(t * n, c), target.reshape(t * n), reduction="none").view(t, n).mean(1)
 
 
-def check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss) -> None:
-    """The checks of csrc/mlp_adapt_host.h, for the fallback and the fake kernel."""
-    sizes = [int(s) for s in sizes]
-    if not 2 <= len(sizes) <= MAX_LAYERS + 1 or min(sizes) <= 0:
-        raise ValueError(f"mlp_adapt: sizes must list 2 to {MAX_LAYERS + 1} positive widths, got {sizes}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp_adapt: unsupported activation '{activation}' (supported: {ACTIVATIONS})")
-    if loss not in LOSSES:
-        raise ValueError(f"mlp_adapt: unsupported loss '{loss}' (supported: {LOSSES})")
-    if params.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"mlp_adapt: params must be float32 or float64, got {params.dtype}")
-    if params.dim() != 1 or params.numel() != mlp_num_params(sizes):
-        raise ValueError(
-            f"mlp_adapt: params must be the flat vector [W1, b1, ...] of {mlp_num_params(sizes)} elements "
-            f"for sizes {sizes}, got shape {tuple(params.shape)}"
-        )
-    for name, t in (("lrs", lrs), ("support_x", support_x)):
-        if t is None:
-            continue
-        if t.device != params.device:
-            raise ValueError(f"mlp_adapt: {name} is on {t.device} but params is on {params.device}")
-        if t.dtype != params.dtype:
-            raise ValueError(f"mlp_adapt: {name} has dtype {t.dtype} but params has {params.dtype}")
-    if lrs is not None and lrs.shape != params.shape:
-        raise ValueError(f"mlp_adapt: lrs must have the shape of params {tuple(params.shape)}, got {tuple(lrs.shape)}")
-    if support_x.dim() != 3 or support_x.shape[2] != sizes[0]:
-        raise ValueError(f"mlp_adapt: support_x must be [tasks, shots, {sizes[0]}], got {tuple(support_x.shape)}")
-    t, k = support_x.shape[:2]
-    if t == 0 or k == 0:
-        raise ValueError(f"mlp_adapt: support_x has an empty task or support set: {tuple(support_x.shape)}")
-    if isinstance(steps, bool) or int(steps) != steps or not 1 <= int(steps) <= 1000:
-        raise ValueError(f"mlp_adapt: steps must be an integer in [1, 1000], got {steps}")
-    if support_y.device != params.device:
-        raise ValueError(f"mlp_adapt: support_y is on {support_y.device} but params is on {params.device}")
-    if loss == "mse":
-        if support_y.dtype != params.dtype or tuple(support_y.shape) != (t, k, sizes[-1]):
-            raise ValueError(
-                f"mlp_adapt: MSE support_y must be a {params.dtype} tensor of shape {(t, k, sizes[-1])}, "
-                f"got {support_y.dtype} {tuple(support_y.shape)}"
-            )
+def as_layer_sizes(sizes) -> list[int]:
+    """Layer widths as ints; floats (1.5) and bools are refused, not truncated."""
+    try:
+        if any(isinstance(w, bool) for w in sizes):
+            raise TypeError
+        return [operator.index(w) for w in sizes]
+    except TypeError:
+        raise ValueError(f"metafast::mlp_adapt: layer sizes must be integers, got {list(sizes)}") from None
+
+
+def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation,
+                         loss) -> None:
+    """The checks of csrc/mlp_adapt_host.h (the truth for the op), mirrored for
+    the fake kernel and for the pure-PyTorch fallback."""
+    def check(cond, message):
+        torch._check_value(cond, lambda: f"metafast::mlp_adapt: {message}")
+
+    check(2 <= len(sizes) <= MAX_LAYERS + 1, f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, got {len(sizes)}")
+    for i, w in enumerate(sizes):
+        check(1 <= w <= 65536, f"layer width {i} must be in [1, 65536], got {w}")
+    check(activation in ACTIVATIONS, f"unsupported activation '{activation}' (supported: {ACTIVATIONS})")
+    check(loss in LOSSES, f"unsupported loss '{loss}' (supported: {LOSSES})")
+    check(params.dtype in (torch.float32, torch.float64), f"params must be float32 or float64, got {params.dtype}")
+    num_params = mlp_num_params(sizes)
+    check(params.dim() == 1 and params.numel() == num_params,
+          f"params must be the flat vector [W1, b1, ...] of {num_params} elements for sizes {list(sizes)}, "
+          f"got shape {list(params.shape)}")
+    named = [("lrs", lrs), ("support_x", support_x), ("query_x", query_x)]
+    for name, t in named:
+        if t is not None:
+            check(t.device == params.device, f"{name} is on {t.device} but params is on {params.device}")
+            check(t.dtype == params.dtype, f"{name} has dtype {t.dtype} but params has {params.dtype}")
+    if lrs is not None:
+        check(lrs.shape == params.shape, f"lrs must have the shape of params {list(params.shape)}, "
+                                         f"got {list(lrs.shape)}")
     else:
-        if support_y.dtype != torch.int64 or tuple(support_y.shape) != (t, k):
-            raise ValueError(
-                f"mlp_adapt: cross-entropy support_y must be int64 class indices of shape {(t, k)}, "
-                f"got {support_y.dtype} {tuple(support_y.shape)}"
-            )
+        check(math.isfinite(lr), f"lr must be finite, got {lr}")
+    check(support_x.dim() == 3 and support_x.shape[2] == sizes[0],
+          f"support_x must be [tasks, shots, {sizes[0]}], got {list(support_x.shape)}")
+    t, k = support_x.shape[:2]
+    check(t > 0 and k > 0, f"support_x has an empty task or support set: {list(support_x.shape)}")
+    check(1 <= steps <= 1000, f"steps must be in [1, 1000], got {steps}")
+    check((query_x is None) == (query_y is None), "give both query_x and query_y, or neither")
+    sets = [("support_y", support_y, k)]
+    if query_x is not None:
+        check(query_x.dim() == 3 and query_x.shape[0] == t and query_x.shape[2] == sizes[0],
+              f"query_x must be [{t}, queries, {sizes[0]}], got {list(query_x.shape)}")
+        check(query_x.shape[1] > 0, "query_x has an empty query set")
+        sets.append(("query_y", query_y, query_x.shape[1]))
+    for name, y, rows in sets:
+        check(y.device == params.device, f"{name} is on {y.device} but params is on {params.device}")
+        if loss == "mse":
+            check(y.dtype == params.dtype, f"MSE {name} must have dtype {params.dtype}, got {y.dtype}")
+            check(y.shape == (t, rows, sizes[-1]), f"MSE {name} must be [{t}, {rows}, {sizes[-1]}], "
+                                                   f"got {list(y.shape)}")
+        else:
+            check(y.dtype == torch.int64, f"cross-entropy {name} must hold int64 class indices, got {y.dtype}")
+            check(y.shape == (t, rows), f"cross-entropy {name} must be [{t}, {rows}], got {list(y.shape)}")
 
 
-def check_query_inputs(params, support_x, query_x, query_y, sizes, loss) -> None:
-    if (query_x is None) != (query_y is None):
-        raise ValueError("mlp_adapt: give both query_x and query_y, or neither")
-    if query_x is None:
+def check_labels(classes: int, *labels: torch.Tensor | None) -> None:
+    """Class labels must lie in [0, classes). Reads the values (one device
+    synchronisation), so it is skipped while a CUDA graph is being captured;
+    the fused kernel then turns a bad label into NaN rather than reading out
+    of bounds."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return
-    t = support_x.shape[0]
-    if query_x.device != params.device or query_x.dtype != params.dtype:
-        raise ValueError(f"mlp_adapt: query_x must be a {params.dtype} tensor on {params.device}, "
-                         f"got {query_x.dtype} on {query_x.device}")
-    if query_x.dim() != 3 or query_x.shape[0] != t or query_x.shape[2] != sizes[0] or query_x.shape[1] == 0:
-        raise ValueError(f"mlp_adapt: query_x must be [{t}, queries > 0, {sizes[0]}], got {tuple(query_x.shape)}")
-    q = query_x.shape[1]
-    want = (t, q, sizes[-1]) if loss == "mse" else (t, q)
-    dtype = params.dtype if loss == "mse" else torch.int64
-    if query_y.device != params.device or query_y.dtype != dtype or tuple(query_y.shape) != want:
-        raise ValueError(f"mlp_adapt: {loss} query_y must be a {dtype} tensor of shape {want} on {params.device}, "
-                         f"got {query_y.dtype} {tuple(query_y.shape)} on {query_y.device}")
+    present = [y.reshape(-1) for y in labels if y is not None and y.numel() > 0]
+    if not present:
+        return
+    values = torch.cat(present)
+    lo, hi = torch.aminmax(values)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"metafast::mlp_adapt: class labels must be in [0, {classes}), got values in [{lo}, {hi}]")
 
 
 def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation="relu", loss="mse",
@@ -185,23 +197,24 @@ def mlp_adapt(
         w.r.t. params, lrs, support_x and query_x, exactly (second order unless
         first_order).
     """
-    sizes = [int(s) for s in sizes]
-    check_mlp_adapt_inputs(params, lrs, support_x, support_y, sizes, steps, activation, loss)
-    check_query_inputs(params, support_x, query_x, query_y, sizes, loss)
+    sizes = as_layer_sizes(sizes)
+    if isinstance(steps, bool) or int(steps) != steps:
+        raise ValueError(f"metafast::mlp_adapt: steps must be an integer, got {steps!r}")
+    steps, lr = int(steps), float(lr)
     for name, y in (("support_y", support_y), ("query_y", query_y)):
         if y is not None and y.requires_grad and torch.is_grad_enabled():
-            raise ValueError(f"mlp_adapt: gradients with respect to {name} are not supported; detach the targets")
+            raise ValueError(f"metafast::mlp_adapt: gradients with respect to {name} are not supported; "
+                             "detach the targets")
     if not kernel_available(params.device):
-        if loss == "cross_entropy":  # (the compiled op checks its labels itself)
-            for y in (support_y, query_y):
-                if y is not None and (int(y.min()) < 0 or int(y.max()) >= sizes[-1]):
-                    raise ValueError(f"mlp_adapt: class labels must be in [0, {sizes[-1]}), got values in "
-                                     f"[{int(y.min())}, {int(y.max())}]")
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
+        if loss == "cross_entropy":
+            check_labels(sizes[-1], support_y, query_y)
         return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
                                query_x, query_y)
+    if loss == "cross_entropy" and params.device.type == "cuda":
+        check_labels(sizes[-1], support_y, query_y)  # the CPU kernel checks its labels itself, without a sync
     adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
-        params, lrs, float(lr), support_x, support_y, query_x, query_y, sizes, int(steps), activation, loss,
-        bool(first_order)
+        params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, bool(first_order)
     )
     return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
@@ -210,6 +223,7 @@ if _extension.available():
 
     @torch.library.register_fake("metafast::mlp_adapt")
     def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order):
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
         t, p = support_x.shape[0], params.shape[0]
         if query_x is None:
             query_output, query_losses = params.new_empty(0), params.new_empty(0)
@@ -222,7 +236,12 @@ if _extension.available():
     def _(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs, lr,
           support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, lrs_grad, x_grad,
           query_x_grad):
-        t, p = grad_adapted.shape
+        steps = trajectory.shape[1] if trajectory.dim() == 3 else 0
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
+        t, p = support_x.shape[0], params.shape[0]
+        torch._check_value(grad_adapted.shape == (t, p) and trajectory.shape == (t, steps, p),
+                           lambda: "metafast::mlp_adapt_backward: grad_adapted / trajectory have the wrong shape")
+        torch._check_value(not lrs_grad or lrs is not None, lambda: "metafast::mlp_adapt_backward: lrs_grad needs lrs")
         k, d = support_x.shape[1:]
         q = 0 if query_x is None else query_x.shape[1]
         return (
@@ -252,7 +271,7 @@ if _extension.available():
             grad_query_output = grad_query_losses = None
         if torch.is_grad_enabled():
             # A gradient of this gradient is wanted: use the differentiable torch formula.
-            wanted = [(params, True), (lrs, need_lrs), (support_x, need_x), (query_x, need_qx)]
+            wanted = [(params, ctx.needs_input_grad[0]), (lrs, need_lrs), (support_x, need_x), (query_x, need_qx)]
             inputs = [x for x, need in wanted if need]
             with torch.enable_grad():
                 outs = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss,
@@ -263,8 +282,6 @@ if _extension.available():
                                                  create_graph=True, allow_unused=True))
             result = [grads.pop(0) if need else None for _, need in wanted]
             g_params, g_lrs, g_x, g_qx = result
-            if g_params is None:
-                g_params = torch.zeros_like(params)
         else:
             g_params, g_lrs, g_x, g_qx = torch.ops.metafast.mlp_adapt_backward(
                 grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs,

@@ -1,12 +1,14 @@
 """metafast::sgd_update: θ' = θ − lr·g (or θ − lrs⊙g) for a whole list of tensors.
 
-Kernels: csrc/cpu/sgd_update.cpp, csrc/cuda/sgd_update{.cpp,_kernel.cu}.
+Schema: csrc/metafast.cpp. Kernels: csrc/cpu/sgd_update.cpp,
+csrc/cuda/sgd_update{.cpp,_kernel.cu}; their checks: csrc/sgd_update_host.h.
 Shape rule (no silent broadcasting): the result has the shape of grads[i];
 params[i] and lrs[i] have that shape, or that shape without its leading task
 dimension (an initialisation or rate shared by every task).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -14,42 +16,43 @@ import torch
 from metafast import _extension
 from metafast.ops._dispatch import kernel_available
 
-
-def _full_shape(i: int, param: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor | None, has_lrs: bool) -> torch.Size:
-    named = [("param", param), ("grad", grad)] + ([("lr", lr)] if has_lrs else [])
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"sgd_update: entry {i}: {name} is a {type(t).__name__}, expected a tensor")
-    operands = [t for _, t in named]
-    for t in operands:
-        if t.device != param.device:
-            raise ValueError(f"sgd_update: entry {i} mixes devices {param.device} and {t.device}")
-        if t.dtype != param.dtype:
-            raise ValueError(f"sgd_update: entry {i} mixes dtypes {param.dtype} and {t.dtype}")
-    if not param.dtype.is_floating_point:
-        raise ValueError(f"sgd_update: entry {i} must be floating point, got {param.dtype}")
-    full = grad.shape
-    for t in operands:
-        if t.shape != full and (len(full) == 0 or t.shape != full[1:]):
-            shapes = f"param {tuple(param.shape)}, grad {tuple(grad.shape)}"
-            if lr is not None:
-                shapes += f", lr {tuple(lr.shape)}"
-            raise ValueError(
-                f"sgd_update: entry {i} has shapes {shapes}; each must be the same shape "
-                "or the grad's shape without its leading task dimension"
-            )
-    return full
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check(params, grads, lrs) -> list[torch.Size]:
-    if len(params) != len(grads):
-        raise ValueError(f"sgd_update: got {len(params)} params but {len(grads)} grads")
-    if lrs is not None and len(lrs) != len(params):
-        raise ValueError(f"sgd_update: got {len(params)} params but {len(lrs)} lrs")
-    shapes = [_full_shape(i, p, g, None if lrs is None else lrs[i], lrs is not None)
-              for i, (p, g) in enumerate(zip(params, grads))]
-    if params and any(p.device != params[0].device for p in params):
-        raise ValueError("sgd_update: all tensors of one call must be on one device")
+def check_sgd_update_args(params, grads, lr, lrs) -> list[torch.Size]:
+    """The checks of csrc/sgd_update_host.h, for the fake kernel and the
+    pure-PyTorch fallback; returns the output shapes."""
+    torch._check_value(len(params) == len(grads), lambda: f"metafast::sgd_update: got {len(params)} params but "
+                                                          f"{len(grads)} grads")
+    if lrs is not None:
+        torch._check_value(len(lrs) == len(params), lambda: f"metafast::sgd_update: got {len(params)} params but "
+                                                            f"{len(lrs)} lrs")
+    else:
+        torch._check_value(math.isfinite(lr), lambda: f"metafast::sgd_update: lr must be finite, got {lr}")
+    shapes = []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        r = None if lrs is None else lrs[i]
+        operands = [("param", p), ("grad", g)] + ([("lr", r)] if lrs is not None else [])
+        for name, t in operands:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"metafast::sgd_update: entry {i}: {name} is a {type(t).__name__}, expected a tensor")
+        torch._check_value(p.dtype in SUPPORTED_DTYPES, lambda: f"metafast::sgd_update: entry {i} must be float32, "
+                                                                f"float64, float16 or bfloat16, got {p.dtype}")
+        for _, t in operands[1:]:
+            torch._check_value(t.device == p.device, lambda: f"metafast::sgd_update: entry {i} mixes devices "
+                                                             f"{p.device} and {t.device}")
+            torch._check_value(t.dtype == p.dtype, lambda: f"metafast::sgd_update: entry {i} mixes dtypes "
+                                                           f"{p.dtype} and {t.dtype}")
+        full = g.shape
+        for _, t in operands:
+            ok = t.shape == full or (len(full) > 0 and t.shape == full[1:])
+            torch._check_value(ok, lambda: f"metafast::sgd_update: entry {i} has shapes "
+                               + ", ".join(f"{n} {list(x.shape)}" for n, x in operands)
+                               + "; each must be the grad's shape or the grad's shape without its leading task "
+                                 "dimension")
+        torch._check_value(p.device == params[0].device, lambda: f"metafast::sgd_update: tensors on "
+                                                                 f"{params[0].device} and {p.device} in one call")
+        shapes.append(full)
     return shapes
 
 
@@ -59,7 +62,8 @@ def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def _torch_sgd_update(params, grads, lr, lrs):
-    """Pure-PyTorch fallback (the same rule, differentiable by autograd)."""
+    """Pure-PyTorch formula (the same rule, differentiable by autograd, also
+    with respect to a tensor lr)."""
     if lrs is None:
         return [p - lr * g for p, g in zip(params, grads)]
     return [p - r * g for p, g, r in zip(params, grads, lrs)]
@@ -68,7 +72,7 @@ def _torch_sgd_update(params, grads, lr, lrs):
 def sgd_update(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
-    lr: float = 0.0,
+    lr: float | torch.Tensor = 0.0,
     lrs: Sequence[torch.Tensor] | None = None,
     use_kernel: bool | None = None,
 ) -> list[torch.Tensor]:
@@ -76,25 +80,34 @@ def sgd_update(
 
     ``out[i] = params[i] - lr * grads[i]``, or ``params[i] - lrs[i] * grads[i]``
     (Meta-SGD) when ``lrs`` is given. Any operand may carry a leading task
-    dimension the others lack. Differentiable to any order. ``use_kernel``:
-    None uses the compiled kernel when there is one for the device; False
-    uses plain torch arithmetic (cheaper on the CPU, where a launch is free).
+    dimension the others lack. Differentiable to any order, with respect to
+    params, grads, lrs and a tensor ``lr``. ``use_kernel``: None uses the
+    compiled kernel when there is one for the device; False uses plain torch
+    arithmetic (cheaper on the CPU, where a launch is free).
     """
     params, grads = list(params), list(grads)
     lrs = None if lrs is None else list(lrs)
-    _check(params, grads, lrs)
-    if not params:
+    if not params and not grads and not lrs:
         return []
+    if isinstance(lr, torch.Tensor):
+        torch._check_value(lr.numel() == 1, lambda: f"metafast::sgd_update: a tensor lr must hold one value, got "
+                                                     f"shape {list(lr.shape)}")
+        if lr.requires_grad and lrs is None:  # the rate itself is differentiated: plain torch arithmetic
+            check_sgd_update_args(params, grads, float(lr.detach()), lrs)
+            return _torch_sgd_update(params, grads, lr, None)
+        lr = float(lr.detach())
+    lr = float(lr)
+    check_sgd_update_args(params, grads, lr, lrs)
     if use_kernel is not False and kernel_available(params[0].device):
-        return list(torch.ops.metafast.sgd_update(params, grads, float(lr), lrs))
-    return _torch_sgd_update(params, grads, float(lr), lrs)
+        return list(torch.ops.metafast.sgd_update(params, grads, lr, lrs))
+    return _torch_sgd_update(params, grads, lr, lrs)
 
 
 if _extension.available():
 
     @torch.library.register_fake("metafast::sgd_update")
     def _(params, grads, lr, lrs):
-        shapes = _check(params, grads, lrs)
+        shapes = check_sgd_update_args(params, grads, lr, lrs)
         return [p.new_empty(s) for p, s in zip(params, shapes)]
 
     def _setup_context(ctx, inputs, output):
