@@ -15,7 +15,17 @@ def max_rel_err(xs, ys) -> float:
 
 
 requires_extension = pytest.mark.skipif(not metafast._extension.available(), reason="metafast._C not built")
+# One test body for every device: parametrize with DEVICES (CUDA entries are
+# skipped without a GPU by the "cuda" mark).
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def pytest_configure(config):
+    # Registered here too, so the suite also runs outside the repository
+    # (CI runs a copy of tests/ against the installed wheel).
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "slow: longer end-to-end runs")
 
 
 def pytest_collection_modifyitems(config, items):
