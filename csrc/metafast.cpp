@@ -18,11 +18,12 @@ STABLE_TORCH_LIBRARY(metafast, m) {
       "mlp_adapt(Tensor params, Tensor? lrs, float lr, Tensor support_x, Tensor support_y, Tensor? query_x, "
       "Tensor? query_y, int[] sizes, int steps, str activation, str loss, bool first_order) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Exact reverse of mlp_adapt; returns per-task (grad_params [T, P], grad_lrs
+  // Exact reverse of mlp_adapt (an absent upstream gradient contributes
+  // nothing, not zero times a possibly-NaN term); returns per-task (grad_params [T, P], grad_lrs
   // [T, P], grad_support_x [T, K, d_in], grad_query_x [T, Q, d_in]), each empty
   // unless asked for (params always).
   m.def(
-      "mlp_adapt_backward(Tensor grad_adapted, Tensor grad_losses, Tensor? grad_query_output, "
+      "mlp_adapt_backward(Tensor grad_adapted, Tensor? grad_losses, Tensor? grad_query_output, "
       "Tensor? grad_query_losses, Tensor adapted, Tensor trajectory, Tensor params, Tensor? lrs, float lr, "
       "Tensor support_x, Tensor support_y, Tensor? query_x, Tensor? query_y, int[] sizes, str activation, "
       "str loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) "

@@ -35,8 +35,8 @@ struct MlpAdaptTensors {
 
 // Upstream gradients and saved outputs of a backward call (contiguous).
 struct MlpAdaptGrads {
-  Tensor grad_adapted, grad_losses, adapted, trajectory;
-  OptTensor grad_query_output, grad_query_losses;
+  Tensor grad_adapted, adapted, trajectory;
+  OptTensor grad_losses, grad_query_output, grad_query_losses;  // absent: no such term
 };
 
 inline Activation parse_activation(const std::string& name) {
@@ -161,8 +161,9 @@ inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& 
   const int64_t P = c.layout.num_params;
   MF_CHECK(has_sizes(g.grad_adapted, {c.tasks, P}), "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks,
            ", ", P, "], got ", g.grad_adapted.sizes());
-  MF_CHECK(has_sizes(g.grad_losses, {c.tasks, c.steps}), "metafast::mlp_adapt_backward: grad_losses must be [",
-           c.tasks, ", ", c.steps, "], got ", g.grad_losses.sizes());
+  if (g.grad_losses)
+    MF_CHECK(has_sizes(*g.grad_losses, {c.tasks, c.steps}), "metafast::mlp_adapt_backward: grad_losses must be [",
+             c.tasks, ", ", c.steps, "], got ", g.grad_losses->sizes());
   MF_CHECK(has_sizes(g.trajectory, {c.tasks, c.steps, P}), "metafast::mlp_adapt_backward: trajectory must be [",
            c.tasks, ", ", c.steps, ", ", P, "], got ", g.trajectory.sizes());
   MF_CHECK(c.queries == 0 || has_sizes(g.adapted, {c.tasks, P}),
@@ -176,7 +177,7 @@ inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& 
     MF_CHECK(c.queries > 0 && has_sizes(*g.grad_query_losses, {c.tasks}),
              "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "] with a query set, got ",
              g.grad_query_losses->sizes());
-  for (const Tensor* t : {&g.grad_adapted, &g.grad_losses, &g.trajectory, &g.adapted,
+  for (const Tensor* t : {&g.grad_adapted, &g.trajectory, &g.adapted, g.grad_losses ? &*g.grad_losses : nullptr,
                           g.grad_query_output ? &*g.grad_query_output : nullptr,
                           g.grad_query_losses ? &*g.grad_query_losses : nullptr})
     MF_CHECK(!t || (t->scalar_type() == params.scalar_type() && same_device(*t, params)),
@@ -285,7 +286,7 @@ struct MlpAdaptBackwardCall {
     a.p = problem<T>(c, lr, in, workspace);
     a.second_order = second_order;
     a.grad_adapted = g.grad_adapted.const_data_ptr<T>();
-    a.grad_losses = g.grad_losses.const_data_ptr<T>();
+    a.grad_losses = ptr_or_null<T>(g.grad_losses);
     a.grad_query_output = ptr_or_null<T>(g.grad_query_output);
     a.grad_query_losses = ptr_or_null<T>(g.grad_query_losses);
     a.adapted = g.adapted.numel() ? g.adapted.const_data_ptr<T>() : nullptr;
@@ -299,7 +300,7 @@ struct MlpAdaptBackwardCall {
 };
 
 inline MlpAdaptBackwardCall prepare_backward(
-    const Tensor& grad_adapted, const Tensor& grad_losses, const OptTensor& grad_query_output,
+    const Tensor& grad_adapted, const OptTensor& grad_losses, const OptTensor& grad_query_output,
     const OptTensor& grad_query_losses, const Tensor& adapted, const Tensor& trajectory, const Tensor& params,
     const OptTensor& lrs, double lr, const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
     const OptTensor& query_y, const std::vector<int64_t>& sizes, const std::string& activation,
@@ -308,9 +309,9 @@ inline MlpAdaptBackwardCall prepare_backward(
   b.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes,
                                trajectory.dim() == 3 ? trajectory.size(1) : 0, activation, loss);
   check_query_inputs(b.c, params, query_x, query_y, sizes);
-  b.g = {torch::stable::contiguous(grad_adapted), torch::stable::contiguous(grad_losses),
-         torch::stable::contiguous(adapted), torch::stable::contiguous(trajectory),
-         contiguous_or_none(grad_query_output), contiguous_or_none(grad_query_losses)};
+  b.g = {torch::stable::contiguous(grad_adapted), torch::stable::contiguous(adapted),
+         torch::stable::contiguous(trajectory), contiguous_or_none(grad_losses), contiguous_or_none(grad_query_output),
+         contiguous_or_none(grad_query_losses)};
   check_backward_inputs(b.c, b.g, params);
   MF_CHECK(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
   MF_CHECK(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");

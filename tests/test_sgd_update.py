@@ -4,7 +4,7 @@ import torch
 
 import metafast
 from metafast.ops import sgd_update
-from conftest import requires_extension
+from conftest import DEVICES, requires_extension
 
 
 def _lists(dtype=torch.float64, tasks=None, lrs=False, device="cpu"):
@@ -17,10 +17,11 @@ def _lists(dtype=torch.float64, tasks=None, lrs=False, device="cpu"):
     return params, grads, rates
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tasks", [None, 3])
 @pytest.mark.parametrize("meta_sgd", [False, True])
-def test_values_match_formula(tasks, meta_sgd):
-    params, grads, lrs = _lists(tasks=tasks, lrs=meta_sgd)
+def test_values_match_formula(tasks, meta_sgd, device):
+    params, grads, lrs = _lists(tasks=tasks, lrs=meta_sgd, device=device)
     out = sgd_update(params, grads, 0.3, lrs)
     for i, (p, g) in enumerate(zip(params, grads)):
         rate = 0.3 if lrs is None else lrs[i]
@@ -29,9 +30,10 @@ def test_values_match_formula(tasks, meta_sgd):
         torch.testing.assert_close(out[i], expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_low_precision(dtype):
-    params, grads, _ = _lists(dtype=dtype, tasks=2)
+def test_low_precision(dtype, device):
+    params, grads, _ = _lists(dtype=dtype, tasks=2, device=device)
     out = sgd_update(params, grads, 0.1)
     for o, p, g in zip(out, params, grads):
         expected = (p.float() - 0.1 * g.float()).to(dtype)
@@ -123,3 +125,56 @@ def test_cuda_matches_cpu_many_tensors():
     gpu = sgd_update([p.cuda() for p in params], [g.cuda() for g in grads], 0.0, [r.cuda() for r in lrs])
     for c, d in zip(cpu, gpu):
         torch.testing.assert_close(d.cpu(), c)
+
+
+FLOAT8 = [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)]
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES + [pytest.param("meta", id="meta")])
+@pytest.mark.parametrize("dtype", FLOAT8 + [torch.int32])
+def test_unsupported_dtypes_are_rejected_on_every_device(dtype, device):
+    # Audit: float8 passed the check but the CUDA kernel wrote nothing
+    # (uninitialised output). Every device now refuses what it cannot compute.
+    p = torch.zeros(4, device=device).to(dtype)
+    with pytest.raises(ValueError, match="must be float32, float64, float16 or bfloat16"):
+        torch.ops.metafast.sgd_update([p], [p], 0.1, None)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf")])
+def test_non_finite_lr_is_rejected(lr):
+    params, grads, _ = _lists()
+    with pytest.raises(ValueError, match="lr must be finite"):
+        sgd_update(params, grads, lr)
+    if metafast._extension.available():
+        with pytest.raises(ValueError, match="lr must be finite"):
+            torch.ops.metafast.sgd_update(params, grads, lr, None)
+
+
+@requires_extension
+def test_meta_kernel_checks_devices():
+    with pytest.raises(ValueError, match="mixes devices"):
+        torch.ops.metafast.sgd_update([torch.ones(3, device="meta")], [torch.ones(3)], 0.1, None)
+
+
+def test_shape_error_is_readable():
+    with pytest.raises(ValueError, match=r"param \[3\], grad \[4\]"):
+        sgd_update([torch.ones(3)], [torch.ones(4)], 0.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensor_lr_is_differentiated(device):
+    # learn2learn differentiates a tensor learning rate; float(lr) used to drop it.
+    params, grads, _ = _lists(tasks=2, device=device)
+    lr = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
+    out = sgd_update(params, grads, lr)
+    (got,) = torch.autograd.grad(sum((o ** 2).sum() for o in out), lr)
+    want = sum((2 * (p - 0.3 * g) * -g).sum() for p, g in zip(params, grads))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@requires_extension
+def test_op_with_empty_lists_returns_empty():
+    # Audit: no tensor to dispatch on gave NotImplementedError.
+    assert torch.ops.metafast.sgd_update([], [], 0.1, None) == []
+    assert torch.ops.metafast.sgd_update([], [], 0.1, []) == []

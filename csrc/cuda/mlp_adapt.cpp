@@ -42,7 +42,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cuda(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cuda(
-    Tensor grad_adapted, Tensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
+    Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
     Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
     OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
     bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {

@@ -6,6 +6,16 @@
 // Parameters of one task are one flat vector θ = [W1, b1, W2, b2, ...] with
 // W_l row-major [d_l, d_{l-1}] (nn.Linear layout). Activations are stored per
 // layer as [K, d_l] matrices in a per-task workspace.
+//
+// Index arithmetic: lane loops over a flattened range (K·d, d_out·d_in) use an
+// int64_t index and bound, since the host allows such products up to 2^31 − 1
+// and an int index would overflow on its last `+= count()`. Within the loop
+// the index is below that bound, so int(idx) is exact for the row/column
+// split; offsets into θ and the workspace are int64_t.
+//
+// NaN and bad labels: every activation, derivative and loss propagates NaN
+// as PyTorch does (see maml_math.h); a class label outside [0, d_out) gives
+// that example a NaN loss and NaN gradients and is never used as an index.
 #pragma once
 #include "kernels/maml_math.h"
 
@@ -75,8 +85,8 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
                                    const T* W, const T* in, const T* in_dot, const T* dz, const T* dz_dot,
                                    MlpWorkspace<T>& ws, const T* dir, bool input_grad) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
-  for (int idx = lanes.lane(); idx < dout * din; idx += lanes.count()) {
-    const int j = idx / din, i = idx % din;
+  for (int64_t idx = lanes.lane(); idx < int64_t(dout) * din; idx += lanes.count()) {
+    const int j = int(idx) / din, i = int(idx) % din;  // idx < dout·din < 2^31: int(idx) is exact
     T g = T(0), gd = T(0);
     for (int k = 0; k < K; ++k) {
       const T in_ki = in[int64_t(k) * din + i];
@@ -89,7 +99,7 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
     ws.grad[m.weight_offset[l] + idx] = g;
     if (dir) ws.hvp[m.weight_offset[l] + idx] = gd;
   }
-  for (int j = lanes.lane(); j < dout; j += lanes.count()) {
+  for (int64_t j = lanes.lane(); j < dout; j += lanes.count()) {
     T g = T(0), gd = T(0);
     for (int k = 0; k < K; ++k) {
       g += dz[int64_t(k) * dout + j];
@@ -100,8 +110,8 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   }
   if (l == 1 && !input_grad) return;
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
-  for (int idx = lanes.lane(); idx < K * din; idx += lanes.count()) {
-    const int k = idx / din, i = idx % din;
+  for (int64_t idx = lanes.lane(); idx < int64_t(K) * din; idx += lanes.count()) {
+    const int k = int(idx) / din, i = int(idx) % din;  // idx < K·din < 2^31
     T s = T(0), s_dot = T(0);
     for (int j = 0; j < dout; ++j) {
       const T w = W[int64_t(j) * din + i];
@@ -116,9 +126,8 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
       if (dir) ws.dx_dot[idx] = s_dot;
     } else {
       const T h = ws.h[prev + idx];
-      const T d1 = activation_grad(act, h);
-      ws.dz[prev + idx] = d1 * s;
-      if (dir) ws.dz_dot[prev + idx] = d1 * s_dot + activation_grad2(act, h) * ws.z_dot[prev + idx] * s;
+      ws.dz[prev + idx] = activation_backward(act, h, s);
+      if (dir) ws.dz_dot[prev + idx] = activation_backward_tangent(act, h, ws.z_dot[prev + idx], s, s_dot);
     }
   }
 }
@@ -189,9 +198,8 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
   if (l == 1) return;
   for (int64_t p = 0; p < int64_t(K) * din; ++p) {
     const T h = ws.h[prev + p];
-    const T d1 = activation_grad(act, h);
-    if (dir) sd_out[p] = d1 * sd_out[p] + activation_grad2(act, h) * ws.z_dot[prev + p] * s_out[p];
-    s_out[p] = d1 * s_out[p];
+    if (dir) sd_out[p] = activation_backward_tangent(act, h, ws.z_dot[prev + p], s_out[p], sd_out[p]);
+    s_out[p] = activation_backward(act, h, s_out[p]);
   }
 }
 
@@ -200,14 +208,17 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 // MLP: a tangent pass alongside the forward pass and alongside the backward).
 // With `input_grad`, also ∂L/∂x into ws.dx (and its tangent into ws.dx_dot).
 // The output gradient back-propagated is loss_scale·dL/dy + extra_dy (the
-// latter for a caller's gradient of the outputs themselves; no tangent).
+// latter for a caller's gradient of the outputs themselves; no tangent);
+// without `loss_term` just extra_dy: an absent loss gradient adds nothing,
+// not 0·dL/dy, which is NaN where the loss is (as in autograd, where an
+// unused output contributes nothing).
 // Without `want_grad` it stops after the loss (outputs are in ws.z).
 // Ends with a sync; the returned loss is valid on the leader lane.
 template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act, Loss loss,
                           const T* theta, const MlpTaskData<T>& d, MlpWorkspace<T>& ws,
                           const T* dir, bool input_grad = false, bool want_grad = true,
-                          T loss_scale = T(1), const T* extra_dy = nullptr) {
+                          T loss_scale = T(1), const T* extra_dy = nullptr, bool loss_term = true) {
   const int K = d.shots;
   const int L = m.num_layers;
   // ---- forward (and tangent forward): z_l = h_{l-1} W_lᵀ + b_l ----
@@ -217,8 +228,8 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
     const T* b = theta + m.bias_offset[l];
     const T* in = l == 1 ? d.x : ws.h + (int64_t(K) * m.act_offset[l - 1]);
     const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
-    for (int idx = lanes.lane(); idx < K * dout; idx += lanes.count()) {
-      const int k = idx / dout, j = idx % dout;
+    for (int64_t idx = lanes.lane(); idx < int64_t(K) * dout; idx += lanes.count()) {
+      const int k = int(idx) / dout, j = int(idx) % dout;  // idx < K·dout < 2^31
       const T* w_row = W + int64_t(j) * din;
       const T* x_row = in + int64_t(k) * din;
       T acc = b[j];
@@ -239,7 +250,7 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
           for (int i = 0; i < din; ++i) t += w_row[i] * xd_row[i];
         }
         ws.z_dot[o] = t;
-        ws.h_dot[o] = l < L ? activation_grad(act, h) * t : t;
+        ws.h_dot[o] = l < L ? activation_backward(act, h, t) : t;
       }
     }
     lanes.sync();
@@ -247,20 +258,23 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
   // ---- loss and dL/dy per example (mean over the support set) ----
   const int dL = m.sizes[L];
   const int64_t out = (int64_t(K) * m.act_offset[L]);
-  for (int k = lanes.lane(); k < K; k += lanes.count()) {
-    const T* y = ws.z + out + int64_t(k) * dL;
-    T* dy = ws.dz + out + int64_t(k) * dL;
+  for (int64_t k = lanes.lane(); k < K; k += lanes.count()) {
+    const T* y = ws.z + out + k * dL;
+    T* dy = ws.dz + out + k * dL;
+    T* dy_dot = ws.dz_dot + out + k * dL;
+    const T* y_dot = ws.z_dot + out + k * dL;
     if (loss == Loss::MSE) {
       const T scale = T(1) / T(int64_t(K) * dL);
-      ws.point_loss[k] = mse_loss_grad(y, d.y_float + int64_t(k) * dL, dL, scale, dy);
-      if (dir) mse_grad_tangent(ws.z_dot + out + int64_t(k) * dL, dL, scale, ws.dz_dot + out + int64_t(k) * dL);
-    } else {
+      ws.point_loss[k] = mse_loss_grad(y, d.y_float + k * dL, dL, scale, dy);
+      if (dir) mse_grad_tangent(y_dot, dL, scale, dy_dot);
+    } else {  // a label outside [0, dL) gives NaN here, and is never used as an index
       const T scale = T(1) / T(K);
       ws.point_loss[k] = cross_entropy_loss_grad(y, d.y_class[k], dL, scale, dy);
-      if (dir) cross_entropy_grad_tangent(y, ws.z_dot + out + int64_t(k) * dL, dL, scale, ws.dz_dot + out + int64_t(k) * dL);
+      if (dir) cross_entropy_grad_tangent(y, y_dot, d.y_class[k], dL, scale, dy_dot);
     }
-    if (extra_dy || loss_scale != T(1))
-      for (int c = 0; c < dL; ++c) dy[c] = loss_scale * dy[c] + (extra_dy ? extra_dy[int64_t(k) * dL + c] : T(0));
+    if (extra_dy || loss_scale != T(1) || !loss_term)
+      for (int c = 0; c < dL; ++c)
+        dy[c] = (loss_term ? loss_scale * dy[c] : T(0)) + (extra_dy ? extra_dy[k * dL + c] : T(0));
   }
   lanes.sync();
   T total = T(0);
@@ -269,7 +283,6 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
   if (!want_grad) return total;
   // ---- backward (and tangent backward), layer by layer ----
   for (int l = L; l >= 1; --l) {
-    const int din = m.sizes[l - 1], dout = m.sizes[l];
     const T* W = theta + m.weight_offset[l];
     const T* in = l == 1 ? d.x : ws.h + (int64_t(K) * m.act_offset[l - 1]);
     const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
@@ -380,7 +393,8 @@ struct MlpAdaptBackwardArgs {
   MlpProblem<T> p;
   bool second_order;
   const T* grad_adapted;       // [T, P]
-  const T* grad_losses;        // [T, S]
+  const T* grad_losses;        // [T, S], or nullptr: the support losses are unused (no term at all, so
+                               // that a NaN support gradient is not turned into NaN by 0·NaN)
   const T* grad_query_output;  // [T, Q, d_L] or nullptr
   const T* grad_query_losses;  // [T] or nullptr
   const T* adapted;            // [T, P] θ_S (for the query terms)
@@ -411,15 +425,19 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   lanes.sync();
   if (pr.queries > 0) {  // v += ∂/∂θ_S of the query terms (loss and outputs)
     const int dL = m.sizes[m.num_layers];
-    const T scale = a.grad_query_losses ? a.grad_query_losses[task] : T(0);
-    const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * pr.queries * dL : nullptr;
-    mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, a.adapted + int64_t(task) * P, pr.task_data(task, true), ws,
-                         nullptr, a.grad_qx != nullptr, true, scale, extra);
-    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] += ws.grad[p];
-    if (a.grad_qx) {
-      const int64_t nq = int64_t(pr.queries) * m.sizes[0];
-      T* qx_bar = a.grad_qx + int64_t(task) * nq;
-      for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = ws.dx[i];
+    const int64_t nq = int64_t(pr.queries) * m.sizes[0];
+    T* qx_bar = a.grad_qx ? a.grad_qx + int64_t(task) * nq : nullptr;
+    // An absent upstream gradient contributes nothing (not 0·NaN).
+    if (a.grad_query_losses || a.grad_query_output) {
+      const T scale = a.grad_query_losses ? a.grad_query_losses[task] : T(0);
+      const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * pr.queries * dL : nullptr;
+      mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, a.adapted + int64_t(task) * P, pr.task_data(task, true), ws,
+                           nullptr, qx_bar != nullptr, true, scale, extra, a.grad_query_losses != nullptr);
+      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] += ws.grad[p];
+      if (qx_bar)
+        for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = ws.dx[i];
+    } else if (qx_bar) {
+      for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = T(0);
     }
     lanes.sync();
   }
@@ -431,16 +449,19 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
     }
     mlp_loss_grad_hvp<T>(lanes, m, pr.act, pr.loss, theta, d, ws, a.second_order ? ws.dir : nullptr,
                          x_bar != nullptr);
-    const T loss_bar = a.grad_losses[int64_t(task) * pr.steps + s];
+    const bool has_loss_bar = a.grad_losses != nullptr;
+    const T loss_bar = has_loss_bar ? a.grad_losses[int64_t(task) * pr.steps + s] : T(0);
     if (x_bar)
-      for (int64_t i = lanes.lane(); i < nx; i += lanes.count())
-        x_bar[i] += loss_bar * ws.dx[i] - (a.second_order ? ws.dx_dot[i] : T(0));
+      for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) {
+        const T dx_dot = a.second_order ? ws.dx_dot[i] : T(0);
+        x_bar[i] += has_loss_bar ? loss_bar * ws.dx[i] - dx_dot : -dx_dot;
+      }
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
       const T g = ws.grad[p];
       if (lr_bar) lr_bar[p] -= g * v[p];
       T vp = v[p];
       if (a.second_order) vp -= ws.hvp[p];
-      v[p] = vp + loss_bar * g;
+      v[p] = has_loss_bar ? vp + loss_bar * g : vp;
     }
     lanes.sync();
   }

@@ -25,9 +25,13 @@
 namespace metafast {
 
 // Lanes: who shares a task's work. Loops are written
-//   for (int i = lanes.lane(); i < n; i += lanes.count())
-// and phases are separated by lanes.sync(). On the CPU one lane does all of
-// it (SerialLanes); on the GPU a thread block does (BlockLanes, in the .cu).
+//   for (int64_t i = lanes.lane(); i < n; i += lanes.count())
+// (int64_t: a flattened bound such as K·d may lie within count() of 2^31, so
+// an int index would overflow on its last increment) and phases are
+// separated by lanes.sync(). On the CPU one lane does all of it
+// (SerialLanes); on the GPU a thread block does (BlockLanes, in the .cu).
+// tests/cpp/lanes_test.cpp runs the same code with N CPU threads as lanes
+// (sync() a barrier), comparing with SerialLanes and under ThreadSanitizer.
 struct SerialLanes {
   static constexpr bool kSerial = true;
   MF_HD int lane() const { return 0; }
@@ -42,5 +46,12 @@ MF_HD float mf_log(float x) { return logf(x); }
 MF_HD double mf_log(double x) { return log(x); }
 MF_HD float mf_tanh(float x) { return tanhf(x); }
 MF_HD double mf_tanh(double x) { return tanh(x); }
+
+// A quiet NaN of T (host and device), and a NaN test that needs no <cmath>
+// overload set (the build never uses -ffast-math, which would break both).
+template <typename T>
+MF_HD T mf_nan() { return T(__builtin_nan("")); }
+template <typename T>
+MF_HD bool mf_isnan(T x) { return x != x; }
 
 }  // namespace metafast

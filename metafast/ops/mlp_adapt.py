@@ -239,8 +239,10 @@ if _extension.available():
         steps = trajectory.shape[1] if trajectory.dim() == 3 else 0
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
         t, p = support_x.shape[0], params.shape[0]
-        torch._check_value(grad_adapted.shape == (t, p) and trajectory.shape == (t, steps, p),
-                           lambda: "metafast::mlp_adapt_backward: grad_adapted / trajectory have the wrong shape")
+        torch._check_value(grad_adapted.shape == (t, p) and trajectory.shape == (t, steps, p)
+                           and (grad_losses is None or grad_losses.shape == (t, steps)),
+                           lambda: "metafast::mlp_adapt_backward: grad_adapted, grad_losses or trajectory has the "
+                                   "wrong shape")
         torch._check_value(not lrs_grad or lrs is not None, lambda: "metafast::mlp_adapt_backward: lrs_grad needs lrs")
         k, d = support_x.shape[1:]
         q = 0 if query_x is None else query_x.shape[1]
@@ -265,8 +267,6 @@ if _extension.available():
         t = support_x.shape[0]
         if grad_adapted is None:
             grad_adapted = params.new_zeros(t, params.shape[0])
-        if grad_losses is None:
-            grad_losses = params.new_zeros(t, steps)
         if query_x is None:
             grad_query_output = grad_query_losses = None
         if torch.is_grad_enabled():

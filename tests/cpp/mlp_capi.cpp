@@ -1,0 +1,113 @@
+// A C entry point to the float64 per-task algorithms of csrc/kernels/mlp_adapt.h
+// run with SerialLanes (what the CPU kernel runs), built by tests/test_lanes.py
+// as a shared library and called through ctypes, so that the kernels'
+// NaN semantics can be compared with PyTorch's eager autograd without
+// building the extension. Arrays are contiguous float64 / int64 with the
+// shapes of metafast::mlp_adapt and mlp_adapt_backward; optional ones are NULL.
+#include <stdint.h>
+
+#include <vector>
+
+#include "kernels/mlp_adapt.h"
+
+using namespace metafast;
+
+namespace {
+
+MlpLayout make_layout(const int64_t* sizes, int n) {  // as make_mlp_layout in mlp_adapt_host.h
+  MlpLayout m;
+  m.num_layers = n - 1;
+  int64_t p = 0, a = 0;
+  for (int l = 0; l < n; ++l) {
+    m.sizes[l] = int(sizes[l]);
+    if (l == 0) continue;
+    m.weight_offset[l] = p;
+    p += sizes[l] * sizes[l - 1];
+    m.bias_offset[l] = p;
+    p += sizes[l];
+    m.act_offset[l] = a;
+    a += sizes[l];
+  }
+  m.num_params = p;
+  m.act_width = a;
+  return m;
+}
+
+MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
+                           int steps, double lr, const double* lrs, const double* x, const double* y_float,
+                           const int64_t* y_class, const double* qx, const double* qy_float,
+                           const int64_t* qy_class, std::vector<double>& workspace) {
+  MlpProblem<double> p;
+  p.layout = make_layout(sizes, n);
+  p.act = Activation(act);
+  p.loss = Loss(loss);
+  p.tasks = tasks;
+  p.shots = shots;
+  p.queries = queries;
+  p.steps = steps;
+  p.lr = lr;
+  p.lrs = lrs;
+  p.x = x;
+  p.y_float = y_float;
+  p.y_class = y_class;
+  p.qx = qx;
+  p.qy_float = qy_float;
+  p.qy_class = qy_class;
+  p.workspace_stride = mlp_workspace_size(p.layout, p.rows());
+  workspace.assign(size_t(tasks * p.workspace_stride), __builtin_nan(""));
+  p.workspace = workspace.data();
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
+
+int mf_test_num_params(const int64_t* sizes, int n) { return int(make_layout(sizes, n).num_params); }
+
+void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries, int steps,
+                       double lr, const double* lrs, const double* init, const double* x, const double* y_float,
+                       const int64_t* y_class, const double* qx, const double* qy_float, const int64_t* qy_class,
+                       double* adapted, double* losses, double* query_output, double* query_losses,
+                       double* trajectory) {
+  std::vector<double> ws;
+  MlpAdaptForwardArgs<double> a;
+  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, x, y_float, y_class, qx, qy_float,
+                qy_class, ws);
+  a.init = init;
+  a.adapted = adapted;
+  a.losses = losses;
+  a.query_output = query_output;
+  a.query_losses = query_losses;
+  a.trajectory = trajectory;
+  for (int t = 0; t < tasks; ++t)
+    mlp_adapt_forward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
+}
+
+void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
+                                int steps, double lr, const double* lrs, const double* x, const double* y_float,
+                                const int64_t* y_class, const double* qx, const double* qy_float,
+                                const int64_t* qy_class, int second_order, const double* grad_adapted,
+                                const double* grad_losses, const double* grad_query_output,
+                                const double* grad_query_losses, const double* adapted, const double* trajectory,
+                                double* grad_init, double* grad_lrs, double* grad_x, double* grad_qx) {
+  std::vector<double> ws;
+  MlpAdaptBackwardArgs<double> a;
+  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, x, y_float, y_class, qx, qy_float,
+                qy_class, ws);
+  a.second_order = second_order != 0;
+  a.grad_adapted = grad_adapted;
+  a.grad_losses = grad_losses;
+  a.grad_query_output = grad_query_output;
+  a.grad_query_losses = grad_query_losses;
+  a.adapted = adapted;
+  a.trajectory = trajectory;
+  a.grad_init = grad_init;
+  a.grad_lrs = grad_lrs;
+  a.grad_x = grad_x;
+  a.grad_qx = grad_qx;
+  for (int t = 0; t < tasks; ++t)
+    mlp_adapt_backward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
+}
+
+}  // extern "C"
