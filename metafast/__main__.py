@@ -19,6 +19,15 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command in ("demo", "train", "eval") and not any(a in ("-h", "--help") for a in rest):
+        from metafast._optional import MissingExtraError, require
+
+        try:  # progress bars, plots and image decoding: the `cli` extra
+            for module in ("tqdm", "matplotlib", "PIL"):
+                require(module, f"python -m metafast {command}")
+        except MissingExtraError as exc:
+            print(f"metafast: {exc}", file=sys.stderr)
+            return 2
     if command == "demo":
         from metafast.demo import main as demo_main
         return demo_main(rest)

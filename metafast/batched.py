@@ -20,16 +20,20 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from metafast.losses import resolve_loss
+from metafast.maml import check_rate, positive_int
+from metafast.nn.conv4 import Conv4
 from metafast.nn.mlp import mlp_spec
 from metafast.ops import mlp_adapt, sgd_update
 from metafast.ops.mlp_adapt import task_losses
-from metafast.ops._dispatch import kernel_available
+from metafast.ops._dispatch import kernel_unavailable_reason
 
 BACKENDS = ("auto", "fused", "torch")
 # On the CPU the fused kernel (vectorized loops, one task per thread) beats
 # batched BLAS only while the per-task work is small; above this many
 # parameter·example products per task, "auto" prefers the torch backend.
 CPU_FUSED_MAX_WORK = 1_000_000
+# metafast::mlp_adapt runs 1 to 1000 inner steps; "auto" uses the torch backend for more.
+FUSED_MAX_STEPS = 1000
 
 
 @dataclass
@@ -54,6 +58,10 @@ class BatchedMAML(nn.Module):
     >>> meta = BatchedMAML(metafast.nn.MLP([1, 40, 40, 1]), inner_lr=0.01, inner_steps=1)
     >>> out = meta(support_x, support_y, query_x, query_y)   # first dimension: task
     >>> out.loss.backward()
+
+    Every call checks its inputs (shapes against the model's input and output, dtypes,
+    devices); ``check_inputs`` also checks values (NaN/inf, label range), which reads them
+    back: one device sync per call, skipped while a CUDA graph is being captured.
     """
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
@@ -68,11 +76,13 @@ class BatchedMAML(nn.Module):
             raise ValueError(f"BatchedMAML: unknown backend {backend!r} (expected one of {BACKENDS})")
         if adapt not in ("all", "head"):
             raise ValueError(f"BatchedMAML: adapt must be 'all' or 'head' (ANIL), got {adapt!r}")
-        if int(inner_steps) != inner_steps or int(inner_steps) < 1:
-            raise ValueError(f"BatchedMAML: inner_steps must be >= 1, got {inner_steps}")
+        inner_lr = check_rate(inner_lr, "BatchedMAML: inner_lr")
+        if isinstance(inner_lr, torch.Tensor) and inner_lr.requires_grad:
+            raise ValueError("BatchedMAML: inner_lr is a tensor that requires grad, but the inner rate is a "
+                             "constant here; pass meta_sgd=True to learn the inner rates")
         self.model = model
         self.inner_lr = float(inner_lr)
-        self.inner_steps = int(inner_steps)
+        self.inner_steps = positive_int(inner_steps, "BatchedMAML: inner_steps")
         self.first_order = bool(first_order)
         self.loss_name, self.loss_fn = resolve_loss(loss)
         self.backend = backend
@@ -95,15 +105,60 @@ class BatchedMAML(nn.Module):
             if meta_sgd else None
         )
         self._warned = False
+        self._output_shapes: dict = {}
         self.backend_used: str | None = None
 
     # ------------------------------------------------------------------ checks
     def _model_tensor(self) -> torch.Tensor:
         return next(self.model.parameters())
 
+    def _output_shape(self, x: torch.Tensor) -> torch.Size | None:
+        """The model's output shape for one task of ``x`` ([examples, ...]), found by
+        running it on the meta device (no compute; cached per input shape), or None
+        when the model cannot run there (data-dependent code)."""
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._output_shapes:
+            on_meta = {n: torch.empty_like(t, device="meta")
+                       for n, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
+            example = torch.empty(x.shape[1:], dtype=x.dtype, device="meta")
+            try:
+                with torch.no_grad():
+                    out = functional_call(self.model, on_meta, (example,))
+                self._output_shapes[key] = out.shape if isinstance(out, torch.Tensor) else None
+            except Exception:  # noqa: BLE001 - an unknown shape; the backends' own checks still apply
+                self._output_shapes[key] = None
+        return self._output_shapes[key]
+
+    def _check_features(self, name: str, x: torch.Tensor) -> None:
+        """Examples must fit the first layer of a Sequential model (the torch backend's own
+        error, from inside vmap, would not say which argument is wrong)."""
+        first = self.model.features if isinstance(self.model, Conv4) else self.model
+        while isinstance(first, nn.Sequential) and type(first).forward is nn.Sequential.forward and len(first):
+            first = first[0]
+        if isinstance(first, nn.Linear) and x.shape[-1] != first.in_features:
+            raise ValueError(f"BatchedMAML: {name} has {x.shape[-1]} features per example but the model's first "
+                             f"layer {first} takes {first.in_features}")
+        if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = len(first.kernel_size)
+            if x.dim() != dims + 3 or x.shape[2] != first.in_channels:
+                raise ValueError(f"BatchedMAML: {name} must be [tasks, examples, {first.in_channels} channels, "
+                                 f"{dims} spatial dims] for the model's first layer {first}, got shape "
+                                 f"{tuple(x.shape)}")
+
+    def _check_target(self, name: str, y: torch.Tensor, output_shape) -> None:
+        """A target must have exactly the shape the loss needs (no broadcasting)."""
+        tasks = y.shape[0]
+        want = (tasks, *output_shape) if self.loss_name == "mse" else (tasks, *output_shape[:-1])
+        if tuple(y.shape) != want:
+            x_name = name[:-1] + "x"
+            why = ("the model's output shape on " + x_name + "; MSE targets are not broadcast" if self.loss_name == "mse"
+                   else "one class index per example of " + x_name)
+            raise ValueError(f"BatchedMAML: {name} must have shape {want} ({why}), got {tuple(y.shape)}")
+
     def _check(self, support_x, support_y, query_x=None, query_y=None) -> None:
+        """Every rule BatchedMAML adds to the ops' own checks, for every backend."""
         pairs = [("support_x", support_x), ("support_y", support_y)]
-        if query_x is not None:
+        if query_x is not None or query_y is not None:
             pairs += [("query_x", query_x), ("query_y", query_y)]
         for name, t in pairs:
             if not isinstance(t, torch.Tensor):
@@ -117,74 +172,73 @@ class BatchedMAML(nn.Module):
                                  f"has {t.shape[0]}")
         if tasks == 0:
             raise ValueError("BatchedMAML: the meta-batch has no tasks")
-        if support_x.shape[1] == 0:
-            raise ValueError("BatchedMAML: empty support set (support_x has 0 examples per task)")
-        if query_x is not None:
-            if query_x.shape[1] == 0:
-                raise ValueError("BatchedMAML: empty query set (query_x has 0 examples per task)")
-            if query_x.shape[2:] != support_x.shape[2:]:
-                raise ValueError(f"BatchedMAML: query examples have shape {tuple(query_x.shape[2:])} but support "
-                                 f"examples {tuple(support_x.shape[2:])}")
-        for xn, x, yn, y in (("support_x", support_x, "support_y", support_y),
-                             ("query_x", query_x, "query_y", query_y)):
-            if x is None:
-                continue
+        sets = [("support", support_x, support_y)] + ([("query", query_x, query_y)] if len(pairs) > 2 else [])
+        for kind, x, y in sets:
+            if x.shape[1] == 0:
+                raise ValueError(f"BatchedMAML: empty {kind} set ({kind}_x has 0 examples per task)")
             if y.shape[1] != x.shape[1]:
-                raise ValueError(f"BatchedMAML: {yn} has {y.shape[1]} examples per task but {xn} has {x.shape[1]}")
-        if not self.check_inputs:
-            return
+                raise ValueError(f"BatchedMAML: {kind}_y has {y.shape[1]} examples per task but {kind}_x has "
+                                 f"{x.shape[1]}")
+        if query_x is not None and query_x.shape[2:] != support_x.shape[2:]:
+            raise ValueError(f"BatchedMAML: query examples have shape {tuple(query_x.shape[2:])} but support "
+                             f"examples {tuple(support_x.shape[2:])}")
         ref = self._model_tensor()
-        for name, x in (("support_x", support_x), ("query_x", query_x)):
-            if x is None:
-                continue
-            if not x.dtype.is_floating_point:
-                raise TypeError(f"BatchedMAML: {name} must be floating point, got {x.dtype} (integer features? "
-                                f"convert with .to({ref.dtype}))")
-            if x.dtype != ref.dtype:
-                raise TypeError(f"BatchedMAML: {name} has dtype {x.dtype} but the model's parameters are {ref.dtype}")
         for name, t in pairs:
             if t.device != ref.device:
                 raise ValueError(f"BatchedMAML: {name} is on {t.device} but the model is on {ref.device}")
-        if self.loss_name == "cross_entropy":
-            for name, y in (("support_y", support_y), ("query_y", query_y)):
-                if y is not None and y.dtype != torch.int64:
-                    raise TypeError(f"BatchedMAML: cross-entropy {name} must hold int64 class indices, got {y.dtype}")
-        elif self.loss_name == "mse":
-            for name, y in (("support_y", support_y), ("query_y", query_y)):
-                if y is not None and y.dtype != ref.dtype:
-                    raise TypeError(f"BatchedMAML: MSE {name} has dtype {y.dtype} but the model's parameters are "
-                                    f"{ref.dtype}")
-        # Value checks, gathered so that a GPU is synchronised once per call.
-        head = _last_linear(self.model)
-        classes = head[1].out_features if head is not None else None
+        for kind, x, y in sets:
+            self._check_x(f"{kind}_x", x)
+            if self.loss_name == "cross_entropy" and y.dtype != torch.int64:
+                raise TypeError(f"BatchedMAML: cross-entropy {kind}_y must hold int64 class indices, got {y.dtype}")
+            if self.loss_name == "mse" and y.dtype != ref.dtype:
+                raise TypeError(f"BatchedMAML: MSE {kind}_y has dtype {y.dtype} but the model's parameters are "
+                                f"{ref.dtype}")
+        if self.loss_name is not None:  # a custom loss defines its own target shapes
+            for kind, x, y in sets:
+                output = self._output_shape(x)
+                if output is not None:
+                    self._check_target(f"{kind}_y", y, output)
+        if not self.check_inputs or (support_x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return  # the value checks below read the data: one device sync, impossible in a CUDA graph
+        output = self._output_shape(support_x) if self.loss_name == "cross_entropy" else None
+        classes = output[-1] if output is not None else None
         checks = []
         for name, t in pairs:
             if t.dtype.is_floating_point:
                 checks.append((name, "finite", torch.isfinite(t).all()))
             elif self.loss_name == "cross_entropy":
-                in_range = t.min() >= 0
-                if classes is not None:
-                    in_range = in_range & (t.max() < classes)
+                in_range = t.min() >= 0 if classes is None else (t.min() >= 0) & (t.max() < classes)
                 checks.append((name, "labels", in_range))
-        if not checks:
-            return
+        if self.inner_lrs is not None:
+            checks.append(("inner_lrs", "finite", torch.stack([torch.isfinite(r).all() for r in self.inner_lrs]).all()))
         for (name, kind, _), good in zip(checks, torch.stack([c for _, _, c in checks]).tolist()):
             if good:
                 continue
-            t = dict(pairs)[name]
             if kind == "finite":
                 raise ValueError(f"BatchedMAML: {name} contains NaN or inf")
+            t = dict(pairs)[name]
             raise ValueError(f"BatchedMAML: {name} has class labels in [{int(t.min())}, {int(t.max())}] but the "
                              f"model has {classes if classes is not None else '?'} outputs")
 
+    def _check_x(self, name: str, x: torch.Tensor) -> None:
+        ref = self._model_tensor()
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"BatchedMAML: {name} must be floating point, got {x.dtype} (integer features? "
+                            f"convert with .to({ref.dtype}))")
+        if x.dtype != ref.dtype:
+            raise TypeError(f"BatchedMAML: {name} has dtype {x.dtype} but the model's parameters are {ref.dtype}")
+        self._check_features(name, x)
+
     # --------------------------------------------------------------- backends
-    def _fused_reason(self, support_x) -> str | None:
+    def _fused_reason(self, support_x, steps: int) -> str | None:
         """Why the fused kernel cannot serve this call (None if it can)."""
         if self.loss_name is None:
             return "a custom loss callable (the fused kernel computes 'mse' and 'cross_entropy')"
-        if not kernel_available(support_x.device):
-            from metafast import _extension
-            return _extension.UNAVAILABLE_REASON or f"no compiled kernel for device {support_x.device}"
+        if steps > FUSED_MAX_STEPS:
+            return f"{steps} inner steps (the fused kernel runs at most {FUSED_MAX_STEPS})"
+        unavailable = kernel_unavailable_reason(support_x.device)
+        if unavailable is not None:
+            return unavailable
         if self._model_tensor().dtype not in (torch.float32, torch.float64):
             return f"dtype {self._model_tensor().dtype} (the fused kernel serves float32 and float64)"
         if self.adapt_mode == "head":
@@ -212,10 +266,10 @@ class BatchedMAML(nn.Module):
             return body
         return None
 
-    def _select_backend(self, support_x) -> str:
+    def _select_backend(self, support_x, steps: int) -> str:
         if self.backend == "torch":
             return "torch"
-        reason = self._fused_reason(support_x)
+        reason = self._fused_reason(support_x, steps)
         if reason is None and self.backend == "auto" and support_x.device.type == "cpu":
             work = sum(dict(self.model.named_parameters())[n].numel() for n in self.adapt_names) * support_x.shape[1]
             if work > CPU_FUSED_MAX_WORK:
@@ -278,7 +332,8 @@ class BatchedMAML(nn.Module):
             sizes, activation = mlp_spec(self.model)
         return mlp_adapt(self._flat([named[n] for n in self.adapt_names]), support_x, support_y, sizes, steps,
                          lr=self.inner_lr, lrs=lrs, activation=activation, loss=self.loss_name,
-                         first_order=self.first_order, query_x=query_x, query_y=query_y)
+                         first_order=self.first_order, query_x=query_x, query_y=query_y,
+                         check_labels=False)  # _check read them already (or check_inputs=False said not to)
 
     def _unflatten(self, flat):
         named = dict(self.model.named_parameters())
@@ -292,11 +347,9 @@ class BatchedMAML(nn.Module):
     # ------------------------------------------------------------------- API
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> dict:
         """Adapted parameters, batched over tasks: {name: [T, *shape]} (adapted ones only)."""
+        steps = self.inner_steps if steps is None else positive_int(steps, "BatchedMAML.adapt: steps")
         self._check(support_x, support_y)
-        if steps is not None and (int(steps) != steps or steps < 1):
-            raise ValueError(f"BatchedMAML.adapt: steps must be a positive integer, got {steps}")
-        steps = self.inner_steps if steps is None else int(steps)
-        backend = self.backend_used = self._select_backend(support_x)
+        backend = self.backend_used = self._select_backend(support_x, steps)
         if backend == "fused":
             flat, _ = self._adapt_fused(support_x, support_y, steps)
             return self._unflatten(flat)
@@ -310,6 +363,7 @@ class BatchedMAML(nn.Module):
         if x.dtype != ref.dtype or x.device != ref.device:
             raise TypeError(f"BatchedMAML.predict: x is {x.dtype} on {x.device} but the model is {ref.dtype} on "
                             f"{ref.device}")
+        self._check_features("x", x)
         if x.shape[0] != next(iter(params.values())).shape[0]:
             raise ValueError(f"BatchedMAML.predict: x has {x.shape[0]} tasks but params have "
                              f"{next(iter(params.values())).shape[0]}")
@@ -319,7 +373,7 @@ class BatchedMAML(nn.Module):
 
     def forward(self, support_x, support_y, query_x, query_y) -> MetaOutput:
         self._check(support_x, support_y, query_x, query_y)
-        backend = self.backend_used = self._select_backend(support_x)
+        backend = self.backend_used = self._select_backend(support_x, self.inner_steps)
         if backend == "fused":
             _, support_losses, query_output, query_losses = self._adapt_fused(
                 support_x, support_y, self.inner_steps, query_x, query_y)
@@ -327,6 +381,8 @@ class BatchedMAML(nn.Module):
         else:
             params, support_losses = self._adapt_torch(support_x, support_y, self.inner_steps)
             query_output = self.predict(params, query_x)
+            if self.loss_name is not None and self._output_shape(query_x) is None:
+                self._check_target("query_y", query_y, query_output.shape[1:])  # not checked before the run
             if self.loss_name is not None and query_output.dim() == 3:
                 loss = task_losses(query_output, query_y, self.loss_name).mean()  # no vmap overhead
             else:

@@ -4,7 +4,9 @@ Meta-trains the 1-40-40-1 ReLU network of Finn et al. (2017) with
 :class:`metafast.BatchedMAML` (K = 10 support and 10 query points per task, one
 inner SGD step at alpha = 0.01, 25 tasks per meta-batch, Adam at 1e-3), then
 evaluates 600 held-out tasks at K = 5 shots after 1, 5 and 10 inner steps and
-prints the mean squared error with its 95% interval beside the paper's figures.
+prints the mean squared error beside the paper's figures: for each step count,
+how many tasks diverged (:data:`DIVERGED_MSE`), the mean with its 95% interval
+over the others and the median over all.
 It writes a plot (``sinusoid.png``), the results (``results.json``) and the
 meta-learned weights (``model.pt``) to ``--out``.
 
@@ -36,6 +38,10 @@ PAPER_MSE = {
 }
 EVAL_STEPS = (1, 5, 10)
 DEFAULT_ITERATIONS = 10_000
+#: A test task has diverged when its query MSE after adapting is non-finite or above this: eight
+#: times the MSE of predicting 0 for the largest amplitude (A²/2 = 12.5). At alpha = 0.01 a few
+#: tasks do diverge after several steps; the mean is taken over the others.
+DIVERGED_MSE = 100.0
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -115,11 +121,29 @@ def _sample(tasks, num_tasks: int, shots: int, queries: int, generator: torch.Ge
             ("support_x", "support_y", "query_x", "query_y", "amplitude", "phase")}
 
 
-def _mse_stats(per_task: torch.Tensor) -> dict:
-    per_task = per_task.detach().double().cpu()
-    n = per_task.numel()
-    std = per_task.std().item() if n > 1 else 0.0
-    return {"mse": per_task.mean().item(), "ci95": 1.96 * std / math.sqrt(n), "std": std}
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _median(values: torch.Tensor) -> float | None:
+    """Median over all tasks, diverged ones counted as +inf; None when that is infinite."""
+    v = torch.where(values.isfinite() & (values <= DIVERGED_MSE), values, math.inf).sort().values
+    n = v.numel()
+    m = ((v[(n - 1) // 2] + v[n // 2]) / 2).item()
+    return m if math.isfinite(m) else None
+
+
+def _mse_stats(query: torch.Tensor, support: torch.Tensor) -> dict:
+    """Per-task MSEs -> how many tasks diverged, the mean (None if none is left) ± 95% interval
+    (None below two tasks) over the rest, the median over all, and the median support MSE."""
+    query, support = query.detach().double().cpu(), support.detach().double().cpu()
+    ok = query.isfinite() & (query <= DIVERGED_MSE)
+    rest = query[ok]
+    n = rest.numel()
+    std = rest.std().item() if n > 1 else None
+    return {"mse": rest.mean().item() if n else None, "ci95": 1.96 * std / math.sqrt(n) if n > 1 else None,
+            "std": std, "median": _median(query), "diverged": int((~ok).sum()), "tasks": query.numel(),
+            "support_mse_median": _median(support)}
 
 
 def _evaluate(meta, model: torch.nn.Module, test: dict, steps: Sequence[int]) -> tuple[dict, dict]:
@@ -128,17 +152,16 @@ def _evaluate(meta, model: torch.nn.Module, test: dict, steps: Sequence[int]) ->
     Returns (stats by steps as strings, adapted parameters by steps).
     """
     sx, sy, qx, qy = test["support_x"], test["support_y"], test["query_x"], test["query_y"]
+    per_task = lambda out, y: ((out - y) ** 2).mean(dim=(1, 2))
     results, adapted = {}, {}
     with torch.no_grad():
-        results["0"] = _mse_stats(((model(qx) - qy) ** 2).mean(dim=(1, 2)))
-        results["0"]["support_mse"] = ((model(sx) - sy) ** 2).mean().item()
+        results["0"] = _mse_stats(per_task(model(qx), qy), per_task(model(sx), sy))
     for s in steps:
         with torch.no_grad():  # adapt() still differentiates the inner loss; it returns detached tensors
             params = meta.adapt(sx, sy, steps=s)
             params = {k: v.detach() for k, v in params.items()}
-            results[str(s)] = _mse_stats(((meta.predict(params, qx) - qy) ** 2).mean(dim=(1, 2)))
-            # Training-set fit of the adapted models: must fall with every step.
-            results[str(s)]["support_mse"] = ((meta.predict(params, sx) - sy) ** 2).mean().item()
+            # The support fit (training-set fit of the adapted models) must improve with every step.
+            results[str(s)] = _mse_stats(per_task(meta.predict(params, qx), qy), per_task(meta.predict(params, sx), sy))
         adapted[s] = params
     return results, adapted
 
@@ -160,22 +183,28 @@ def _pretrain(model: torch.nn.Module, tasks, iterations: int, meta_batch: int, p
     return time.perf_counter() - start
 
 
-def _fmt(stat: dict | None) -> str:
-    if stat is None:
-        return "-"
-    return f"{stat['mse']:.3f} ± {stat['ci95']:.3f}"
+def _fmt(value: float | None, spread: float | None = None) -> str:
+    """"n/a" where there is no finite number to show (never a number computed from NaN)."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if spread is None else f"{value:.3f} ± {spread:.3f}"
 
 
 def _table(rows: list[tuple[str, dict | None, dict]]) -> str:
-    header = ["", "before adapting", "1 step", "5 steps", "10 steps"]
+    """Per model: mean ± 95% interval over the tasks that did not diverge, median over all
+    tasks, and how many diverged; the paper's rows give its means."""
+    header = ["", "", "before adapting", "1 step", "5 steps", "10 steps"]
     body = []
     for name, res, paper in rows:
-        if res is not None:
-            body.append([name, _fmt(res.get("0"))] + [_fmt(res.get(str(s))) for s in EVAL_STEPS])
-        else:
-            body.append([name, "-"] + [f"{paper[str(s)]:.2f}" for s in EVAL_STEPS])
+        if res is None:
+            body.append([name, "mean"] + ["-"] + [f"{paper[str(s)]:.2f}" for s in EVAL_STEPS])
+            continue
+        stats = [res[k] for k in ["0"] + [str(s) for s in EVAL_STEPS]]
+        body.append([name, "mean ± 95%"] + [_fmt(r["mse"], r["ci95"]) for r in stats])
+        body.append(["", "median"] + [_fmt(r["median"]) for r in stats])
+        body.append(["", "diverged"] + [f"{r['diverged']}/{r['tasks']}" for r in stats])
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     sep = "-" * len(line(header))
     return "\n".join([line(header), sep] + [line(r) for r in body])
 
@@ -261,6 +290,12 @@ def _main(argv: Sequence[str] | None) -> int:
     if isinstance(device, str):
         print(f"metafast demo: error: {device}", file=sys.stderr)
         return 2
+    try:  # before training, so that a bad --out fails now rather than after the run
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if os.path.isfile(args.out) else exc.strerror or exc
+        print(f"metafast demo: error: cannot use --out {args.out} as the output folder: {why}", file=sys.stderr)
+        return 2
 
     if args.threads is not None or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -339,13 +374,13 @@ def _main(argv: Sequence[str] | None) -> int:
     rows.append(("untrained init, this run", untrained_res, {}))
     print()
     print(f"Test MSE on {args.test_tasks} held-out tasks, K={args.test_shots} shots, SGD alpha={args.inner_lr:g} "
-          f"from the learned init (mean ± 95% interval, lower is better):")
+          f"from the learned init (lower is better): mean ± 95% interval over the tasks that did not diverge, "
+          f"median over all tasks, and how many diverged (query MSE non-finite or above {DIVERGED_MSE:g}):")
     print(_table(rows))
     if pretrained_res is not None:
         print(f"pretrained: the same network trained by plain regression on points pooled over tasks "
               f"({args.iterations:,} Adam steps), then fine-tuned like MAML's init.")
 
-    os.makedirs(args.out, exist_ok=True)
     plot_path = os.path.join(args.out, "sinusoid.png")
     json_path = os.path.join(args.out, "results.json")
     model_path = os.path.join(args.out, "model.pt")
@@ -356,8 +391,8 @@ def _main(argv: Sequence[str] | None) -> int:
     curve_loss = losses_cpu[::stride].tolist()
     if not args.no_plot:
         title = (f"meta-training: {order} MAML, {args.iterations:,} iterations, {train_s:.0f} s on {device} "
-                 f"({backend_used}); test MSE K={args.test_shots}: "
-                 + ", ".join(f"{s} step{'s' if s > 1 else ''} {maml_res[str(s)]['mse']:.2f}" for s in EVAL_STEPS))
+                 f"({backend_used}); median test MSE K={args.test_shots}: "
+                 + ", ".join(f"{s} step{'s' if s > 1 else ''} {_fmt(maml_res[str(s)]['median'])}" for s in EVAL_STEPS))
         _plot(plot_path, test, model, eval_meta, adapted, untrained, curve_it, curve_loss, title)
 
     try:
@@ -378,11 +413,16 @@ def _main(argv: Sequence[str] | None) -> int:
         },
         "train": {
             "wall_s": train_s, "it_per_s": args.iterations / train_s,
-            "final_loss_mean_last_100": losses_cpu[-100:].mean().item(),
+            "final_loss_mean_last_100": _finite_or_none(losses_cpu[-100:].mean().item()),
             "loss_curve": {"iteration": curve_it, "loss": curve_loss},
         },
         "eval": {"maml": maml_res, "untrained": untrained_res, "pretrained": pretrained_res,
-                 "pretrain_wall_s": pretrain_s},
+                 "pretrain_wall_s": pretrain_s,
+                 "definitions": {
+                     "diverged": f"tasks whose query MSE is non-finite or above {DIVERGED_MSE:g}",
+                     "mse, ci95, std": "mean, 95% interval (1.96 std / sqrt n) and std over the other tasks",
+                     "median": "over all tasks, diverged ones counted as +inf (null if that is infinite)",
+                     "support_mse_median": "median support-set MSE over all tasks, likewise"}},
         "paper": {"iterations": PAPER_ITERATIONS, **PAPER_MSE},
         "versions": {"metafast": metafast.__version__, "torch": torch.__version__,
                      "python": platform.python_version(), "build_info": build},

@@ -6,6 +6,9 @@ updates go through the fused multi-tensor op ``metafast::sgd_update``.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+import operator
 from collections import OrderedDict
 from typing import Sequence
 
@@ -13,6 +16,36 @@ import torch
 from torch import nn
 
 from metafast.ops import sgd_update
+
+
+def positive_int(value, what: str) -> int:
+    """``value`` as an int >= 1; anything else (None, bool, float, < 1) is an error naming ``what``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a positive integer, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{what} must be a positive integer, got {n}")
+    return n
+
+
+def check_rate(value, what: str) -> float | torch.Tensor:
+    """A learning rate: a finite real number (returned as a float) or a finite one-element
+    floating tensor (returned as is: it may be a parameter, and stays differentiable)."""
+    if isinstance(value, torch.Tensor):
+        if not value.dtype.is_floating_point or value.numel() != 1:
+            raise TypeError(f"{what} must be a one-element floating-point tensor, got {value.dtype} of shape "
+                            f"{tuple(value.shape)}")
+        if value.device.type != "meta" and not math.isfinite(value.item()):
+            raise ValueError(f"{what} must be finite, got {value.item()}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a finite number or a one-element tensor, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return float(value)
 
 
 def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
@@ -82,6 +115,8 @@ def _apply_update(module, params, grads, lr, lrs=None):
     idx = [i for i, g in enumerate(grads) if g is not None]
     if not idx:
         return module
+    if isinstance(lr, torch.Tensor):  # a tensor rate may require grad: plain arithmetic differentiates it
+        return update_module(module, [params[i] for i in idx], [params[i] - lr.reshape(()) * grads[i] for i in idx])
     new = sgd_update([params[i] for i in idx], [grads[i] for i in idx], lr,
                      None if lrs is None else [lrs[i] for i in idx])
     return update_module(module, [params[i] for i in idx], new)
@@ -96,11 +131,11 @@ class MAML(nn.Module):
     >>> loss_fn(learner(x_query), y_query).backward()   # second-order meta-gradient
     """
 
-    def __init__(self, model: nn.Module, lr: float, first_order: bool = False, allow_unused: bool | None = None,
+    def __init__(self, model: nn.Module, lr: float | torch.Tensor, first_order: bool = False, allow_unused: bool | None = None,
                  allow_nograd: bool = False):
         super().__init__()
         self.module = model
-        self.lr = lr
+        self.lr = check_rate(lr, "MAML: lr")
         self.first_order = first_order
         self.allow_nograd = allow_nograd
         self.allow_unused = allow_nograd if allow_unused is None else allow_unused
@@ -121,25 +156,28 @@ class MAML(nn.Module):
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> "MAML":
         """A learner whose parameters are differentiable copies of these."""
-        return MAML(
+        learner = MAML(
             clone_module(self.module),
-            lr=self.lr,
+            lr=0.0,
             first_order=self.first_order if first_order is None else first_order,
             allow_unused=self.allow_unused if allow_unused is None else allow_unused,
             allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd,
         )
+        learner.lr = self.lr  # checked already (checking a tensor rate again would sync its device per clone)
+        return learner
 
 
 class MetaSGD(nn.Module):
     """Meta-SGD (Li et al., 2017): MAML with learnable per-parameter inner rates,
     API-compatible with ``learn2learn.algorithms.MetaSGD``."""
 
-    def __init__(self, model: nn.Module, lr: float = 1.0, first_order: bool = False,
+    def __init__(self, model: nn.Module, lr: float | torch.Tensor = 1.0, first_order: bool = False,
                  lrs: Sequence[torch.Tensor] | None = None):
         super().__init__()
         self.module = model
         if lrs is None:
-            lrs = nn.ParameterList([nn.Parameter(torch.ones_like(p) * lr) for p in _unique_parameters(model)])
+            lr = float(check_rate(lr, "MetaSGD: lr"))  # only the initial value of the learned rates
+            lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in _unique_parameters(model)])
         self.lrs = lrs
         self.first_order = first_order
 

@@ -13,12 +13,16 @@ the meta-test characters.  The defaults reproduce the MAML paper's setup:
 
 A run writes to ``--out``: ``checkpoint.pt`` (model, Meta-SGD rates, optimizer,
 iteration, arguments, history, random state; ``--resume`` continues from it),
-``curves.png`` (training curves) and ``results.json``.
+``curves.png`` (training curves) and ``results.json``. Ctrl-C saves the state
+after the last completed iteration, so that an interrupted and resumed run is
+bit-identical to an uninterrupted one; a non-finite meta-loss or meta-gradient
+stops the run before it reaches the weights.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as _dt
 import json
 import math
@@ -47,6 +51,9 @@ _STRUCTURAL = ("ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batc
 # arguments of this invocation only, never taken from the checkpoint
 _SESSION = ("dataset", "out", "resume", "overwrite", "data_dir", "cache_dir", "device", "quiet", "iterations",
             "threads")
+# what eval and --resume read from a checkpoint
+_CHECKPOINT_KEYS = ("iteration", "args", "meta", "optimizer", "generator", "history")
+_RUN_ARGS = _STRUCTURAL + ("backend", "test_steps", "data_dir", "cache_dir")
 
 
 class CLIError(Exception):
@@ -167,7 +174,7 @@ def _validate(a: argparse.Namespace) -> None:
         (a.inner_lr > 0 and math.isfinite(a.inner_lr), f"--inner-lr must be positive, got {a.inner_lr}"),
         (a.meta_lr > 0 and math.isfinite(a.meta_lr), f"--meta-lr must be positive, got {a.meta_lr}"),
         (a.meta_batch >= 1, f"--meta-batch must be at least 1, got {a.meta_batch}"),
-        (a.iterations >= 0, f"--iterations must be >= 0, got {a.iterations}"),
+        (a.iterations >= 1, f"--iterations must be at least 1, got {a.iterations}"),
         (a.hidden >= 1, f"--hidden must be at least 1, got {a.hidden}"),
         (a.val_every >= 1, f"--val-every must be at least 1, got {a.val_every}"),
         (a.val_tasks >= 0 and a.test_tasks >= 0, "--val-tasks and --test-tasks must be >= 0"),
@@ -220,11 +227,12 @@ def _build(a, device: torch.device):
 
 def evaluate(meta, dataset, tasks: int, ways: int, shots: int, queries: int, steps: int, batch: int,
              seed: int = _TEST_SEED, quiet: bool = True, desc: str = "eval") -> dict:
-    """Mean query accuracy over ``tasks`` tasks with ``steps`` inner steps, and its 95% interval."""
+    """Mean query accuracy over ``tasks`` tasks with ``steps`` inner steps, and its 95% interval.
+    A query whose logits are not all finite counts as wrong (argmax of NaN means nothing)."""
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    accs = []
+    accs, nonfinite = [], []
     with tqdm(total=tasks, desc=desc, disable=quiet, leave=False, unit="task") as bar:
         done = 0
         while done < tasks:
@@ -233,14 +241,17 @@ def evaluate(meta, dataset, tasks: int, ways: int, shots: int, queries: int, ste
             with torch.no_grad():
                 params = meta.adapt(sx, sy, steps=steps)
                 logits = meta.predict(params, qx)
-            accs.append((logits.argmax(-1) == qy).double().mean(1).cpu())
+            finite = logits.isfinite().all(-1)
+            accs.append(((logits.argmax(-1) == qy) & finite).double().mean(1).cpu())
+            nonfinite.append((~finite).any(1).cpu())
             done += b
             bar.update(b)
     acc = torch.cat(accs) if accs else torch.zeros(0, dtype=torch.float64)
     n = acc.numel()
     mean = acc.mean().item() if n else float("nan")
     ci = 1.96 * acc.std(unbiased=False).item() / math.sqrt(n) if n > 1 else float("nan")
-    return {"accuracy": 100 * mean, "ci95": 100 * ci, "tasks": n, "steps": steps}
+    return {"accuracy": 100 * mean, "ci95": 100 * ci, "tasks": n, "steps": steps,
+            "nonfinite_tasks": int(torch.cat(nonfinite).sum()) if nonfinite else 0}
 
 
 def _paper_line(ways: int, shots: int, meta_sgd: bool) -> str:
@@ -252,7 +263,8 @@ def _paper_line(ways: int, shots: int, meta_sgd: bool) -> str:
 
 
 def _fmt(r: dict) -> str:
-    return f"{r['accuracy']:.2f} ± {r['ci95']:.2f} %"
+    bad = r.get("nonfinite_tasks", 0)
+    return f"{r['accuracy']:.2f} ± {r['ci95']:.2f} %" + (f" ({bad} tasks with non-finite logits)" if bad else "")
 
 
 # --------------------------------------------------------------------------- checkpoints and outputs
@@ -270,10 +282,33 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CLIError(f"cannot read checkpoint {path}: {e}") from e
+        raise CLIError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a checkpoint "
+                       f"({type(e).__name__})") from e
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CLIError(f"{path} is not a metafast Omniglot checkpoint (format {FORMAT})")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if not missing:
+        args = ck["args"] if isinstance(ck["args"], dict) else {}
+        missing = [f"args.{k}" for k in _RUN_ARGS if k not in args]
+    if missing:
+        raise CLIError(f"checkpoint {path} is incomplete: it lacks {', '.join(missing)}")
+    ck["path"] = path
     return ck
+
+
+def _restore(ck: dict, a: argparse.Namespace, meta, opt=None, gen=None) -> None:
+    """Load a checkpoint's states; a mismatch with its own arguments is a CLIError."""
+    try:
+        meta.load_state_dict(ck["meta"])
+        if opt is not None:
+            opt.load_state_dict(ck["optimizer"])
+        if gen is not None:
+            gen.set_state(ck["generator"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."  # state_dict errors list every key
+        raise CLIError(f"checkpoint {ck['path']} does not fit the run its arguments describe ({_setting(a)}, "
+                       f"{a.hidden} channels): {detail}") from e
 
 
 def _plot(history: dict, path: Path, title: str) -> None:
@@ -334,7 +369,7 @@ def _run_command(parser: argparse.ArgumentParser, argv, command) -> int:
         with _session(a):
             return command(a)
     except (CLIError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line
         return 1
 
 
@@ -348,12 +383,31 @@ def _given(argv: list[str], dest: str) -> bool:
     return any(x == flag or x.startswith(flag + "=") for x in argv)
 
 
+def _make_folder(out: Path) -> None:
+    """Create the output folder before the run, so that a bad --out fails now, not after training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create the output folder {out}: {e.strerror or e}") from e
+
+
+def _new_history() -> dict:
+    return {"iteration": [], "loss": [], "accuracy": [], "val_iteration": [], "val_accuracy": [], "val_ci95": []}
+
+
+def _all_finite(tensors) -> bool:
+    """One device sync for a whole list."""
+    return bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
+
+
 def _train(a: argparse.Namespace, argv: list[str]) -> int:
     from tqdm.auto import tqdm
 
     if a.out is None:
         a.out = f"runs/omniglot-{a.ways}way-{a.shots}shot"
     out = Path(a.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder; pass a folder for the run's outputs")
     ck_path = out / CHECKPOINT
     ck = None
     if ck_path.exists() and a.resume:
@@ -379,7 +433,10 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
         print(f"note: no checkpoint in {out}; starting a new run", file=sys.stderr)
     a = _resolve_defaults(a)
     _validate(a)
+    if ck is not None and int(ck["iteration"]) > a.iterations:
+        raise CLIError(f"the checkpoint is at iteration {int(ck['iteration'])}, beyond --iterations {a.iterations}")
     device = _device(a.device)
+    _make_folder(out)
 
     train_ds = _load_split(a.data_dir, "train", a.cache_dir, a.split_seed, device, a.quiet)
     val_ds = _load_split(a.data_dir, "val", a.cache_dir, a.split_seed, device, True)
@@ -390,16 +447,15 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
     model, meta = _build(a, device)
     opt = torch.optim.Adam(meta.parameters(), lr=a.meta_lr)
     gen = torch.Generator().manual_seed(a.seed)
-    history = {"iteration": [], "loss": [], "accuracy": [], "val_iteration": [], "val_accuracy": [], "val_ci95": []}
+    history = _new_history()
     start, elapsed = 0, 0.0
     if ck is not None:
-        meta.load_state_dict(ck["meta"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
-        history = ck["history"]
-        start, elapsed = int(ck["iteration"]), float(ck.get("train_seconds", 0.0))
+        _restore(ck, a, meta, opt, gen)
+        history, start, elapsed = ck["history"], int(ck["iteration"]), float(ck.get("train_seconds", 0.0))
+        if (not isinstance(history, dict) or set(history) != set(_new_history())
+                or history["iteration"][-1:] != ([start] if start else [])):
+            raise CLIError(f"checkpoint {ck_path} is inconsistent: its history does not end at its iteration {start}")
         print(f"resuming {_setting(a)} from iteration {start} of {a.iterations} ({ck_path})")
-    out.mkdir(parents=True, exist_ok=True)
 
     def checkpoint(iteration: int) -> None:
         _save_checkpoint(ck_path, {
@@ -422,20 +478,40 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
     if start < a.iterations:
         print(f"meta-training {_setting(a)} on {device}: {a.iterations} iterations, meta-batch {a.meta_batch}, "
               f"{a.inner_steps} inner step(s) at rate {a.inner_lr}, Conv-4 with {a.hidden} channels; out: {out}")
-    it = start
+
+    def state() -> dict:
+        """Everything an iteration changes: an interrupted iteration is rolled back to it."""
+        return {"meta": {k: v.clone() for k, v in meta.state_dict().items()},
+                "optimizer": copy.deepcopy(opt.state_dict()), "generator": gen.get_state(),
+                "history": {k: len(v) for k, v in history.items()}}
+
+    def roll_back(saved: dict) -> None:
+        meta.load_state_dict(saved["meta"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        for k, n in saved["history"].items():
+            del history[k][n:]
+
     bar = tqdm(total=a.iterations, initial=start, desc="meta-train", unit="it", disable=a.quiet, dynamic_ncols=True)
     t0 = time.perf_counter()
+    saved = state()
     try:
         for it in range(start, a.iterations):
+            # Ctrl-C can land anywhere (after the episode is drawn, mid opt.step(), before the history
+            # is updated): rolling back to the state before the iteration makes every stop resumable
+            # bit-identically.
+            saved = state()
             sx, sy, qx, qy = train_ds.sample(a.meta_batch, a.ways, a.shots, a.queries, generator=gen)
             o = meta(sx, sy, qx, qy)
             opt.zero_grad(set_to_none=True)
             o.loss.backward()
+            # A finite loss can hide NaN adapted weights; their meta-gradient cannot.
+            grads = [p.grad for p in meta.parameters() if p.grad is not None]
+            if not _all_finite([o.loss, o.support_losses, *grads]):
+                raise CLIError(f"at iteration {it + 1} the meta-loss ({o.loss.item():.4g}) or its gradient is not "
+                               f"finite; stopped before updating the weights. Try a smaller --inner-lr or --meta-lr")
             opt.step()
             loss, acc = o.loss.item(), o.accuracy.item()
-            if not math.isfinite(loss):
-                raise CLIError(f"the meta-loss became {loss} at iteration {it + 1}; try a smaller --inner-lr or "
-                               f"--meta-lr")
             history["iteration"].append(it + 1)
             history["loss"].append(loss)
             history["accuracy"].append(acc)
@@ -450,7 +526,8 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
                 t0 = time.perf_counter()
     except KeyboardInterrupt:
         bar.close()
-        done = len(history["iteration"]) and history["iteration"][-1]
+        roll_back(saved)
+        done = history["iteration"][-1] if history["iteration"] else 0
         elapsed += time.perf_counter() - t0
         checkpoint(done)
         print(f"\ninterrupted: saved iteration {done} to {ck_path}; continue with --resume", file=sys.stderr)
@@ -510,7 +587,7 @@ def _eval(a: argparse.Namespace) -> int:
     cache_dir = a.cache_dir if a.cache_dir is not None else run.cache_dir
     ds = _load_split(data_dir, a.split, cache_dir, run.split_seed, device, a.quiet)
     _, meta = _build(run, device)
-    meta.load_state_dict(ck["meta"])
+    _restore(ck, run, meta)
     r = evaluate(meta, ds, a.test_tasks, run.ways, run.shots, run.queries, steps, batch, seed=a.seed,
                  quiet=a.quiet, desc=a.split)
     print(f"{a.split} accuracy, {_setting(run)}, iteration {ck['iteration']}, {r['tasks']} tasks, "

@@ -226,3 +226,123 @@ def test_cuda_fused_matches_torch(first_order):
         out = meta(b.support_x, b.support_y, b.query_x, b.query_y)
         grads[backend] = torch.autograd.grad(out.loss, list(model.parameters()) + list(meta.inner_lrs))
     assert max_rel_err(grads["fused"], grads["torch"]) < TOL
+
+
+# ------------------------------------------------------------------ audit (issue 7)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tasks, queries", [(3, 3), (3, 1), (1, 3)])
+def test_targets_of_the_wrong_shape_are_refused_not_broadcast(backend, tasks, queries):
+    # [T, Q] or [T, Q, 2] targets broadcast against a [T, Q, 1] output when T == Q, Q == 1 or T == 1.
+    torch.manual_seed(0)
+    meta = BatchedMAML(metafast.nn.MLP([1, 8, 1]).double(), backend=backend)
+    sx, sy, qx, qy = random_mlp_task([1, 8, 1], tasks, 4, queries, "mse")
+    for bad in (qy[..., 0], qy.expand(-1, -1, 2)):
+        with pytest.raises(ValueError, match=rf"query_y must have shape \({tasks}, {queries}, 1\)"):
+            meta(sx, sy, qx, bad)
+    with pytest.raises(ValueError, match=rf"support_y must have shape \({tasks}, 4, 1\)"):
+        meta(sx, sy[..., 0], qx, qy)
+    with pytest.raises(ValueError, match=r"support_y must have shape"):
+        meta.adapt(sx, sy.expand(-1, -1, 2))
+
+
+def test_cross_entropy_targets_and_labels_follow_the_models_output():
+    # Conv-4 on the torch backend: class count and target shape come from the model's output.
+    torch.manual_seed(0)
+    meta = BatchedMAML(metafast.nn.Conv4(3, hidden=4).double(), loss="cross_entropy", backend="torch")
+    sx, qx = torch.randn(2, 3, 1, 8, 8, dtype=torch.float64), torch.randn(2, 6, 1, 8, 8, dtype=torch.float64)
+    sy, qy = torch.tensor([[0, 1, 2]] * 2), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2)
+    meta(sx, sy, qx, qy)
+    with pytest.raises(ValueError, match=r"query_y must have shape \(2, 6\)"):
+        meta(sx, sy, qx, qy[..., None])
+    with pytest.raises(ValueError, match=r"class labels in \[1, 3\] but the model has 3 outputs"):
+        meta(sx, sy, qx, qy + 1)
+    with pytest.raises(ValueError, match="support_x must be .* 1 channels"):
+        meta(sx.expand(-1, -1, 2, -1, -1), sy, qx.expand(-1, -1, 2, -1, -1), qy)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_feature_dimension_names_the_argument(backend):
+    meta, (sx, sy, qx, qy) = _setup()
+    meta.backend = backend
+    with pytest.raises(ValueError, match="support_x has 3 features per example but the model's first layer"):
+        meta(torch.cat([sx, sx[..., :1]], -1), sy, torch.cat([qx, qx[..., :1]], -1), qy)
+    with pytest.raises(ValueError, match="x has 1 features"):
+        meta.predict(meta.adapt(sx, sy), qx[..., :1])
+
+
+@pytest.mark.parametrize("value, exc, match", [
+    (None, TypeError, "inner_steps must be a positive integer, got None"),
+    (1.5, TypeError, "got 1.5"),
+    (2.0, TypeError, "got 2.0"),
+    (True, TypeError, "got True"),
+    (0, ValueError, "got 0"),
+])
+def test_inner_steps_must_be_a_positive_integer(value, exc, match):
+    model = metafast.nn.MLP([2, 4, 3])
+    with pytest.raises(exc, match=match):
+        BatchedMAML(model, inner_steps=value)
+    if value is not None:  # adapt(steps=None) means inner_steps
+        meta, (sx, sy, _, _) = _setup()
+        with pytest.raises(exc, match="adapt: steps must be a positive integer"):
+            meta.adapt(sx, sy, steps=value)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf"), None, "0.1"])
+def test_inner_lr_must_be_a_finite_number(lr):
+    with pytest.raises((TypeError, ValueError), match="inner_lr must be"):
+        BatchedMAML(metafast.nn.MLP([2, 4, 3]), inner_lr=lr)
+
+
+def test_inner_lr_tensor_that_wants_a_gradient_is_refused():
+    with pytest.raises(ValueError, match="meta_sgd=True"):
+        BatchedMAML(metafast.nn.MLP([2, 4, 3]), inner_lr=torch.tensor(0.1, requires_grad=True))
+
+
+def test_nan_meta_sgd_rates_are_refused():
+    meta, (sx, sy, qx, qy) = _setup()
+    meta = BatchedMAML(meta.model, meta_sgd=True)
+    with torch.no_grad():
+        meta.inner_lrs[0][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inner_lrs contains NaN or inf"):
+        meta(sx, sy, qx, qy)
+
+
+@requires_extension
+def test_auto_falls_back_to_torch_beyond_the_fused_step_limit():
+    torch.manual_seed(0)
+    model = metafast.nn.MLP([1, 4, 1]).double()
+    b = metafast.data.Sinusoid().sample(2, 3, 3, dtype=torch.float64)
+    meta = BatchedMAML(model, inner_lr=1e-4, inner_steps=1001)
+    with pytest.warns(RuntimeWarning, match="1001 inner steps"):
+        out = meta(b.support_x, b.support_y, b.query_x, b.query_y)
+    assert meta.backend_used == "torch" and out.support_losses.shape == (2, 1001)
+    fused = BatchedMAML(model, inner_lr=1e-4)
+    assert fused.adapt(b.support_x, b.support_y, steps=1000) and fused.backend_used == "fused"
+    with pytest.warns(RuntimeWarning, match="1001 inner steps"):
+        fused.adapt(b.support_x, b.support_y, steps=1001)
+    assert fused.backend_used == "torch"
+    with pytest.raises(ValueError, match="cannot serve this call: 1001 inner steps"):
+        BatchedMAML(model, inner_steps=1001, backend="fused")(b.support_x, b.support_y, b.query_x, b.query_y)
+
+
+def test_nan_weights_give_a_nan_loss_on_the_torch_backend():
+    torch.manual_seed(0)
+    model = metafast.nn.MLP([1, 8, 8, 1]).double()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    b = metafast.data.Sinusoid().sample(3, 5, 5, dtype=torch.float64)
+    out = BatchedMAML(model, backend="torch")(b.support_x, b.support_y, b.query_x, b.query_y)
+    assert out.loss.isnan() and out.support_losses.isnan().all()
+    out.loss.backward()
+    assert model[2].weight.grad.isnan().any()
+
+
+def test_mlp_sizes_must_be_integers():
+    for sizes in ([1.5, 8, 1], [1, 8.0, 1], [True, 8, 1]):
+        with pytest.raises(TypeError, match="sizes must be integers"):
+            metafast.nn.MLP(sizes)
+
+
+def test_sinusoid_with_an_integer_dtype_says_so():
+    with pytest.raises(TypeError, match="floating-point dtype .* got torch.int64"):
+        metafast.data.Sinusoid().sample(2, dtype=torch.int64)

@@ -127,3 +127,32 @@ def test_old_gpu_falls_back_with_a_reason(monkeypatch):
     assert not _dispatch.kernel_available(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert _dispatch.kernel_available(torch.device("cuda", 0))
+
+
+def test_cli_names_the_missing_extra():
+    # The core needs only torch and numpy; the CLI says in one line what to install.
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["matplotlib"] = None   # as if the `cli` extra were not installed
+        from metafast.__main__ import main
+        sys.exit(main(["demo", "--iterations", "1"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "RuntimeWarning" not in l]
+    assert lines[-1] == ("metafast: python -m metafast demo needs matplotlib, which is not installed: "
+                         "pip install 'metafast[cli]'"), r.stderr
+
+
+def test_core_imports_without_the_cli_extra():
+    code = textwrap.dedent("""
+        import sys
+        for name in ("matplotlib", "tqdm", "PIL"):
+            sys.modules[name] = None
+        import torch, metafast
+        m = metafast.BatchedMAML(metafast.nn.MLP([1, 4, 1]).double(), inner_steps=1)
+        b = metafast.data.Sinusoid().sample(2, 3, 3, dtype=torch.float64)
+        print(float(m(b.support_x, b.support_y, b.query_x, b.query_y).loss) >= 0)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr

@@ -21,8 +21,9 @@ def test_demo_short_run_writes_artifacts(tmp_path, capsys):
     assert (out / "sinusoid.png").stat().st_size > 10_000
     assert (out / "model.pt").exists()
     printed = capsys.readouterr().out
-    assert "0.67" in printed and "0.38" in printed and "0.35" in printed  # the paper's row
-    assert "70,000" in printed
+    # the paper's row prints the figures results.json records
+    paper_row = next(line for line in printed.splitlines() if line.startswith("MAML, paper (70,000 it)"))
+    assert paper_row.split()[-3:] == [f"{res['paper']['maml'][s]:.2f}" for s in ("1", "5", "10")]
 
     cfg = res["config"]
     assert cfg["iterations"] == 50 and cfg["test_tasks"] == 60 and cfg["test_shots"] == 5
@@ -31,14 +32,14 @@ def test_demo_short_run_writes_artifacts(tmp_path, capsys):
     for name in ("maml", "untrained", "pretrained"):
         r = res["eval"][name]
         for steps in ("0", "1", "5", "10"):
-            assert r[steps]["mse"] > 0 and r[steps]["ci95"] > 0
+            assert r[steps]["mse"] > 0 and r[steps]["ci95"] > 0 and r[steps]["median"] > 0
+            assert r[steps]["diverged"] == 0 and r[steps]["tasks"] == 60
         # Adaptation is SGD on the support set at alpha=0.01: the support fit improves with every step...
-        sup = [r[s]["support_mse"] for s in ("0", "1", "5", "10")]
+        sup = [r[s]["support_mse_median"] for s in ("0", "1", "5", "10")]
         assert sup == sorted(sup, reverse=True) and sup[-1] < sup[0], (name, sup)
     # ...and one step from the (briefly) meta-trained init already helps on the query points.
     maml = res["eval"]["maml"]
     assert maml["1"]["mse"] < maml["0"]["mse"]
-    assert res["paper"]["maml"] == {"1": 0.67, "5": 0.38, "10": 0.35}
 
 
 def test_demo_is_deterministic(tmp_path):
@@ -68,14 +69,57 @@ def test_demo_cuda_without_gpu_exits_2(tmp_path, capsys):
 
 
 def test_demo_bad_flags_are_argparse_errors(capsys):
-    for argv in (["--iterations", "0"], ["--device", "tpu"], ["--backend", "nope"], ["--no-such-flag"]):
+    for argv, msg in ((["--iterations", "0"], "--iterations: must be a positive integer, got 0"),
+                      (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+                      (["--backend", "nope"], "--backend: invalid choice: 'nope'"),
+                      (["--no-such-flag"], "unrecognized arguments: --no-such-flag")):
         with pytest.raises(SystemExit) as exc:
             demo.main(argv)
         assert exc.value.code == 2
-        assert "error" in capsys.readouterr().err
+        assert msg in capsys.readouterr().err
 
 
 def test_demo_accepts_leading_subcommand_name(tmp_path):
     out = tmp_path / "x"
     assert demo.main(["demo", "--device", "cpu", "--iterations", "2", "--test-tasks", "4", "--no-baseline",
                       "--no-plot", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["argv"][0] == "--device" and res["config"]["iterations"] == 2 and res["config"]["test_tasks"] == 4
+
+
+def test_demo_out_that_is_a_file_fails_before_training(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert demo.main(["--device", "cpu", "--iterations", "3", "--out", str(taken), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot use --out {taken} as the output folder: it is a file" in captured.err
+    assert "meta-training" not in captured.out and taken.read_text() == "not a folder"
+
+
+def test_mse_stats_count_diverged_tasks_and_never_average_nan():
+    nan, inf = float("nan"), float("inf")
+    query = torch.tensor([1.0, 2.0, 3.0, nan, inf, 1e4, 4.0], dtype=torch.float64)
+    r = demo._mse_stats(query, torch.tensor([0.5, 1.0, nan, 0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    assert r["diverged"] == 3 and r["tasks"] == 7
+    assert r["mse"] == pytest.approx(2.5) and r["std"] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item())
+    assert r["ci95"] == pytest.approx(1.96 * r["std"] / 2)
+    assert r["median"] == 4.0  # over all 7: the 3 diverged ones count as +inf
+    assert r["support_mse_median"] == 0.4
+    worst = demo._mse_stats(torch.tensor([nan, inf, 2.0]), torch.tensor([1.0, 1.0, 1.0]))
+    assert worst["median"] is None and worst["mse"] == 2.0 and worst["ci95"] is None
+    assert demo._fmt(worst["median"]) == "n/a" and demo._fmt(worst["mse"], worst["ci95"]) == "2.000"
+
+
+def test_demo_reports_diverging_tasks_instead_of_nan(tmp_path, capsys):
+    # At alpha = 0.3 some test tasks diverge within 10 steps: the table says how many and
+    # averages the others; no NaN is printed or stored.
+    out, res = _run(tmp_path, "--iterations", "5", "--test-tasks", "40", "--inner-lr", "0.3", "--no-baseline",
+                    "--no-plot")
+    printed = capsys.readouterr().out
+    assert "nan" not in printed.lower()
+    assert "NaN" not in (out / "results.json").read_text()
+    ten = res["eval"]["maml"]["10"]
+    assert 0 < ten["diverged"] < 40 and ten["tasks"] == 40
+    assert ten["mse"] is not None and ten["mse"] <= demo.DIVERGED_MSE
+    row = next(line for line in printed.splitlines() if line.strip().startswith("diverged"))
+    assert row.split()[-1] == f"{ten['diverged']}/40"

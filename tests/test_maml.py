@@ -69,11 +69,67 @@ def test_clone_shares_nothing_mutable_and_handles_buffers():
     # The adapted weights are new tensors; the parent's are untouched leaves.
     assert learner.module[0].weight is not model[0].weight
     assert model[0].weight.is_leaf and not learner.module[0].weight.is_leaf
-    # Gradient flows from the clone back to the parent.
+    # Gradient flows from the clone back to the parent; the parent's structure is unchanged.
     learner(x).sum().backward()
     assert model[0].weight.grad is not None
-    # A clone of a clone keeps the chain; the parent's structure is unchanged.
     assert isinstance(maml.module[0].weight, nn.Parameter)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_clone_of_a_clone_keeps_the_chain(first_order):
+    # Adapt a clone, clone it again and adapt the second clone: the meta-gradient through both
+    # clones and both steps equals the reference's two-step meta-gradient.
+    torch.manual_seed(0)
+    sizes = [2, 5, 3]
+    model = metafast.nn.MLP(sizes, "tanh").double()
+    sx, sy, qx, qy = random_mlp_task(sizes, 3, 4, 3, "cross_entropy")
+    loss_fn = metafast.losses.cross_entropy
+    maml = MAML(model, lr=0.4, first_order=first_order)
+    total = 0.0
+    for t in range(3):
+        learner = maml.clone()
+        learner.adapt(loss_fn(learner(sx[t]), sy[t]))
+        grandchild = learner.clone()
+        grandchild.adapt(loss_fn(grandchild(sx[t]), sy[t]))
+        total = total + loss_fn(grandchild(qx[t]), qy[t])
+    got = torch.autograd.grad(total / 3, list(model.parameters()))
+    ref = meta_loss(model, sx, sy, qx, qy, 0.4, 2, first_order, "cross_entropy")
+    assert max_rel_err(got, torch.autograd.grad(ref, list(model.parameters()))) < TOL
+
+
+@pytest.mark.parametrize("as_parameter", [False, True])
+def test_tensor_learning_rate_gets_the_reference_gradient(as_parameter):
+    torch.manual_seed(0)
+    sizes = [3, 6, 2]
+    model = metafast.nn.MLP(sizes, "tanh").double()
+    sx, sy, qx, qy = random_mlp_task(sizes, 3, 5, 4, "mse")
+    lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    if as_parameter:
+        lr = nn.Parameter(lr.detach())
+    maml = MAML(model, lr=lr)
+    if as_parameter:  # learned with the model, as in learn2learn
+        assert any(p is lr for p in maml.parameters())
+    wrt = [lr, *model.parameters()]
+    got = torch.autograd.grad(l2l_style_meta_loss(maml, sx, sy, qx, qy, 2, metafast.losses.mse), wrt)
+    want = torch.autograd.grad(meta_loss(model, sx, sy, qx, qy, lr, 2), wrt)
+    assert got[0].abs() > 0
+    assert max_rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("lr, exc, match", [
+    (None, TypeError, "MAML: lr must be a finite number or a one-element tensor, got None"),
+    (float("nan"), ValueError, "MAML: lr must be finite, got nan"),
+    (float("inf"), ValueError, "must be finite, got inf"),
+    (torch.tensor(float("nan")), ValueError, "must be finite, got nan"),
+    (True, TypeError, "got True"),
+    (torch.tensor([0.1, 0.2]), TypeError, "one-element floating-point tensor"),
+])
+def test_bad_learning_rates_fail_at_construction(lr, exc, match):
+    model = nn.Linear(2, 1)
+    with pytest.raises(exc, match=match):
+        MAML(model, lr=lr)
+    with pytest.raises(exc, match=match.replace("MAML", "MetaSGD")):
+        MetaSGD(model, lr=lr)
 
 
 def test_clone_hooks_do_not_leak_to_parent():

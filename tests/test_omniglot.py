@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -110,6 +109,32 @@ def test_bad_split_and_episode_args(fake, tmp_path):
         split_characters(8, n_train=7, n_val=1)  # nothing left for test
 
 
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_bad_image_size_is_not_blamed_on_the_archive(fake, tmp_path, size):
+    root, _ = fake
+    with pytest.raises(ValueError, match=r"image_size must be a positive integer .* got") as e:
+        Omniglot(root, image_size=size, **_kw(tmp_path))
+    assert "corrupt" not in str(e.value)
+
+
+@pytest.mark.parametrize("archive", ["images_background", "images_evaluation"])
+def test_missing_drawing_blames_its_own_archive(tmp_path, archive):
+    root = tmp_path / "omniglot"
+    make_fake_omniglot(root)
+    path = root / f"{archive}.zip"
+    with zipfile.ZipFile(path) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    dropped = sorted(e for e in entries if e.endswith(".png"))[0]  # the first drawing of a character
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            if name != dropped:
+                zf.writestr(name, data)
+    with pytest.raises(ValueError, match=f"{archive}.zip does not look like") as e:
+        Omniglot(root, **_kw(tmp_path))
+    character = dropped.rsplit("/", 1)[0]
+    assert f"character {character} has 3 drawings where the others have 4" in str(e.value)
+
+
 # --------------------------------------------------------------------------- format, splits, cache
 def test_format_and_splits(fake, tmp_path):
     root, n = fake
@@ -159,9 +184,8 @@ def test_cache_beside_archives_when_writable(fake, tmp_path, monkeypatch):
     # the second load reads the cache, decoding nothing
     monkeypatch.setattr(om, "_decode", lambda *a: pytest.fail("decoded again"))
     monkeypatch.setattr(om, "_scan_archives", lambda *a: pytest.fail("scanned again"))
-    t = time.perf_counter()
     images, names, path2 = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
-    assert path2 == path and time.perf_counter() - t < 1.0
+    assert path2 == path
 
 
 def test_cache_fallback_when_read_only(fake, tmp_path):
@@ -271,13 +295,9 @@ def test_sample_on_cuda(fake, tmp_path):
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
 def test_real_omniglot():
     """The shared archives, cached in $METAFAST_CACHE or ~/.cache/metafast (decoded once)."""
-    t0 = time.perf_counter()
     train = Omniglot(REAL, split="train")
-    first = time.perf_counter() - t0
-    print(f"first Omniglot load (decode or cache): {first:.1f} s, cache {train.cache_path}")
-    t0 = time.perf_counter()
     val, test = Omniglot(REAL, split="val"), Omniglot(REAL, split="test")
-    assert time.perf_counter() - t0 < 2.0  # two cached loads
+    assert train.cache_path == val.cache_path == test.cache_path
     assert (train.num_characters, val.num_characters, test.num_characters) == (1100, 100, 423)
     assert (train.num_classes, val.num_classes, test.num_classes) == (4400, 400, 1692)
     assert train.num_drawers == 20 and train.images.shape[-2:] == (28, 28)
@@ -293,14 +313,10 @@ def test_real_omniglot():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
-def test_real_decode_timing(tmp_path):
-    """Decode all 32,460 images into a fresh cache; a second load takes well under a second."""
-    t0 = time.perf_counter()
+def test_real_decode_into_a_fresh_cache(tmp_path, monkeypatch):
+    """Decode all 32,460 images into a fresh cache; the second load reads it and decodes nothing."""
     images, names, path = load_omniglot(REAL, cache_dir=tmp_path, progress=False)
-    decode = time.perf_counter() - t0
-    print(f"decoded 32,460 Omniglot images in {decode:.1f} s")
     assert images.shape == (1623, 20, 28, 28) and path.parent == tmp_path
-    assert decode < 120
-    t0 = time.perf_counter()
-    load_omniglot(REAL, cache_dir=tmp_path, progress=False)
-    assert time.perf_counter() - t0 < 1.0
+    monkeypatch.setattr(om, "_decode", lambda *a: pytest.fail("decoded again"))
+    again, _, path2 = load_omniglot(REAL, cache_dir=tmp_path, progress=False)
+    assert path2 == path and np.array_equal(again, images)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafast.train import PAPER_ACCURACY, main_eval, main_train
+from metafast import train
+from metafast.train import main_eval, main_train
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 needs_data = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
@@ -54,10 +55,12 @@ def test_bad_arguments(tmp_path, capsys, args, msg):
 
 
 def test_usage_errors_and_help(capsys):
-    assert main_train(["--no-such-flag"]) == 2
-    assert main_train(["--ways", "five"]) == 2
-    assert main_train(["cifar"]) == 2
-    assert main_eval([]) == 2
+    for run, argv, msg in ((main_train, ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+                           (main_train, ["--ways", "five"], "--ways: invalid int value: 'five'"),
+                           (main_train, ["cifar"], "invalid choice: 'cifar'"),
+                           (main_eval, [], "the following arguments are required: checkpoint")):
+        assert run(argv) == 2
+        assert msg in capsys.readouterr().err
     assert main_train(["--help"]) == 0
     assert "--inner-lr" in capsys.readouterr().out
 
@@ -77,13 +80,11 @@ def test_missing_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     assert main_eval([str(bad)]) == 1
+    assert f"cannot read checkpoint {bad}: the file is corrupt, truncated or not a checkpoint" in \
+        capsys.readouterr().err
     torch.save({"something": 1}, tmp_path / "other.pt")
     assert main_eval([str(tmp_path / "other.pt")]) == 1
     assert "not a metafast Omniglot checkpoint" in capsys.readouterr().err
-
-
-def test_paper_figures():
-    assert PAPER_ACCURACY[(5, 1)] == (98.7, 0.4) and PAPER_ACCURACY[(20, 5)] == (98.9, 0.2)
 
 
 # --------------------------------------------------------------------------- runs on the real data
@@ -129,6 +130,7 @@ def test_short_run_checkpoint_resume_eval(tmp_path, capsys):
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert ev["tasks"] == 6 and ev["steps"] == 3
     assert main_eval([str(out), "--test-tasks", "4", "--split", "val", "--test-steps", "1", "--quiet"]) == 0
+    assert "val accuracy, MAML, 5-way 1-shot, iteration 5, 4 tasks, 1 inner steps" in capsys.readouterr().out
 
 
 @needs_data
@@ -138,7 +140,13 @@ def test_meta_sgd_and_anil_run(tmp_path):
         assert main_train([*TINY, *flags, "--iterations", "2", "--out", str(out), "--test-tasks", "4"]) == 0
         ck = torch.load(out / "checkpoint.pt", weights_only=True)
         assert ck["args"]["meta_sgd"] == (flags[0] == "--meta-sgd")
-        assert main_eval([str(out), "--test-tasks", "4", "--quiet"]) == 0
+        assert any(k.startswith("inner_lrs.") for k in ck["meta"]) == (flags[0] == "--meta-sgd")
+        results = json.loads((out / "results.json").read_text())
+        assert results["test"]["tasks"] == 4 and 0 <= results["test"]["accuracy"] <= 100
+        assert main_eval([str(out), "--test-tasks", "4", "--quiet", "--json", str(out / "eval.json")]) == 0
+        ev = json.loads((out / "eval.json").read_text())
+        assert ev["iteration"] == 2 and ev["tasks"] == 4 and ev["setting"] == results["setting"]
+        assert ev["accuracy"] == results["test"]["accuracy"]  # the same 600-task seed: the same tasks
 
 
 @needs_data
@@ -153,3 +161,203 @@ def test_short_cpu_run_learns(tmp_path, capsys):
     print(capsys.readouterr().out)
     assert res["test"]["accuracy"] > 40, res["test"]
     assert res["validation"][-1]["accuracy"] > 40
+
+
+# --------------------------------------------------------------------------- synthetic data (no archives needed)
+class TinySplit:
+    """Stands in for an Omniglot split: random 8x8 images drawn from the generator, as the real one does."""
+
+    num_classes = 40
+
+    def __init__(self, split: str):
+        self.split = split
+
+    def sample(self, tasks, ways, shots, queries, generator=None):
+        x = torch.rand(tasks, ways * (shots + queries), 1, 8, 8, generator=generator)
+        labels = torch.arange(ways)
+        return (x[:, :ways * shots], labels.repeat_interleave(shots).expand(tasks, -1),
+                x[:, ways * shots:], labels.repeat_interleave(queries).expand(tasks, -1))
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(train, "_load_split", lambda data_dir, split, *a, **k: TinySplit(split))
+
+
+SYN = ["omniglot", "--data-dir", "unused", "--device", "cpu", "--hidden", "4", "--ways", "2", "--meta-batch", "2",
+       "--val-every", "2", "--val-tasks", "2", "--test-tasks", "0", "--threads", "1", "--quiet"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_zero_iterations_is_refused(tmp_path, tiny, capsys):
+    out = tmp_path / "run"
+    assert main_train([*SYN, "--iterations", "0", "--out", str(out)]) == 1
+    assert "--iterations must be at least 1, got 0" in _one_line_error(capsys)
+    assert "wrote" not in capsys.readouterr().out and not (out / "checkpoint.pt").exists()
+
+
+def test_out_that_is_a_file_fails_before_training(tmp_path, tiny, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert main_train([*SYN, "--iterations", "2", "--out", str(taken)]) == 1
+    assert f"--out {taken} is a file, not a folder" in _one_line_error(capsys)
+    assert taken.read_text() == "x"
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    assert a["iteration"] == b["iteration"] and a["history"] == b["history"]
+    for k, v in b["meta"].items():
+        assert torch.equal(a["meta"][k], v), k
+    assert torch.equal(a["generator"], b["generator"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sb:
+        for k in sb[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+
+
+@pytest.mark.parametrize("where", ["after the episode is drawn", "after opt.step()", "in validation",
+                                   "after the checkpoint"])
+def test_interrupt_then_resume_is_bit_identical(tmp_path, tiny, monkeypatch, capsys, where):
+    run = [*SYN, "--iterations", "6"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main_train([*run, "--out", str(straight)]) == 0
+
+    calls = {"n": 0}
+
+    def on_call(n):  # a KeyboardInterrupt on the n-th call
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        if where == "after the episode is drawn":
+            draw = TinySplit.sample
+            m.setattr(TinySplit, "sample", lambda self, *a, **k: (
+                draw(self, *a, **k), self.split != "train" or on_call(4))[0])
+        elif where == "after opt.step()":
+            class Adam(torch.optim.Adam):
+                def step(self, closure=None):
+                    super().step(closure)
+                    on_call(3)
+            m.setattr(torch.optim, "Adam", Adam)
+        elif where == "in validation":
+            evaluate = train.evaluate
+            m.setattr(train, "evaluate", lambda *a, **k: (evaluate(*a, **k), on_call(2))[0])
+        else:
+            save = train._save_checkpoint
+            m.setattr(train, "_save_checkpoint", lambda *a: (save(*a), on_call(1)))
+        assert main_train([*run, "--out", str(stopped)]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] < 6 and saved["history"]["iteration"] == list(range(1, saved["iteration"] + 1))
+
+    assert main_train([*run, "--out", str(stopped), "--resume"]) == 0
+    _states_equal(torch.load(stopped / "checkpoint.pt", weights_only=True),
+                  torch.load(straight / "checkpoint.pt", weights_only=True))
+
+
+def test_nan_meta_gradient_with_a_finite_loss_stops_before_the_update(tmp_path, tiny, monkeypatch, capsys):
+    # What the fused kernel did with NaN weights: a finite loss over a NaN meta-gradient. The torch
+    # backend (Conv-4) gets one here from a gradient hook at iteration 2.
+    build = train._build
+
+    def poisoned(a, device):
+        model, meta = build(a, device)
+        calls = {"n": 0}
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] == 2 else grad
+
+        model.head.weight.register_hook(hook)
+        return model, meta
+
+    monkeypatch.setattr(train, "_build", poisoned)
+    out = tmp_path / "run"
+    assert main_train([*SYN, "--iterations", "4", "--val-every", "1", "--out", str(out)]) == 1
+    err = _one_line_error(capsys)
+    assert "at iteration 2 the meta-loss" in err and "gradient is not finite" in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["iteration"] == 1 and all(v.isfinite().all() for v in ck["meta"].values())
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny):
+    out = tmp_path / "run"
+    assert main_train([*SYN, "--iterations", "2", "--out", str(out)]) == 0
+    return out / "checkpoint.pt"
+
+
+def _edit(path, change) -> None:
+    ck = torch.load(path, weights_only=True)
+    change(ck)
+    torch.save(ck, path)
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda ck: ck["args"].update(hidden=8), "does not fit the run its arguments describe (MAML, 2-way 1-shot, 8 "
+                                              "channels): Error(s) in loading state_dict"),
+    (lambda ck: ck["args"].update(ways=3), "does not fit the run its arguments describe (MAML, 3-way 1-shot"),
+    (lambda ck: ck["args"].update(meta_sgd=True), "does not fit the run its arguments describe (Meta-SGD"),
+    (lambda ck: ck.pop("meta"), "is incomplete: it lacks meta"),
+    (lambda ck: ck["args"].pop("ways"), "is incomplete: it lacks args.ways"),
+    (lambda ck: ck.update(args=[1, 2]), "is incomplete: it lacks args.ways"),
+])
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_checkpoint_that_disagrees_with_itself_is_one_line_error(checkpoint, capsys, change, msg, command):
+    _edit(checkpoint, change)
+    capsys.readouterr()
+    if command == "eval":
+        rc = main_eval([str(checkpoint), "--test-tasks", "2", "--device", "cpu", "--quiet"])
+    else:
+        rc = main_train([*SYN, "--iterations", "4", "--out", str(checkpoint.parent), "--resume"])
+    assert rc == 1
+    assert msg in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_truncated_checkpoint_is_one_line_error(checkpoint, capsys, command):
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    rc = (main_eval([str(checkpoint), "--quiet"]) if command == "eval"
+          else main_train([*SYN, "--iterations", "4", "--out", str(checkpoint.parent), "--resume"]))
+    assert rc == 1
+    assert "is corrupt, truncated or not a checkpoint" in _one_line_error(capsys)
+
+
+def test_resume_with_inconsistent_history_or_optimizer(checkpoint, capsys):
+    run = [*SYN, "--iterations", "4", "--out", str(checkpoint.parent), "--resume"]
+    _edit(checkpoint, lambda ck: ck.update(iteration=1))  # the pre-fix Ctrl-C symptom
+    capsys.readouterr()
+    assert main_train(run) == 1
+    assert "is inconsistent: its history does not end at its iteration 1" in _one_line_error(capsys)
+    _edit(checkpoint, lambda ck: ck.update(iteration=2, optimizer={"state": {}, "param_groups": []}))
+    assert main_train(run) == 1
+    assert "does not fit the run its arguments describe" in _one_line_error(capsys)
+    _edit(checkpoint, lambda ck: ck.update(iteration=9))
+    assert main_train(run) == 1
+    assert "the checkpoint is at iteration 9, beyond --iterations 4" in _one_line_error(capsys)
+
+
+def test_evaluate_counts_queries_with_nonfinite_logits_as_wrong():
+    class AlwaysClassZero:  # logits favour class 0; task 0's are NaN
+        def adapt(self, sx, sy, steps):
+            return {}
+
+        def predict(self, params, qx):
+            logits = torch.zeros(qx.shape[0], qx.shape[1], 2)
+            logits[..., 0] = 1.0
+            logits[0] = float("nan")  # argmax(NaN) picks index 0, the right class for half the queries
+            return logits
+
+    r = train.evaluate(AlwaysClassZero(), TinySplit("test"), tasks=2, ways=2, shots=1, queries=1, steps=1, batch=2)
+    assert r["accuracy"] == 25.0 and r["nonfinite_tasks"] == 1  # task 0: 0 of 2, task 1: 1 of 2
+    assert "(1 tasks with non-finite logits)" in train._fmt(r)

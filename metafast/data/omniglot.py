@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import numbers
 import os
 import re
 import stat
 import tempfile
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -164,12 +166,15 @@ def _scan_archives(root: Path) -> tuple[list[str], list[list[tuple[int, str]]]]:
     keys = sorted(chars)
     names = [f"{ARCHIVES[a][:-4]}/{alpha}/{ch}" for a, alpha, ch in keys]
     drawings = [[(a, n) for n in chars[(a, alpha, ch)]] for a, alpha, ch in keys]
-    counts = {len(d) for d in drawings}
+    counts = Counter(len(d) for d in drawings)
     if len(counts) != 1:
-        bad = [n for n, d in zip(names, drawings) if len(d) != max(counts)][:3]
-        raise _not_omniglot(
-            root / ARCHIVES[0],
-            f"characters have different numbers of drawings ({sorted(counts)}), e.g. {bad}",
+        usual = counts.most_common(1)[0][0]
+        odd = [(name, d) for name, d in zip(names, drawings) if len(d) != usual]
+        name, d = odd[0]
+        raise _not_omniglot(  # blame the archive that holds the odd character
+            root / ARCHIVES[d[0][0]],
+            f"character {name} has {len(d)} drawings where the others have {usual}"
+            + (f" ({len(odd)} characters differ)" if len(odd) > 1 else ""),
         )
     return names, drawings
 
@@ -238,6 +243,8 @@ def load_omniglot(
     background 0, ``names`` the ``"<archive>/<Alphabet>/<character>"`` of each
     character in a fixed sorted order.
     """
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer (pixels per side), got {image_size!r}")
     root = Path(root).expanduser()
     fp = _fingerprint(root)
     fname = f"omniglot_{image_size}x{image_size}_{fp[:16]}.npz"

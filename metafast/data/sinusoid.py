@@ -31,6 +31,8 @@ class Sinusoid:
         if num_tasks < 1 or shots < 1 or queries < 0:
             raise ValueError(f"Sinusoid.sample: need num_tasks >= 1, shots >= 1, queries >= 0, "
                              f"got {num_tasks}, {shots}, {queries}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"Sinusoid.sample: dtype must be a floating-point dtype (x and y are real), got {dtype}")
         device = torch.device(device)
         if generator is not None and generator.device != device:
             raise ValueError(f"Sinusoid.sample: generator is on {generator.device} but device is {device}")

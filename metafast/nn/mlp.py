@@ -1,6 +1,7 @@
 """metafast.nn.MLP: the Linear/activation stack that the fused inner loop serves."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 from torch import nn
@@ -15,6 +16,8 @@ class MLP(nn.Sequential):
     """
 
     def __init__(self, sizes: Sequence[int], activation: str = "relu"):
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sizes):
+            raise TypeError(f"MLP: sizes must be integers, got {list(sizes)}")  # 1.5 is not truncated to 1
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) <= 0:
             raise ValueError(f"MLP: sizes must list at least two positive widths, got {sizes}")

@@ -120,7 +120,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
             check(y.shape == (t, rows), f"cross-entropy {name} must be [{t}, {rows}], got {list(y.shape)}")
 
 
-def check_labels(classes: int, *labels: torch.Tensor | None) -> None:
+def check_label_range(classes: int, *labels: torch.Tensor | None) -> None:
     """Class labels must lie in [0, classes). Reads the values (one device
     synchronisation), so it is skipped while a CUDA graph is being captured;
     the fused kernel then turns a bad label into NaN rather than reading out
@@ -179,6 +179,7 @@ def mlp_adapt(
     first_order: bool = False,
     query_x: torch.Tensor | None = None,
     query_y: torch.Tensor | None = None,
+    check_labels: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Adapt an MLP to every task of a meta-batch in one fused call.
 
@@ -190,6 +191,10 @@ def mlp_adapt(
         first_order: the backward ignores second derivatives (first-order MAML).
         query_x, query_y: optional query set [T, Q, d_in] / targets; the query
             forward at the adapted parameters then runs in the same launch.
+        check_labels: on a GPU, read the class labels to check their range (one
+            synchronisation; skipped during CUDA-graph capture). False for a
+            caller that checked them already; the kernel turns a bad label into
+            NaN, never an out-of-bounds read. The CPU kernel always checks.
 
     Returns:
         (adapted [T, P], support_losses [T, steps]) and, with a query set,
@@ -208,11 +213,11 @@ def mlp_adapt(
     if not kernel_available(params.device):
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
         if loss == "cross_entropy":
-            check_labels(sizes[-1], support_y, query_y)
+            check_label_range(sizes[-1], support_y, query_y)
         return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
                                query_x, query_y)
-    if loss == "cross_entropy" and params.device.type == "cuda":
-        check_labels(sizes[-1], support_y, query_y)  # the CPU kernel checks its labels itself, without a sync
+    if loss == "cross_entropy" and params.device.type == "cuda" and check_labels:
+        check_label_range(sizes[-1], support_y, query_y)
     adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
         params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, bool(first_order)
     )
