@@ -133,14 +133,15 @@ def test_cli_names_the_missing_extra():
     # The core needs only torch and numpy; the CLI says in one line what to install.
     code = textwrap.dedent("""
         import sys
-        sys.modules["matplotlib"] = None   # as if the `cli` extra were not installed
+        for name in ("tqdm", "matplotlib", "PIL"):
+            sys.modules[name] = None   # as if the `cli` extra were not installed
         from metafast.__main__ import main
         sys.exit(main(["demo", "--iterations", "1"]))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip() and "RuntimeWarning" not in l]
-    assert lines[-1] == ("metafast: python -m metafast demo needs matplotlib, which is not installed: "
+    assert lines[-1] == ("metafast: python -m metafast demo needs tqdm, which is not installed: "
                          "pip install 'metafast[cli]'"), r.stderr
 
 
