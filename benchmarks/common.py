@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark scripts: devices, timing, memory, tables, JSON.
 
 Nothing here depends on metafast except :func:`environment`, which records its
-version and build when it imports.
+version and build when it imports, and :func:`resolve_device`, which reads
+``--device`` as every metafast command does.
 """
 from __future__ import annotations
 
@@ -35,14 +36,15 @@ def import_metafast():
 # --------------------------------------------------------------------------- devices
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available; ``cuda`` without a GPU exits with status 2."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {name} requested but CUDA is not available "
-              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})", file=sys.stderr)
+    """metafast's reading of ``--device`` (``auto`` → cuda when available); an unusable device exits with status 2."""
+    import_metafast()
+    from metafast.devices import resolve_device as resolve
+
+    try:
+        return resolve(name)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    return torch.device(name)
 
 
 def cpu_model() -> str:

@@ -27,6 +27,9 @@ from typing import Sequence
 
 import torch
 
+from metafast.devices import resolve_device
+from metafast.stats import mean_ci95, moving_average
+
 #: Seed of the held-out test tasks; fixed, and never used for training.
 TEST_SEED = 20_170_703
 #: Iterations the MAML paper meta-trained the sinusoid model for.
@@ -100,18 +103,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _resolve_device(name: str) -> torch.device | str:
-    """The torch device to use, or an error message (a str) when it is unavailable."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        built = torch.version.cuda
-        why = (f"this torch {torch.__version__} is built with CUDA {built} but no CUDA GPU is visible"
-               if built else f"this torch {torch.__version__} is built without CUDA")
-        return f"--device cuda was requested but CUDA is not available ({why}). Use --device cpu or auto."
-    return torch.device(name)
-
-
 def _sample(tasks, num_tasks: int, shots: int, queries: int, generator: torch.Generator,
             device: torch.device):
     """Samples on the CPU with a CPU generator (reproducible on any device), then moves."""
@@ -138,12 +129,9 @@ def _mse_stats(query: torch.Tensor, support: torch.Tensor) -> dict:
     (None below two tasks) over the rest, the median over all, and the median support MSE."""
     query, support = query.detach().double().cpu(), support.detach().double().cpu()
     ok = query.isfinite() & (query <= DIVERGED_MSE)
-    rest = query[ok]
-    n = rest.numel()
-    std = rest.std().item() if n > 1 else None
-    return {"mse": rest.mean().item() if n else None, "ci95": 1.96 * std / math.sqrt(n) if n > 1 else None,
-            "std": std, "median": _median(query), "diverged": int((~ok).sum()), "tasks": query.numel(),
-            "support_mse_median": _median(support)}
+    s = mean_ci95(query[ok])
+    return {"mse": s["mean"], "ci95": s["ci95"], "std": s["std"], "median": _median(query),
+            "diverged": int((~ok).sum()), "tasks": query.numel(), "support_mse_median": _median(support)}
 
 
 def _evaluate(meta, model: torch.nn.Module, test: dict, steps: Sequence[int]) -> tuple[dict, dict]:
@@ -254,8 +242,8 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
     ax.plot(it, curve_loss, color="tab:blue", alpha=0.25, lw=0.8, label="meta-batch query MSE")
     if len(curve_loss) >= 10:
         window = max(1, len(curve_loss) // 50)
-        smooth = torch.tensor(curve_loss).unfold(0, window, 1).mean(1).tolist() if window > 1 else curve_loss
-        ax.plot(it[window - 1:], smooth, color="tab:blue", lw=2, label=f"moving average ({window} points)")
+        ax.plot(it[window - 1:], moving_average(curve_loss, window), color="tab:blue", lw=2,
+                label=f"moving average ({window} points)")
     ax.set_yscale("log")
     from matplotlib.ticker import LogLocator, ScalarFormatter
 
@@ -286,9 +274,10 @@ def _main(argv: Sequence[str] | None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
 
-    device = _resolve_device(args.device)
-    if isinstance(device, str):
-        print(f"metafast demo: error: {device}", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"metafast demo: error: {exc}", file=sys.stderr)
         return 2
     try:  # before training, so that a bad --out fails now rather than after the run
         os.makedirs(args.out, exist_ok=True)

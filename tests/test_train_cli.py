@@ -9,6 +9,7 @@ import torch
 
 from metafast import train
 from metafast.train import main_eval, main_train
+from metafast.training import checkpoint as checkpoints, evaluation
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 needs_data = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
@@ -248,11 +249,11 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, tiny, monkeypatch, cap
                     on_call(3)
             m.setattr(torch.optim, "Adam", Adam)
         elif where == "in validation":
-            evaluate = train.evaluate
-            m.setattr(train, "evaluate", lambda *a, **k: (evaluate(*a, **k), on_call(2))[0])
+            evaluate = evaluation.evaluate
+            m.setattr(evaluation, "evaluate", lambda *a, **k: (evaluate(*a, **k), on_call(2))[0])
         else:
-            save = train._save_checkpoint
-            m.setattr(train, "_save_checkpoint", lambda *a: (save(*a), on_call(1)))
+            save = checkpoints.save
+            m.setattr(checkpoints, "save", lambda *a: (save(*a), on_call(1)))
         assert main_train([*run, "--out", str(stopped)]) == 130
     assert "continue with --resume" in capsys.readouterr().err
     saved = torch.load(stopped / "checkpoint.pt", weights_only=True)
@@ -358,6 +359,6 @@ def test_evaluate_counts_queries_with_nonfinite_logits_as_wrong():
             logits[0] = float("nan")  # argmax(NaN) picks index 0, the right class for half the queries
             return logits
 
-    r = train.evaluate(AlwaysClassZero(), TinySplit("test"), tasks=2, ways=2, shots=1, queries=1, steps=1, batch=2)
+    r = evaluation.evaluate(AlwaysClassZero(), TinySplit("test"), tasks=2, ways=2, shots=1, queries=1, steps=1, batch=2)
     assert r["accuracy"] == 25.0 and r["nonfinite_tasks"] == 1  # task 0: 0 of 2, task 1: 1 of 2
-    assert "(1 tasks with non-finite logits)" in train._fmt(r)
+    assert "(1 tasks with non-finite logits)" in evaluation.fmt(r)

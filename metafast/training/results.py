@@ -1,0 +1,55 @@
+"""``results.json`` of a training run and of ``eval --json``."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from pathlib import Path
+
+import torch
+
+from metafast import distributed
+from metafast.training.args import setting
+from metafast.training.evaluation import META_SGD_ACCURACY, PAPER_ACCURACY
+
+
+def versions() -> dict:
+    try:
+        import metafast
+
+        mf = getattr(metafast, "__version__", "unknown")
+    except Exception:  # pragma: no cover
+        mf = "unknown"
+    return {"torch": str(torch.__version__), "metafast": str(mf)}
+
+
+def device_name(device: torch.device) -> str:
+    return str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
+def train_results(a: argparse.Namespace, history: dict, elapsed: float, device: torch.device, backend_used,
+                  ctx: distributed.Context, test: dict | None) -> dict:
+    last = history["accuracy"][-100:]
+    return {
+        "setting": setting(a), "dataset": "omniglot", "args": vars(a), "iterations": a.iterations,
+        "train_seconds": elapsed,
+        "iterations_per_second": (len(history["iteration"]) / elapsed) if elapsed > 0 else None,
+        "device": device_name(device), "backend_used": backend_used, "versions": versions(),
+        "processes": ctx.world_size, "process_group_backend": ctx.backend,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "final_train_accuracy": 100 * sum(last) / len(last) if last else None,
+        "validation": [{"iteration": i, "accuracy": v, "ci95": c} for i, v, c in
+                       zip(history["val_iteration"], history["val_accuracy"], history["val_ci95"])],
+        "paper": {"maml": PAPER_ACCURACY.get((a.ways, a.shots)), "meta_sgd": META_SGD_ACCURACY.get((a.ways, a.shots))},
+        "test": test,
+    }
+
+
+def eval_results(checkpoint: str, ck: dict, split: str, run: argparse.Namespace, r: dict) -> dict:
+    return {"checkpoint": checkpoint, "iteration": ck["iteration"], "split": split, "setting": setting(run), **r,
+            "paper": PAPER_ACCURACY.get((run.ways, run.shots))}
+
+
+def write_json(path: Path | str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
