@@ -8,7 +8,8 @@ USAGE = """usage: python -m metafast COMMAND [options]
 commands:
   demo                 meta-train the MAML paper's sinusoid model and compare with the paper
   train omniglot ...   meta-train Conv-4 on Omniglot (see `train omniglot --help`)
-  eval CHECKPOINT ...  evaluate a saved Omniglot checkpoint on test tasks
+  train navigation ... MAML-RL on 2D navigation (see `train navigation --help`)
+  eval CHECKPOINT ...  evaluate a saved Omniglot or navigation checkpoint on test tasks
   info                 print versions and which kernels are compiled in
 """
 
@@ -32,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         from metafast.demo import main as demo_main
         return demo_main(rest)
     if command == "train":
+        if rest[:1] == ["navigation"]:
+            from metafast.rl.cli import main_train as rl_train
+            return rl_train(rest[1:])
         from metafast.train import main_train
         return main_train(rest)
     if command == "eval":
+        from metafast.rl.cli import is_rl_checkpoint
+        if rest and is_rl_checkpoint(rest[0]):
+            from metafast.rl.cli import main_eval as rl_eval
+            return rl_eval(rest)
         from metafast.train import main_eval
         return main_eval(rest)
     if command == "info":

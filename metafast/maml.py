@@ -5,7 +5,6 @@ updates go through the fused multi-tensor op ``metafast::sgd_update``.
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import operator
@@ -56,25 +55,23 @@ def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
     memo = {} if memo is None else memo
     if id(module) in memo:
         return memo[id(module)]
-    clone = copy.copy(module)
-    clone.__dict__ = module.__dict__.copy()
-    for key, value in clone.__dict__.items():  # hook registries and name sets: the clone's own
-        if key.startswith("_") and isinstance(value, (dict, set)):
-            clone.__dict__[key] = copy.copy(value)
+    # Every registry (parameters, buffers, submodules, hooks, name sets) is the
+    # clone's own copy; built directly, as copy.copy and Module.__setattr__ cost
+    # more than the rest of a clone.
+    state = {key: value.copy() if key.startswith("_") and isinstance(value, (dict, set)) else value
+             for key, value in module.__dict__.items()}
+    clone = module.__new__(type(module))
+    object.__setattr__(clone, "__dict__", state)
     memo[id(module)] = clone
-    clone._parameters = OrderedDict()
-    for name, p in module._parameters.items():
-        if p is not None and id(p) not in memo:
-            memo[id(p)] = p.clone()
-        clone._parameters[name] = None if p is None else memo[id(p)]
-    clone._buffers = OrderedDict()
-    for name, b in module._buffers.items():
-        if b is not None and id(b) not in memo:
-            memo[id(b)] = b.clone()
-        clone._buffers[name] = None if b is None else memo[id(b)]
-    clone._modules = OrderedDict(
-        (name, None if sub is None else clone_module(sub, memo)) for name, sub in module._modules.items()
-    )
+    for registry in ("_parameters", "_buffers"):
+        own = state[registry]
+        for name, t in own.items():
+            if t is not None and id(t) not in memo:
+                memo[id(t)] = t.clone()
+            own[name] = None if t is None else memo[id(t)]
+    modules = state["_modules"]
+    for name, sub in modules.items():
+        modules[name] = None if sub is None else clone_module(sub, memo)
     return clone
 
 
@@ -115,11 +112,19 @@ def _apply_update(module, params, grads, lr, lrs=None):
     idx = [i for i, g in enumerate(grads) if g is not None]
     if not idx:
         return module
-    if isinstance(lr, torch.Tensor):  # a tensor rate may require grad: plain arithmetic differentiates it
-        return update_module(module, [params[i] for i in idx], [params[i] - lr.reshape(()) * grads[i] for i in idx])
-    new = sgd_update([params[i] for i in idx], [grads[i] for i in idx], lr,
-                     None if lrs is None else [lrs[i] for i in idx])
-    return update_module(module, [params[i] for i in idx], new)
+    ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+    if lrs is None:
+        rate = lr.reshape(()) if isinstance(lr, torch.Tensor) else lr  # a one-element tensor of any shape
+        rates = [rate] * len(idx)
+    else:
+        rates = [lrs[i] for i in idx]
+    if isinstance(lr, torch.Tensor) or ps[0].device.type == "cpu":
+        # Plain arithmetic: it differentiates a tensor rate, and on the CPU (where a
+        # launch costs nothing) its autograd nodes are cheaper than the custom op's.
+        new = [p - r * g for p, g, r in zip(ps, gs, rates)]
+    else:  # one multi-tensor launch for every parameter
+        new = sgd_update(ps, gs, lr, None if lrs is None else rates)
+    return update_module(module, ps, new)
 
 
 class MAML(nn.Module):

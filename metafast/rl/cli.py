@@ -1,0 +1,385 @@
+"""``python -m metafast train navigation`` and ``python -m metafast eval CHECKPOINT`` (RL).
+
+Meta-trains a Gaussian MLP policy on 2D navigation with MAML-RL (or, with
+``--pretrain``, one policy on all tasks without adaptation), batched over tasks.
+Defaults: the reference port's 2d-navigation.yaml (64-64 tanh, 20 trajectories
+per task, inner rate 0.1, meta-batch 20, gamma 0.99, GAE lambda 1.0, TRPO with
+max KL 0.01, 10 CG iterations, damping 1e-5, 15 backtracking steps of 0.8, 500
+iterations). A run writes to ``--out``: ``checkpoint.pt`` (``--resume``
+continues from it, bit-identically), ``results.json``, ``returns.png`` and
+``trajectories.png`` (a few held-out goals before and after one step).
+``eval`` reports the average return after 0..3 policy-gradient steps on
+held-out goals, with 95% intervals, for a checkpoint, optional baselines
+(``--baseline``) and a random initialisation.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metafast._optional import require
+from metafast.rl.envs import Navigation2D
+from metafast.rl.evaluate import adaptation_returns, mean_ci95
+from metafast.rl.maml_rl import MetaRL, MetaRLConfig
+from metafast.rl.policies import GaussianMLPPolicy
+
+__all__ = ["main_train", "main_eval", "is_rl_checkpoint"]
+
+FORMAT = "metafast-rl-navigation-v1"
+CHECKPOINT = "checkpoint.pt"
+TEST_SEED = 2_000_003  # held-out goals and sampling noise of evaluations, independent of --seed
+# what defines a run: taken from the checkpoint on --resume
+_STRUCTURAL = ("hidden", "activation", "pretrain", "first_order", "outer", "meta_batch", "trajectories", "inner_lr",
+               "gamma", "gae_lambda", "max_kl", "cg_iters", "cg_damping", "ls_max_steps", "ls_backtrack_ratio",
+               "meta_lr", "ppo_clip", "ppo_epochs", "max_steps", "seed", "dtype")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m metafast train navigation",
+                                description="MAML-RL on 2D navigation (defaults: the reference port's setup).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--iterations", type=int, default=500, help="outer (meta) iterations in total")
+    p.add_argument("--meta-batch", type=int, default=20, help="tasks (goals) per iteration")
+    p.add_argument("--trajectories", type=int, default=20, help="trajectories per task for each step")
+    p.add_argument("--inner-lr", type=float, default=0.1, help="inner policy-gradient step size")
+    p.add_argument("--first-order", action="store_true", help="first-order MAML")
+    p.add_argument("--pretrain", action="store_true", help="no inner step: pretrain one policy on all tasks")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="hidden widths (paper: 100 100)")
+    p.add_argument("--activation", default="tanh", choices=["tanh", "relu"], help="paper: relu")
+    p.add_argument("--outer", default="trpo", choices=["trpo", "vanilla", "ppo"], help="outer optimiser")
+    p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam rate for --outer vanilla/ppo")
+    p.add_argument("--ppo-clip", type=float, default=0.2)
+    p.add_argument("--ppo-epochs", type=int, default=5)
+    p.add_argument("--max-kl", type=float, default=0.01)
+    p.add_argument("--cg-iters", type=int, default=10)
+    p.add_argument("--cg-damping", type=float, default=1e-5)
+    p.add_argument("--ls-max-steps", type=int, default=15)
+    p.add_argument("--ls-backtrack-ratio", type=float, default=0.8)
+    p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--gae-lambda", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=100, help="episode horizon")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--eval-tasks", type=int, default=40, help="held-out goals evaluated at the end (0: skip)")
+    p.add_argument("--eval-steps", type=int, default=3, help="policy-gradient steps at evaluation")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="save every N iterations")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of training")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--out", default=None, help="output folder (default runs/navigation[-pretrained])")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m metafast eval",
+                                description="Average return on held-out navigation goals after 0..N "
+                                            "policy-gradient steps, for an RL checkpoint, baselines and a "
+                                            "random initialisation.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint.pt of `train navigation`, or its run folder")
+    p.add_argument("--baseline", action="append", default=[], help="another RL checkpoint to compare (repeatable)")
+    p.add_argument("--no-random", action="store_true", help="skip the random initialisation")
+    p.add_argument("--tasks", type=int, default=40, help="held-out goals")
+    p.add_argument("--steps", type=int, default=3, help="policy-gradient steps")
+    p.add_argument("--trajectories", type=int, default=None, help="per step and task (default: the run's)")
+    p.add_argument("--inner-lr", type=float, default=None, help="step size (default: the run's)")
+    p.add_argument("--later-lr", type=float, default=None,
+                   help="step size from the second step on (default: --inner-lr; the MAML authors' test script "
+                        "halves it)")
+    p.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the held-out goals and sampling")
+    p.add_argument("--json", default=None, help="result file (default: <run folder>/eval.json)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="print only the table")
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise CLIError(f"--device {name!r} is not a device (expected cpu, cuda, cuda:N or auto)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: only cpu and cuda are supported")
+    return dev
+
+
+def _threads(n) -> None:
+    if n is not None:
+        if n < 1:
+            raise CLIError(f"--threads must be at least 1, got {n}")
+        torch.set_num_threads(n)
+
+
+def _config(a) -> MetaRLConfig:
+    try:
+        return MetaRLConfig(trajectories=a.trajectories, meta_batch=a.meta_batch, inner_lr=a.inner_lr,
+                            adapt=not a.pretrain, first_order=a.first_order, gamma=a.gamma,
+                            gae_lambda=a.gae_lambda, outer=a.outer, max_kl=a.max_kl, cg_iters=a.cg_iters,
+                            cg_damping=a.cg_damping, ls_max_steps=a.ls_max_steps,
+                            ls_backtrack_ratio=a.ls_backtrack_ratio, meta_lr=a.meta_lr, ppo_clip=a.ppo_clip,
+                            ppo_epochs=a.ppo_epochs)
+    except ValueError as e:  # "MetaRLConfig: inner_lr must ..." -> "--inner-lr must ..."
+        name, _, rest = str(e).removeprefix("MetaRLConfig: ").partition(" ")
+        raise CLIError(f"--{name.replace('_', '-')} {rest}") from None
+
+
+def _build(args: dict, device: torch.device):
+    """(env, policy) of a run from its stored arguments; the policy is seeded by args['seed']."""
+    try:
+        env = Navigation2D(max_steps=args["max_steps"])
+        init = torch.Generator().manual_seed(args["seed"])
+        policy = GaussianMLPPolicy(env.obs_dim, env.act_dim, tuple(args["hidden"]), args["activation"],
+                                   generator=init)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return env, policy.to(device=device, dtype=getattr(torch, args["dtype"]))
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: str) -> tuple[dict, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise CLIError(f"no checkpoint at {p}")
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CLIError(f"{p} is not a `train navigation` checkpoint (format {FORMAT})")
+    return state, p
+
+
+def is_rl_checkpoint(path: str) -> bool:
+    """Whether ``path`` (a file or run folder) holds a checkpoint of `train navigation`."""
+    try:
+        _load(path)
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate_policies(env, policies: dict, tasks: int, steps: int, trajectories: int, lr: float, gamma: float,
+                      gae_lambda: float, seed: int, device, later_lr: float | None = None
+                      ) -> tuple[dict, dict, torch.Tensor]:
+    """Every policy on the same held-out goals and noise stream: ({label: {mean, ci95}}, {label: episodes}, goals)."""
+    dtype = next(iter(policies.values())).log_std.dtype
+    goals = env.sample_goals(tasks, torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+    table, episodes = {}, {}
+    for label, policy in policies.items():
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        returns, eps = adaptation_returns(env, policy, goals, steps, trajectories, lr, gamma, gae_lambda, gen,
+                                          later_lr)
+        stats = [mean_ci95(r) for r in returns]
+        table[label] = {"mean": [m for m, _ in stats], "ci95": [c for _, c in stats]}
+        episodes[label] = eps
+    return table, episodes, goals
+
+
+def format_table(table: dict) -> str:
+    steps = len(next(iter(table.values()))["mean"])
+    head = f"{'policy':<12}" + "".join(f"{f'{k} steps':>18}" for k in range(steps))
+    rows = [head, "-" * len(head)]
+    for label, r in table.items():
+        rows.append(f"{label:<12}" + "".join(f"{f'{m:.2f} ± {c:.2f}':>18}" for m, c in zip(r["mean"], r["ci95"])))
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- train
+def _validate_train(a) -> None:
+    checks = [(a.iterations >= 1, f"--iterations must be at least 1, got {a.iterations}"),
+              (a.max_steps >= 1, f"--max-steps must be at least 1, got {a.max_steps}"),
+              (a.eval_tasks >= 0, f"--eval-tasks must be >= 0, got {a.eval_tasks}"),
+              (a.eval_steps >= 1, f"--eval-steps must be at least 1, got {a.eval_steps}"),
+              (a.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {a.checkpoint_every}"),
+              (all(h >= 1 for h in a.hidden), f"--hidden widths must be positive, got {a.hidden}")]
+    for ok, msg in checks:
+        if not ok:
+            raise CLIError(msg)
+    if a.resume and a.overwrite:
+        raise CLIError("--resume and --overwrite contradict each other")
+
+
+def _train(a) -> int:
+    _validate_train(a)
+    _threads(a.threads)
+    device = _device(a.device)
+    out = Path(a.out or ("runs/navigation-pretrained" if a.pretrain else "runs/navigation"))
+    ckpt_path = out / CHECKPOINT
+    state = None
+    if ckpt_path.exists():
+        if a.resume:
+            state, _ = _load(str(ckpt_path))
+            for k in _STRUCTURAL:  # the run's own definition wins
+                setattr(a, k, state["args"][k])
+        elif not a.overwrite:
+            raise CLIError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite to start afresh")
+    config = _config(a)
+    out.mkdir(parents=True, exist_ok=True)
+    env, policy = _build(vars(a), device)
+    meta = MetaRL(env, policy, config)
+    gen = torch.Generator(device=device).manual_seed(a.seed + 1)
+    history, start, elapsed = [], 0, 0.0
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        if meta.optimizer is not None:
+            meta.optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        history, start, elapsed = state["history"], state["iteration"], state["elapsed_s"]
+
+    def snapshot():  # the state after the last completed iteration (Ctrl-C may land mid-iteration)
+        return {"format": FORMAT, "iteration": len(history), "args": dict(vars(a)), "config": config.to_dict(),
+                "policy": {k: v.clone() for k, v in policy.state_dict().items()}, "generator": gen.get_state(),
+                "history": list(history), "elapsed_s": elapsed,
+                "optimizer": None if meta.optimizer is None else copy.deepcopy(meta.optimizer.state_dict())}
+
+    label = "pretrained" if a.pretrain else "MAML"
+    if not a.quiet:
+        print(f"train navigation: {label}, {'first' if a.first_order else 'second'}-order, outer {a.outer}, "
+              f"policy {a.hidden} {a.activation}, {a.meta_batch} tasks x {a.trajectories} trajectories, "
+              f"device {device}, {torch.get_num_threads()} threads, iterations {start}->{a.iterations}, out {out}")
+    tqdm = require("tqdm", "the progress bar").tqdm
+    bar = tqdm(range(start, a.iterations), initial=start, total=a.iterations, disable=a.quiet, unit="it",
+               dynamic_ncols=True)
+    last = snapshot()
+    try:
+        for iteration in bar:
+            t0 = time.perf_counter()
+            logs = meta.step(gen)
+            if not all(torch.isfinite(p).all() for p in policy.parameters()):
+                raise CLIError(f"non-finite policy parameters after iteration {iteration + 1}; lower --max-kl "
+                               "or --meta-lr")
+            elapsed += time.perf_counter() - t0
+            history.append({"iteration": iteration + 1, **logs, "time_s": elapsed})
+            last = snapshot()
+            bar.set_postfix(before=f"{logs['train_return']:.1f}", after=f"{logs['valid_return']:.1f}")
+            if (iteration + 1) % a.checkpoint_every == 0:
+                _save(ckpt_path, last)
+    except KeyboardInterrupt:
+        _save(ckpt_path, last)
+        print(f"\ninterrupted: saved iteration {last['iteration']} to {ckpt_path}; continue with --resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    _save(ckpt_path, last)
+    iteration = last["iteration"]
+
+    from metafast.rl.plots import plot_returns, plot_trajectories
+    plot_returns(history, str(out / "returns.png"), label)
+    results = {"args": vars(a), "config": config.to_dict(), "iterations": iteration, "train_time_s": elapsed,
+               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "history": history}
+    if a.eval_tasks:
+        t0 = time.perf_counter()
+        _, random_policy = _build(vars(a), device)
+        table, eps, goals = evaluate_policies(env, {label.lower(): policy, "random": random_policy},
+                                              a.eval_tasks, a.eval_steps, a.trajectories, a.inner_lr, a.gamma,
+                                              a.gae_lambda, TEST_SEED, device)
+        ours = eps[label.lower()]
+        plot_trajectories(goals, ours[0], ours[1], str(out / "trajectories.png"),
+                          title=f"{label}: held-out goals, before (gray) and after one step (blue)")
+        results["evaluation"] = {"tasks": a.eval_tasks, "steps": a.eval_steps, "trajectories": a.trajectories,
+                                 "inner_lr": a.inner_lr, "seed": TEST_SEED, "returns": table,
+                                 "time_s": time.perf_counter() - t0}
+        print(format_table(table))
+    _write_json(out / "results.json", results)
+    if not a.quiet:
+        print(f"trained {iteration} iterations in {elapsed:.0f} s; wrote {out}/results.json, returns.png"
+              + (", trajectories.png" if a.eval_tasks else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _eval(a) -> int:
+    _threads(a.threads)
+    device = _device(a.device)
+    if a.tasks < 2 or a.steps < 0:
+        raise CLIError(f"--tasks must be at least 2 and --steps >= 0, got {a.tasks} and {a.steps}")
+    state, path = _load(a.checkpoint)
+    args = state["args"]
+    env, policy = _build(args, device)
+    policy.load_state_dict(state["policy"])
+    policies = {("pretrained" if args["pretrain"] else "maml"): policy}
+    for other in a.baseline:
+        s, p = _load(other)
+        _, pol = _build(s["args"], device)
+        pol.load_state_dict(s["policy"])
+        name = "pretrained" if s["args"]["pretrain"] else "maml"
+        policies[name if name not in policies else p.parent.name] = pol
+    if not a.no_random:
+        policies["random"] = _build(args, device)[1]
+    trajectories = a.trajectories or args["trajectories"]
+    lr = a.inner_lr if a.inner_lr is not None else args["inner_lr"]
+    later = lr if a.later_lr is None else a.later_lr
+    if trajectories < 1 or not all(r > 0 and math.isfinite(r) for r in (lr, later)):
+        raise CLIError(f"--trajectories must be positive and --inner-lr, --later-lr positive numbers, got "
+                       f"{trajectories}, {lr}, {later}")
+    t0 = time.perf_counter()
+    table, eps, goals = evaluate_policies(env, policies, a.tasks, a.steps, trajectories, lr, args["gamma"],
+                                          args["gae_lambda"], a.seed, device, later)
+    seconds = time.perf_counter() - t0
+    print(format_table(table))
+    out = Path(a.json) if a.json else path.parent / "eval.json"
+    payload = {"checkpoint": str(path), "iteration": state["iteration"], "tasks": a.tasks, "steps": a.steps,
+               "trajectories": trajectories, "inner_lr": lr, "later_lr": later, "seed": a.seed, "returns": table,
+               "time_s": seconds, "device": str(device), "torch": torch.__version__}
+    _write_json(out, payload)
+    if a.steps >= 1:
+        from metafast.rl.plots import plot_trajectories
+        for label, e in eps.items():
+            plot_trajectories(goals, e[0], e[1], str(out.parent / f"eval_trajectories_{label}.png"),
+                              title=f"{label}: before (gray) and after one step (blue)")
+    if not a.quiet:
+        print(f"evaluated {len(policies)} policies on {a.tasks} held-out goals in {seconds:.1f} s; wrote {out}")
+    return 0
+
+
+def _run(parser, fn, argv) -> int:
+    try:
+        a = parser.parse_args(list(argv))
+    except SystemExit as e:  # --help or a usage error, already printed
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        return fn(a)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def main_train(argv) -> int:
+    """``train navigation ARGS`` (argv without 'navigation')."""
+    return _run(_train_parser(), _train, argv)
+
+
+def main_eval(argv) -> int:
+    return _run(_eval_parser(), _eval, argv)
