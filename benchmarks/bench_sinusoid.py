@@ -12,6 +12,8 @@ Problems:
 
 Variants (one row each):
   eager             metafast.reference.meta_loss: a Python loop over tasks, autograd.grad(create_graph=...)
+  l2l-style         a learn2learn-style loop (clone_module / update_module semantics, written here)
+  metafast-maml     metafast.MAML clone()/adapt(), the drop-in for learn2learn's MAML
   vmap              torch.func: vmap over tasks of an inner loop of torch.func.grad + functional_call
   metafast-torch    metafast.BatchedMAML(backend="torch")
   metafast-fused    metafast.BatchedMAML(backend="fused") (skipped with a note when the extension is absent)
@@ -31,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+from collections import OrderedDict
 import copy
 import math
 import os
@@ -230,6 +233,63 @@ def build_metafast(backend: str):
     return build
 
 
+def _l2l_clone(module):
+    """learn2learn's clone_module semantics, written here: a shallow copy whose
+    parameters are differentiable clones and whose buffers are copies."""
+    clone = module.__new__(type(module))
+    clone.__dict__ = module.__dict__.copy()
+    clone._parameters = OrderedDict((k, None if p is None else p.clone()) for k, p in module._parameters.items())
+    clone._buffers = OrderedDict((k, None if v is None else v.clone()) for k, v in module._buffers.items())
+    clone._modules = OrderedDict((k, None if m is None else _l2l_clone(m)) for k, m in module._modules.items())
+    return clone
+
+
+def _l2l_update(module, updates):
+    """learn2learn's update_module semantics: p ← p + u, module by module."""
+    updates = iter(updates)
+
+    def visit(m):
+        for k, p in m._parameters.items():
+            if p is not None:
+                m._parameters[k] = p + next(updates)
+        for sub in m._modules.values():
+            if sub is not None:
+                visit(sub)
+
+    visit(module)
+
+
+def _per_task_loop(model, b: Batch, cfg: Config, clone, adapt):
+    """A learn2learn-style meta-iteration: one task at a time, clone then adapt."""
+    params = list(model.parameters())
+    loss_fn = _task_loss_fn(cfg.loss)
+
+    def step():
+        _zero(params)
+        total = 0.0
+        for t in range(b.sx.shape[0]):
+            learner = clone()
+            for _ in range(cfg.steps):
+                adapt(learner, loss_fn(learner(b.sx[t]), b.sy[t]))
+            total = total + loss_fn(learner(b.qx[t]), b.qy[t])
+        (total / b.sx.shape[0]).backward()
+
+    return step, {}
+
+
+def build_l2l_style(model, b: Batch, cfg: Config):
+    def adapt(learner, loss):
+        grads = torch.autograd.grad(loss, list(learner.parameters()), create_graph=not cfg.first_order)
+        _l2l_update(learner, [-cfg.inner_lr * g for g in grads])
+
+    return _per_task_loop(model, b, cfg, lambda: _l2l_clone(model), adapt)
+
+
+def build_metafast_maml(model, b: Batch, cfg: Config):
+    maml = metafast.MAML(model, lr=cfg.inner_lr, first_order=cfg.first_order)
+    return _per_task_loop(model, b, cfg, maml.clone, lambda learner, loss: learner.adapt(loss))
+
+
 def build_compile_vmap(model, b: Batch, cfg: Config):
     if b.sx.device.type != "cuda":
         raise Skip("CUDA only")
@@ -292,6 +352,8 @@ CUDA_ONLY = ("compile-vmap", "cudagraph-torch")
 
 VARIANTS: dict[str, Callable] = {
     "eager": build_eager,
+    "l2l-style": build_l2l_style,
+    "metafast-maml": build_metafast_maml,
     "vmap": build_vmap,
     "metafast-torch": build_metafast("torch"),
     "metafast-fused": build_metafast("fused"),

@@ -75,9 +75,23 @@ def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
     return clone
 
 
-def _unique_parameters(module: nn.Module) -> list[torch.Tensor]:
+def _submodules(module: nn.Module) -> list[nn.Module]:
+    """``module.modules()`` (each module once), without its generator machinery: this
+    runs twice per adapt() step."""
+    out, seen, stack = [], set(), [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        stack.extend(sub for sub in reversed(m._modules.values()) if sub is not None)
+    return out
+
+
+def _unique_parameters(module: nn.Module, modules: list[nn.Module] | None = None) -> list[torch.Tensor]:
     seen, out = set(), []
-    for m in module.modules():
+    for m in modules if modules is not None else _submodules(module):
         for p in m._parameters.values():
             if p is not None and id(p) not in seen:
                 seen.add(id(p))
@@ -85,13 +99,16 @@ def _unique_parameters(module: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def update_module(module: nn.Module, params: Sequence[torch.Tensor], new_params: Sequence[torch.Tensor]) -> nn.Module:
-    """Replace ``params[i]`` by ``new_params[i]`` wherever it appears in ``module`` (in place)."""
+def update_module(module: nn.Module, params: Sequence[torch.Tensor], new_params: Sequence[torch.Tensor],
+                  modules: list[nn.Module] | None = None) -> nn.Module:
+    """Replace ``params[i]`` by ``new_params[i]`` wherever it appears in ``module``
+    (in place; ``modules``: its submodules, when the caller has them)."""
     mapping = {id(p): q for p, q in zip(params, new_params)}
-    for m in module.modules():
-        for name, p in m._parameters.items():
+    for m in modules if modules is not None else _submodules(module):
+        own = m._parameters
+        for name, p in own.items():
             if p is not None and id(p) in mapping:
-                m._parameters[name] = mapping[id(p)]
+                own[name] = mapping[id(p)]
     return module
 
 
@@ -108,7 +125,7 @@ def _gradients(loss, params, create_graph, allow_unused, allow_nograd):
     return [by_id.get(id(p)) for p in params]
 
 
-def _apply_update(module, params, grads, lr, lrs=None):
+def _apply_update(module, modules, params, grads, lr, lrs=None):
     idx = [i for i, g in enumerate(grads) if g is not None]
     if not idx:
         return module
@@ -124,7 +141,7 @@ def _apply_update(module, params, grads, lr, lrs=None):
         new = [p - r * g for p, g, r in zip(ps, gs, rates)]
     else:  # one multi-tensor launch for every parameter
         new = sgd_update(ps, gs, lr, None if lrs is None else rates)
-    return update_module(module, ps, new)
+    return update_module(module, ps, new, modules)
 
 
 class MAML(nn.Module):
@@ -154,9 +171,10 @@ class MAML(nn.Module):
         first_order = self.first_order if first_order is None else first_order
         allow_unused = self.allow_unused if allow_unused is None else allow_unused
         allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
-        params = _unique_parameters(self.module)
+        modules = _submodules(self.module)
+        params = _unique_parameters(self.module, modules)
         grads = _gradients(loss, params, not first_order, allow_unused, allow_nograd)
-        self.module = _apply_update(self.module, params, grads, self.lr)
+        self.module = _apply_update(self.module, modules, params, grads, self.lr)
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> "MAML":
@@ -192,12 +210,13 @@ class MetaSGD(nn.Module):
     def adapt(self, loss: torch.Tensor, first_order: bool | None = None) -> None:
         """θ ← θ − lrs⊙∇θ loss, differentiable with respect to θ and the rates."""
         first_order = self.first_order if first_order is None else first_order
-        params = _unique_parameters(self.module)
+        modules = _submodules(self.module)
+        params = _unique_parameters(self.module, modules)
         lrs = list(self.lrs)
         if len(lrs) != len(params):
             raise ValueError(f"MetaSGD: {len(lrs)} learning rates for {len(params)} parameters")
         grads = _gradients(loss, params, not first_order, False, False)
-        self.module = _apply_update(self.module, params, grads, 0.0, lrs)
+        self.module = _apply_update(self.module, modules, params, grads, 0.0, lrs)
 
     def clone(self) -> "MetaSGD":
         return MetaSGD(clone_module(self.module), lrs=[lr.clone() for lr in self.lrs], first_order=self.first_order)
