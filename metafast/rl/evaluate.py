@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from metafast import stats
 from metafast.rl.episodes import Episodes, expand_params, rollout
 from metafast.rl.maml_rl import inner_step, prepare
 
@@ -34,8 +35,7 @@ def adaptation_returns(env, policy, goals: torch.Tensor, steps: int = 3, traject
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and the half-width 1.96·std/√n of a normal 95% interval."""
-    v = values.double().flatten()
-    if v.numel() < 2:
-        return float(v.mean()), math.nan
-    return float(v.mean()), float(1.96 * v.std() / math.sqrt(v.numel()))
+    """(mean, half-width 1.96·std/√n of a normal 95% interval): metafast.stats.mean_ci95 as a pair,
+    NaN where it is undefined."""
+    s = stats.mean_ci95(values)
+    return (math.nan if s["mean"] is None else s["mean"]), (math.nan if s["ci95"] is None else s["ci95"])
