@@ -54,27 +54,14 @@ inline Loss parse_loss(const std::string& name) {
 inline MlpLayout make_mlp_layout(const std::vector<int64_t>& sizes) {
   MF_CHECK(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1, "metafast::mlp_adapt: sizes must list 2 to ",
            kMaxLayers + 1, " layer widths [d_in, ..., d_out], got ", sizes.size());
-  MlpLayout m;
-  m.num_layers = int(sizes.size()) - 1;
-  int64_t p = 0, a = 0;
   for (size_t l = 0; l < sizes.size(); ++l) {
     MF_CHECK(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l, " must be in [1, 65536], got ",
              sizes[l]);
     // The kernels index one layer's weights with 32-bit ints.
     MF_CHECK(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
              " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
-    m.sizes[l] = int(sizes[l]);
-    if (l == 0) continue;
-    m.weight_offset[l] = p;
-    p += sizes[l] * sizes[l - 1];
-    m.bias_offset[l] = p;
-    p += sizes[l];
-    m.act_offset[l] = a;
-    a += sizes[l];
   }
-  m.num_params = p;
-  m.act_width = a;
-  return m;
+  return mlp_layout(sizes.data(), int(sizes.size()));
 }
 
 inline void check_same(const Tensor& t, const Tensor& ref, const char* name) {

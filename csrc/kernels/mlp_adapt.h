@@ -33,6 +33,27 @@ struct MlpLayout {
   int64_t act_width = 0;                // D = d_1 + ... + d_L
 };
 
+// The layout of θ = [W1, b1, W2, b2, ...] and of the activation buffers for
+// widths sizes[0..n-1] (the host checks the widths before calling this).
+inline MlpLayout mlp_layout(const int64_t* sizes, int n) {
+  MlpLayout m;
+  m.num_layers = n - 1;
+  int64_t p = 0, a = 0;
+  for (int l = 0; l < n; ++l) {
+    m.sizes[l] = int(sizes[l]);
+    if (l == 0) continue;
+    m.weight_offset[l] = p;
+    p += sizes[l] * sizes[l - 1];
+    m.bias_offset[l] = p;
+    p += sizes[l];
+    m.act_offset[l] = a;
+    a += sizes[l];
+  }
+  m.num_params = p;
+  m.act_width = a;
+  return m;
+}
+
 // Per-task workspace (elements): gradient, Hessian-vector product and its
 // direction, six
 // activation buffers (z, h, δ and their tangents), per-example losses, and the

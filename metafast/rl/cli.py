@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from metafast._optional import require
+from metafast.devices import resolve_device
 from metafast.rl.envs import Navigation2D
 from metafast.rl.evaluate import adaptation_returns, mean_ci95
 from metafast.rl.maml_rl import MetaRL, MetaRLConfig
@@ -110,17 +111,10 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise CLIError(f"--device {name!r} is not a device (expected cpu, cuda, cuda:N or auto)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise CLIError(f"--device {name}: only cpu and cuda are supported")
-    return dev
+        return resolve_device(name)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _threads(n) -> None:

@@ -156,23 +156,9 @@ struct Case {
   Vec g_adapted, g_losses, g_qout, g_qloss;
 };
 
-MlpLayout make_layout(const std::vector<int>& sizes) {  // as make_mlp_layout in mlp_adapt_host.h
-  MlpLayout m;
-  m.num_layers = int(sizes.size()) - 1;
-  int64_t p = 0, a = 0;
-  for (size_t l = 0; l < sizes.size(); ++l) {
-    m.sizes[l] = sizes[l];
-    if (l == 0) continue;
-    m.weight_offset[l] = p;
-    p += int64_t(sizes[l]) * sizes[l - 1];
-    m.bias_offset[l] = p;
-    p += sizes[l];
-    m.act_offset[l] = a;
-    a += sizes[l];
-  }
-  m.num_params = p;
-  m.act_width = a;
-  return m;
+MlpLayout make_layout(const std::vector<int>& sizes) {  // the kernels' own layout function
+  const std::vector<int64_t> wide(sizes.begin(), sizes.end());
+  return mlp_layout(wide.data(), int(wide.size()));
 }
 
 struct Outputs {

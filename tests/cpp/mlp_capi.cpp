@@ -14,31 +14,12 @@ using namespace metafast;
 
 namespace {
 
-MlpLayout make_layout(const int64_t* sizes, int n) {  // as make_mlp_layout in mlp_adapt_host.h
-  MlpLayout m;
-  m.num_layers = n - 1;
-  int64_t p = 0, a = 0;
-  for (int l = 0; l < n; ++l) {
-    m.sizes[l] = int(sizes[l]);
-    if (l == 0) continue;
-    m.weight_offset[l] = p;
-    p += sizes[l] * sizes[l - 1];
-    m.bias_offset[l] = p;
-    p += sizes[l];
-    m.act_offset[l] = a;
-    a += sizes[l];
-  }
-  m.num_params = p;
-  m.act_width = a;
-  return m;
-}
-
 MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
                            int steps, double lr, const double* lrs, const double* x, const double* y_float,
                            const int64_t* y_class, const double* qx, const double* qy_float,
                            const int64_t* qy_class, std::vector<double>& workspace) {
   MlpProblem<double> p;
-  p.layout = make_layout(sizes, n);
+  p.layout = mlp_layout(sizes, n);
   p.act = Activation(act);
   p.loss = Loss(loss);
   p.tasks = tasks;
@@ -63,7 +44,7 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
 
 extern "C" {
 
-int mf_test_num_params(const int64_t* sizes, int n) { return int(make_layout(sizes, n).num_params); }
+int mf_test_num_params(const int64_t* sizes, int n) { return int(mlp_layout(sizes, n).num_params); }
 
 void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries, int steps,
                        double lr, const double* lrs, const double* init, const double* x, const double* y_float,
