@@ -87,10 +87,9 @@ def cuda_archs() -> list[tuple[int, int, bool]]:
     SASS for sm_80 and SASS + PTX for sm_90."""
     out = []
     for entry in (CONFIG.CUDA_ARCHS if CONFIG else "").split(","):
-        if not entry:
-            continue
-        digits, ptx = entry.split("-")[0], not entry.endswith("-real")
-        out.append((int(digits[:-1]), int(digits[-1]), ptx))
+        m = re.fullmatch(r"(\d+)(\d)[a-z]?(-real)?", entry)  # "90a-real": sm_90a SASS
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), m.group(3) is None))
     return out
 
 

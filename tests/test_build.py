@@ -103,6 +103,7 @@ def test_stable_abi_accepts_any_torch_at_or_above_the_target():
     ("80-real,90", (9, 0), True), ("80-real,90", (10, 0), True), ("80-real,90", (12, 0), True),
     ("80-real,90", (7, 5), False), ("80-real,90", (7, 0), False),
     ("80-real,90-real", (10, 0), False), ("86-real", (8, 0), False), ("75", (8, 0), True),
+    ("90a-real", (9, 0), True), ("100-real", (10, 0), True), ("100-real", (12, 0), False),
 ])
 def test_cuda_arch_rule(monkeypatch, archs, capability, runs):
     from metafast import _extension

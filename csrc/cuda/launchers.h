@@ -30,11 +30,10 @@ void launch_sgd_update(StorageType type, const SgdUpdateBatch& batch, int64_t ma
 
 // ---- mlp_adapt: one thread block per task --------------------------------
 // Shared-memory bytes per block for a task's workspace, or 0 when it does not
-// fit (then p.workspace must point to a global [T, W] buffer).
-size_t mlp_adapt_forward_shared_bytes(const MlpProblem<float>& p);
-size_t mlp_adapt_forward_shared_bytes(const MlpProblem<double>& p);
-size_t mlp_adapt_backward_shared_bytes(const MlpProblem<float>& p);
-size_t mlp_adapt_backward_shared_bytes(const MlpProblem<double>& p);
+// fit (then p.workspace must point to a global [T, W] buffer)
+// (`workspace_elems`: elements of T per task; instantiated for float and double.)
+template <typename T> size_t mlp_adapt_forward_shared_bytes(int64_t workspace_elems);
+template <typename T> size_t mlp_adapt_backward_shared_bytes(int64_t workspace_elems);
 void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, size_t shared_bytes, cudaStream_t stream);
 void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, size_t shared_bytes, cudaStream_t stream);
 void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, size_t shared_bytes, cudaStream_t stream);

@@ -10,18 +10,18 @@
 namespace metafast {
 namespace {
 
+// The per-task workspace lives in shared memory when it fits; the global
+// buffer is allocated only when it does not.
 template <typename T, typename Call>
 void launch_forward(Call& f, double lr, const Tensor& params, cudaStream_t stream) {
-  Tensor none = task_workspace(f.c, params, false);
-  const size_t smem = mlp_adapt_forward_shared_bytes(f.template args<T>(lr, none).p);
-  Tensor workspace = task_workspace(f.c, params, smem == 0);  // global scratch only when shared memory is too small
+  const size_t smem = mlp_adapt_forward_shared_bytes<T>(f.c.workspace_per_task());
+  Tensor workspace = task_workspace(f.c, params, smem == 0);
   launch_mlp_adapt_forward(f.template args<T>(lr, workspace), smem, stream);
 }
 
 template <typename T, typename Call>
 void launch_backward(Call& b, double lr, const Tensor& params, cudaStream_t stream) {
-  Tensor none = task_workspace(b.c, params, false);
-  const size_t smem = mlp_adapt_backward_shared_bytes(b.template args<T>(lr, none).p);
+  const size_t smem = mlp_adapt_backward_shared_bytes<T>(b.c.workspace_per_task());
   Tensor workspace = task_workspace(b.c, params, smem == 0);
   launch_mlp_adapt_backward(b.template args<T>(lr, workspace), smem, stream);
 }

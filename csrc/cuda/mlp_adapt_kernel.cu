@@ -4,8 +4,6 @@
 // all inner steps; no host synchronisation inside. A task's scratch (gradient,
 // HVP, activations) lives in shared memory when it fits (the sinusoid MLP in
 // float32 needs 40 KB), else in a global buffer.
-#include <type_traits>
-
 #include "cuda/launchers.h"
 #include "kernels/mlp_adapt.h"
 
@@ -62,23 +60,21 @@ void launch(Kernel kernel, const Args& a, size_t smem, cudaStream_t s, const cha
   check_launch(what, "kernel launch failed");
 }
 
-template <typename T>
-size_t workspace_bytes(const MlpProblem<T>& p) { return size_t(p.workspace_stride) * sizeof(T); }
-
 }  // namespace
 
-size_t mlp_adapt_forward_shared_bytes(const MlpProblem<float>& p) {
-  return shared_bytes_for(mlp_adapt_forward_kernel<float>, workspace_bytes(p), "metafast::mlp_adapt");
+template <typename T>
+size_t mlp_adapt_forward_shared_bytes(int64_t workspace_elems) {
+  return shared_bytes_for(mlp_adapt_forward_kernel<T>, size_t(workspace_elems) * sizeof(T), "metafast::mlp_adapt");
 }
-size_t mlp_adapt_forward_shared_bytes(const MlpProblem<double>& p) {
-  return shared_bytes_for(mlp_adapt_forward_kernel<double>, workspace_bytes(p), "metafast::mlp_adapt");
+template <typename T>
+size_t mlp_adapt_backward_shared_bytes(int64_t workspace_elems) {
+  return shared_bytes_for(mlp_adapt_backward_kernel<T>, size_t(workspace_elems) * sizeof(T),
+                          "metafast::mlp_adapt_backward");
 }
-size_t mlp_adapt_backward_shared_bytes(const MlpProblem<float>& p) {
-  return shared_bytes_for(mlp_adapt_backward_kernel<float>, workspace_bytes(p), "metafast::mlp_adapt_backward");
-}
-size_t mlp_adapt_backward_shared_bytes(const MlpProblem<double>& p) {
-  return shared_bytes_for(mlp_adapt_backward_kernel<double>, workspace_bytes(p), "metafast::mlp_adapt_backward");
-}
+template size_t mlp_adapt_forward_shared_bytes<float>(int64_t);
+template size_t mlp_adapt_forward_shared_bytes<double>(int64_t);
+template size_t mlp_adapt_backward_shared_bytes<float>(int64_t);
+template size_t mlp_adapt_backward_shared_bytes<double>(int64_t);
 
 void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, size_t smem, cudaStream_t s) {
   launch(mlp_adapt_forward_kernel<float>, a, smem, s, "metafast::mlp_adapt");

@@ -19,6 +19,15 @@ from metafast.ops._dispatch import kernel_available
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _require_tensors(params, grads, lrs) -> None:
+    """A Python-level mistake (None, a number) gets a TypeError naming the entry, before dispatch."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        named = [("param", p), ("grad", g)] + ([("lr", lrs[i])] if lrs is not None and i < len(lrs) else [])
+        for name, t in named:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"metafast::sgd_update: entry {i}: {name} is a {type(t).__name__}, expected a tensor")
+
+
 def check_sgd_update_args(params, grads, lr, lrs) -> list[torch.Size]:
     """The checks of csrc/sgd_update_host.h, for the fake kernel and the
     pure-PyTorch fallback; returns the output shapes."""
@@ -29,13 +38,11 @@ def check_sgd_update_args(params, grads, lr, lrs) -> list[torch.Size]:
                                                             f"{len(lrs)} lrs")
     else:
         torch._check_value(math.isfinite(lr), lambda: f"metafast::sgd_update: lr must be finite, got {lr}")
+    _require_tensors(params, grads, lrs)
     shapes = []
     for i, (p, g) in enumerate(zip(params, grads)):
         r = None if lrs is None else lrs[i]
         operands = [("param", p), ("grad", g)] + ([("lr", r)] if lrs is not None else [])
-        for name, t in operands:
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"metafast::sgd_update: entry {i}: {name} is a {type(t).__name__}, expected a tensor")
         torch._check_value(p.dtype in SUPPORTED_DTYPES, lambda: f"metafast::sgd_update: entry {i} must be float32, "
                                                                 f"float64, float16 or bfloat16, got {p.dtype}")
         for _, t in operands[1:]:
@@ -97,9 +104,10 @@ def sgd_update(
             return _torch_sgd_update(params, grads, lr, None)
         lr = float(lr.detach())
     lr = float(lr)
+    _require_tensors(params, grads, lrs)
+    if use_kernel is not False and params and kernel_available(params[0].device):
+        return list(torch.ops.metafast.sgd_update(params, grads, lr, lrs))  # checked by the C++ host code
     check_sgd_update_args(params, grads, lr, lrs)
-    if use_kernel is not False and kernel_available(params[0].device):
-        return list(torch.ops.metafast.sgd_update(params, grads, lr, lrs))
     return _torch_sgd_update(params, grads, lr, lrs)
 
 
