@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 from collections import OrderedDict
-import copy
-import math
 import os
 import sys
 import time

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections import OrderedDict
 from typing import Sequence
 
 import torch
