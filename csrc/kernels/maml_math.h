@@ -14,6 +14,14 @@ enum class Loss : int { MSE = 0, CrossEntropy = 1 };
 template <typename T>
 MF_HD T sgd_step(T theta, T lr, T grad) { return theta - lr * grad; }
 
+// acc + Σ_i a_i·b_i (a vectorized reduction on the host: SIMD partial sums).
+template <typename T>
+MF_HD T dot_add(T acc, const T* a, const T* b, int n) {
+  MF_SIMD_SUM(acc)
+  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
 // --- activations -----------------------------------------------------------
 // NaN propagates exactly as in PyTorch (float64 eager), so that a NaN weight
 // or input is never turned into a finite loss:
@@ -24,12 +32,12 @@ MF_HD T sgd_step(T theta, T lr, T grad) { return theta - lr * grad; }
 //   tanh backward = g·(1 − h²)         (tanh_backward: NaN in h or g -> NaN)
 template <typename T>
 MF_HD T activate(Activation a, T z) {
-  return a == Activation::ReLU ? (z < T(0) ? T(0) : z) : mf_tanh(z);
+  return a == Activation::ReLU ? mf_select(z < T(0), T(0), z) : mf_tanh(z);
 }
 // g·σ'(z), written in terms of h = σ(z) as PyTorch's relu/tanh backward are.
 template <typename T>
 MF_HD T activation_backward(Activation a, T h, T g) {
-  return a == Activation::ReLU ? (h <= T(0) ? T(0) : g) : g * (T(1) - h * h);
+  return a == Activation::ReLU ? mf_select(h <= T(0), T(0), g) : g * (T(1) - h * h);
 }
 // Directional derivative of activation_backward(h(z), g) along (ż, ġ):
 // σ'(z)·ġ + σ''(z)·ż·g. For ReLU σ'' is zero and, as in PyTorch's double
@@ -37,7 +45,7 @@ MF_HD T activation_backward(Activation a, T h, T g) {
 // is formed at all; tanh: σ'' = −2h(1 − h²).
 template <typename T>
 MF_HD T activation_backward_tangent(Activation a, T h, T z_dot, T g, T g_dot) {
-  if (a == Activation::ReLU) return h <= T(0) ? T(0) : g_dot;
+  if (a == Activation::ReLU) return mf_select(h <= T(0), T(0), g_dot);
   const T d1 = T(1) - h * h;
   return d1 * g_dot + T(-2) * h * d1 * z_dot * g;
 }
@@ -64,7 +72,9 @@ MF_HD void mse_grad_tangent(const T* y_dot, int n, T scale, T* dy_dot) {
 
 // A class label the n logits can be indexed with. The host checks labels
 // where that costs no device sync; the kernels never index with a bad one:
-// its example gets a NaN loss and NaN gradients instead.
+// its example gets a NaN loss and NaN gradients instead. (Logits are selected
+// with label_is, never indexed, so a pack of tasks with different labels
+// runs the same code.)
 MF_HD bool valid_label(int64_t label, int n) { return label >= 0 && label < int64_t(n); }
 
 // logsumexp(y), NaN if any y_c is NaN (a plain `y > m ? y : m` max would skip
@@ -72,7 +82,7 @@ MF_HD bool valid_label(int64_t label, int n) { return label >= 0 && label < int6
 template <typename T>
 MF_HD T log_sum_exp(const T* y, int n) {
   T m = y[0];
-  for (int c = 1; c < n; ++c) m = (y[c] > m || mf_isnan(y[c])) ? y[c] : m;
+  for (int c = 1; c < n; ++c) m = mf_select(mf_or(y[c] > m, mf_isnan(y[c])), y[c], m);
   T z = T(0);
   for (int c = 0; c < n; ++c) z += mf_exp(y[c] - m);
   return m + mf_log(z);
@@ -80,29 +90,36 @@ MF_HD T log_sum_exp(const T* y, int n) {
 
 // Softmax cross-entropy: returns (logsumexp(y) − y_label)·scale and writes
 // dL/dy = (softmax(y) − onehot(label))·scale; NaN for a label outside [0, n).
-template <typename T>
-MF_HD T cross_entropy_loss_grad(const T* y, int64_t label, int n, T scale, T* dy) {
-  if (!valid_label(label, n)) {
+template <typename T, typename Label>
+MF_HD T cross_entropy_loss_grad(const T* y, Label label, int n, T scale, T* dy) {
+  const auto valid = valid_label(label, n);
+  if (!mf_any(valid)) {
     for (int c = 0; c < n; ++c) dy[c] = mf_nan<T>();
     return mf_nan<T>();
   }
   const T lse = log_sum_exp(y, n);
-  for (int c = 0; c < n; ++c)
-    dy[c] = (mf_exp(y[c] - lse) - (c == label ? T(1) : T(0))) * scale;
-  return (lse - y[label]) * scale;
+  T y_label = T(0);
+  for (int c = 0; c < n; ++c) {
+    const auto is = label_is(label, c);
+    dy[c] = mf_select(valid, (mf_exp(y[c] - lse) - mf_select(is, T(1), T(0))) * scale, mf_nan<T>());
+    y_label = mf_select(is, y[c], y_label);
+  }
+  return mf_select(valid, (lse - y_label) * scale, mf_nan<T>());
 }
 // Directional derivative of the cross-entropy gradient along ẏ:
 // (diag(p) − p pᵀ)·ẏ·scale with p = softmax(y); NaN for a label outside [0, n).
-template <typename T>
-MF_HD void cross_entropy_grad_tangent(const T* y, const T* y_dot, int64_t label, int n, T scale, T* dy_dot) {
-  if (!valid_label(label, n)) {
+template <typename T, typename Label>
+MF_HD void cross_entropy_grad_tangent(const T* y, const T* y_dot, Label label, int n, T scale, T* dy_dot) {
+  const auto valid = valid_label(label, n);
+  if (!mf_any(valid)) {
     for (int c = 0; c < n; ++c) dy_dot[c] = mf_nan<T>();
     return;
   }
   const T lse = log_sum_exp(y, n);
   T p_dot_ydot = T(0);
   for (int c = 0; c < n; ++c) p_dot_ydot += mf_exp(y[c] - lse) * y_dot[c];
-  for (int c = 0; c < n; ++c) dy_dot[c] = mf_exp(y[c] - lse) * (y_dot[c] - p_dot_ydot) * scale;
+  for (int c = 0; c < n; ++c)
+    dy_dot[c] = mf_select(valid, mf_exp(y[c] - lse) * (y_dot[c] - p_dot_ydot) * scale, mf_nan<T>());
 }
 
 }  // namespace metafast

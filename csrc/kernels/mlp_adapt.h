@@ -66,7 +66,7 @@ template <typename T>
 struct MlpTaskData {
   const T* x;           // [K, d_0]
   const T* y_float;     // [K, d_L] (MSE) or nullptr
-  const int64_t* y_class;  // [K] (cross-entropy) or nullptr
+  const label_t<T>* y_class;  // [K] (cross-entropy) or nullptr
   int shots;            // K
 };
 
@@ -253,23 +253,15 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       const int k = int(idx) / dout, j = int(idx) % dout;  // idx < K·dout < 2^31
       const T* w_row = W + int64_t(j) * din;
       const T* x_row = in + int64_t(k) * din;
-      T acc = b[j];
-      MF_SIMD_SUM(acc)
-      for (int i = 0; i < din; ++i) acc += w_row[i] * x_row[i];
+      const T acc = dot_add(b[j], w_row, x_row, din);
       const int64_t o = (int64_t(K) * m.act_offset[l]) + idx;
       ws.z[o] = acc;
       const T h = l < L ? activate(act, acc) : acc;
       ws.h[o] = h;
       if (dir) {  // ż = u_b + u_W·in + W·ḣ_in ; ḣ = σ'(z)·ż
         const int64_t uw = m.weight_offset[l] + int64_t(j) * din;
-        T t = dir[m.bias_offset[l] + j];
-        MF_SIMD_SUM(t)
-        for (int i = 0; i < din; ++i) t += dir[uw + i] * x_row[i];
-        if (in_dot) {
-          const T* xd_row = in_dot + int64_t(k) * din;
-          MF_SIMD_SUM(t)
-          for (int i = 0; i < din; ++i) t += w_row[i] * xd_row[i];
-        }
+        T t = dot_add(dir[m.bias_offset[l] + j], dir + uw, x_row, din);
+        if (in_dot) t = dot_add(t, w_row, in_dot + int64_t(k) * din, din);
         ws.z_dot[o] = t;
         ws.h_dot[o] = l < L ? activation_backward(act, h, t) : t;
       }
@@ -293,7 +285,7 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
       ws.point_loss[k] = cross_entropy_loss_grad(y, d.y_class[k], dL, scale, dy);
       if (dir) cross_entropy_grad_tangent(y, y_dot, d.y_class[k], dL, scale, dy_dot);
     }
-    if (extra_dy || loss_scale != T(1) || !loss_term)
+    if (extra_dy || mf_any(loss_scale != T(1)) || !loss_term)
       for (int c = 0; c < dL; ++c)
         dy[c] = (loss_term ? loss_scale * dy[c] : T(0)) + (extra_dy ? extra_dy[k * dL + c] : T(0));
   }
@@ -333,10 +325,10 @@ struct MlpProblem {
   const T* lrs;                      // [P] per-parameter rates (Meta-SGD), or nullptr: lr
   const T* x;                        // [T, K, d_0]
   const T* y_float;                  // [T, K, d_L] (MSE) or nullptr
-  const int64_t* y_class;            // [T, K] (cross-entropy) or nullptr
+  const label_t<T>* y_class;         // [T, K] (cross-entropy) or nullptr
   const T* qx;                       // [T, Q, d_0] or nullptr
   const T* qy_float;
-  const int64_t* qy_class;
+  const label_t<T>* qy_class;
   T* workspace;                      // [T, W] global scratch
   int64_t workspace_stride;          // W = mlp_workspace_size(layout, rows())
 
@@ -346,7 +338,7 @@ struct MlpProblem {
     const int n = query ? queries : shots;
     const T* xs = query ? qx : x;
     const T* yf = query ? qy_float : y_float;
-    const int64_t* yc = query ? qy_class : y_class;
+    const label_t<T>* yc = query ? qy_class : y_class;
     MlpTaskData<T> d;
     d.shots = n;
     d.x = xs + int64_t(task) * n * layout.sizes[0];

@@ -52,6 +52,23 @@ MF_HD double mf_tanh(double x) { return tanh(x); }
 template <typename T>
 MF_HD T mf_nan() { return T(__builtin_nan("")); }
 template <typename T>
-MF_HD bool mf_isnan(T x) { return x != x; }
+MF_HD auto mf_isnan(T x) { return x != x; }  // bool, or a lane mask for a TaskPack
+
+// Data-dependent choices, written lane-wise so that the same math runs on a
+// scalar (one task) and on a TaskPack (one task per SIMD lane, task_pack.h,
+// which overloads these for its masks).
+template <typename T>
+MF_HD T mf_select(bool c, T a, T b) { return c ? a : b; }
+MF_HD bool mf_any(bool c) { return c; }
+MF_HD bool mf_or(bool a, bool b) { return a || b; }
+
+// The type of a class label: one int64 per task (a pack of them for a TaskPack).
+template <typename T>
+struct LabelType {
+  using type = int64_t;
+};
+template <typename T>
+using label_t = typename LabelType<T>::type;
+MF_HD bool label_is(int64_t label, int64_t c) { return label == c; }
 
 }  // namespace metafast

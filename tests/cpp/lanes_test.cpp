@@ -49,6 +49,7 @@
 #endif
 
 #include "kernels/mlp_adapt.h"
+#include "kernels/task_pack.h"
 
 using namespace metafast;
 
@@ -202,7 +203,31 @@ struct Runner {
     return p;
   }
 
-  // lanes == 0: SerialLanes (the CPU kernel); else that many threads.
+  // Tasks in packs of W (the CPU kernel's decomposition, kernels/task_pack.h),
+  // with the pack scratch filled with NaN (all-ones bytes).
+  template <int W>
+  static void run_packed_forward(const MlpAdaptForwardArgs<double>& f) {
+    using Packed = PackedMlpAdapt<double, W>;
+    std::vector<TaskPack<double, W>> scratch(Packed::forward_scratch_bytes(f) / sizeof(TaskPack<double, W>) + 1);
+    for (int64_t first = 0; first < f.p.tasks; first += W) {
+      std::memset(scratch.data(), 0xff, scratch.size() * sizeof(scratch[0]));
+      Packed::forward(f, first, int(std::min<int64_t>(W, f.p.tasks - first)),
+                      reinterpret_cast<unsigned char*>(scratch.data()));
+    }
+  }
+  template <int W>
+  static void run_packed_backward(const MlpAdaptBackwardArgs<double>& b) {
+    using Packed = PackedMlpAdapt<double, W>;
+    std::vector<TaskPack<double, W>> scratch(Packed::backward_scratch_bytes(b) / sizeof(TaskPack<double, W>) + 1);
+    for (int64_t first = 0; first < b.p.tasks; first += W) {
+      std::memset(scratch.data(), 0xff, scratch.size() * sizeof(scratch[0]));
+      Packed::backward(b, first, int(std::min<int64_t>(W, b.p.tasks - first)),
+                       reinterpret_cast<unsigned char*>(scratch.data()));
+    }
+  }
+
+  // lanes == 0: SerialLanes (the CPU kernel's per-task path); lanes < 0:
+  // task packs of -lanes tasks (kPackWidths); else that many threads.
   // The backward runs from `fwd` (the serial forward's saved outputs), so
   // that it is compared on identical inputs.
   Outputs run(int lanes, const Outputs* fwd, long drop_sync = 0) const {
@@ -225,6 +250,10 @@ struct Runner {
     f.trajectory = o.trajectory.data();
     if (lanes == 0) {
       for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(SerialLanes{}, f, t, ws.data() + t * stride);
+    } else if (lanes == -2) {
+      run_packed_forward<2>(f);
+    } else if (lanes == -8) {
+      run_packed_forward<8>(f);
     } else {
       o.forward_syncs = run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) {
         for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(L, f, t, ws.data() + t * stride);
@@ -251,6 +280,10 @@ struct Runner {
     b.grad_qx = c.want_grad_qx ? o.grad_qx.data() : nullptr;
     if (lanes == 0) {
       for (int t = 0; t < T; ++t) mlp_adapt_backward_task<double>(SerialLanes{}, b, t, ws.data() + t * stride);
+    } else if (lanes == -2) {
+      run_packed_backward<2>(b);
+    } else if (lanes == -8) {
+      run_packed_backward<8>(b);
     } else {
       // A drop past the forward's syncs lands in the backward.
       const long drop = drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0;
@@ -631,7 +664,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < cases; ++i) {
     Case c = random_case(uint64_t(i) * 7919 + 1);
     c.name = " case " + std::to_string(i);
-    std::vector<int> lanes = {1, 3};
+    std::vector<int> lanes = {1, 3, -2, -8};
     if (i % 3 == 0) lanes.push_back(32);
     if (i % (quick ? 10 : 8) == 0) lanes.push_back(256);
     check_case(c, lanes, true, rep);
@@ -641,16 +674,17 @@ int main(int argc, char** argv) {
   for (int i = 0; i < nan_cases; ++i) {
     Case c = with_random_nan(random_case(uint64_t(i) * 104729 + 5), uint64_t(i) + 99);
     c.name += " nan-case " + std::to_string(i);
-    std::vector<int> lanes = {1, 3};
+    std::vector<int> lanes = {1, 3, -2, -8};
     if (i % 3 == 0) lanes.push_back(32);
     if (i % 8 == 0) lanes.push_back(256);
     check_case(c, lanes, false, rep);
   }
-  check_nan_semantics(rep, quick ? std::vector<int>{3} : std::vector<int>{1, 3, 32});
+  check_nan_semantics(rep, quick ? std::vector<int>{3, -2} : std::vector<int>{1, 3, 32, -2, -8});
 
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("whole runs compared with the serial run:");
-  for (const auto& [n, count] : rep.runs) std::printf(" %d with N=%d;", count, n);
+  for (const auto& [n, count] : rep.runs)
+    n < 0 ? std::printf(" %d in task packs of %d;", count, -n) : std::printf(" %d with N=%d;", count, n);
   std::printf("\n");
   std::printf("worst relative error %.3g; %ld of %ld compared arrays not bit-identical to the serial run\n",
               rep.worst, rep.differing, rep.compared);
