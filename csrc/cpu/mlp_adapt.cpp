@@ -20,44 +20,90 @@
 namespace metafast {
 namespace {
 
-// The per-task loops are compiled for several x86 levels (SSE2, AVX2+FMA,
-// AVX-512) and the best one the CPU supports is picked at load time; flatten
-// inlines the whole shared algorithm into each clone.
+// The loops over tasks and packs, compiled for three x86 levels (a struct
+// each); flatten inlines the whole shared algorithm into each loop, so all of
+// it gets that level's ISA. A pack is one vector register of tasks there.
+#define MF_DEFINE_KERNELS(NAME, ISA_ATTRIBUTES, PACK_BYTES)                                                   \
+  struct NAME {                                                                                              \
+    template <typename T>                                                                                    \
+    using Packed = PackedMlpAdapt<T, int(PACK_BYTES / sizeof(T))>;                                           \
+    template <typename T>                                                                                    \
+    static constexpr int pack() { return int(PACK_BYTES / sizeof(T)); }                                      \
+    template <typename T>                                                                                    \
+    ISA_ATTRIBUTES static void forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {  \
+      for (int64_t t = begin; t < end; ++t)                                                                  \
+        mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);       \
+    }                                                                                                        \
+    template <typename T>                                                                                    \
+    ISA_ATTRIBUTES static void backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) {\
+      for (int64_t t = begin; t < end; ++t)                                                                  \
+        mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);      \
+    }                                                                                                        \
+    template <typename T>                                                                                    \
+    ISA_ATTRIBUTES static void forward_packs(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end,    \
+                                             unsigned char* scratch) {                                       \
+      for (int64_t g = begin; g < end; ++g) Packed<T>::forward(a, g * pack<T>(), pack_size<T>(a.p, g), scratch); \
+    }                                                                                                        \
+    template <typename T>                                                                                    \
+    ISA_ATTRIBUTES static void backward_packs(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end,  \
+                                              unsigned char* scratch) {                                      \
+      for (int64_t g = begin; g < end; ++g) Packed<T>::backward(a, g * pack<T>(), pack_size<T>(a.p, g), scratch); \
+    }                                                                                                        \
+    template <typename T>                                                                                    \
+    static int pack_size(const MlpProblem<T>& p, int64_t g) {                                                \
+      return int(std::min<int64_t>(pack<T>(), p.tasks - g * pack<T>()));                                     \
+    }                                                                                                        \
+  };
+
+// (Not target_clones("arch=haswell", ...): GCC dispatches those on the CPU
+// *model*, so any other CPU, newer ones included, ran the SSE2 copy.)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MF_CPU_CLONES __attribute__((flatten, target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+#define MF_HAS_ISA_LEVELS 1
+MF_DEFINE_KERNELS(BaselineKernels, __attribute__((flatten)), 16)
+MF_DEFINE_KERNELS(Avx2Kernels, __attribute__((flatten, target("avx2,fma"))), 32)
+MF_DEFINE_KERNELS(Avx512Kernels, __attribute__((flatten, target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))), 64)
 #else
-#define MF_CPU_CLONES
+#define MF_HAS_ISA_LEVELS 0
+MF_DEFINE_KERNELS(BaselineKernels, , 16)
 #endif
+#undef MF_DEFINE_KERNELS
 
-#define MF_DEFINE_TASK_RUNNERS(T)                                                                       \
-  MF_CPU_CLONES void run_forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {   \
-    for (int64_t t = begin; t < end; ++t)                                                               \
-      mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);    \
-  }                                                                                                     \
-  MF_CPU_CLONES void run_backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) { \
-    for (int64_t t = begin; t < end; ++t)                                                               \
-      mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);   \
-  }                                                                                                     \
-  MF_CPU_CLONES void run_forward_packs(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end,     \
-                                       unsigned char* scratch) {                                        \
-    using Packed = PackedMlpAdapt<T, kPackBytes / sizeof(T)>;                                           \
-    for (int64_t g = begin; g < end; ++g) Packed::forward(a, g * kPack<T>, pack_size<T>(a.p, g), scratch); \
-  }                                                                                                     \
-  MF_CPU_CLONES void run_backward_packs(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end,   \
-                                        unsigned char* scratch) {                                       \
-    using Packed = PackedMlpAdapt<T, kPackBytes / sizeof(T)>;                                           \
-    for (int64_t g = begin; g < end; ++g) Packed::backward(a, g * kPack<T>, pack_size<T>(a.p, g), scratch); \
+enum class Isa { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+
+// The best level this CPU supports, lowered by METAFAST_CPU_ISA=baseline|avx2
+// (to test or time the other copies).
+Isa cpu_isa() {
+#if MF_HAS_ISA_LEVELS
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    Isa best = Isa::Baseline;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
+    if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+      best = Isa::Avx512;
+    const char* want = std::getenv("METAFAST_CPU_ISA");
+    if (want && !std::strcmp(want, "baseline")) return Isa::Baseline;
+    if (want && !std::strcmp(want, "avx2") && best != Isa::Baseline) return Isa::Avx2;
+    return best;
+  }();
+  return isa;
+#else
+  return Isa::Baseline;
+#endif
+}
+
+// f(Kernels{}) with the kernels of this CPU's level.
+template <typename F>
+void with_cpu_kernels(F&& f) {
+#if MF_HAS_ISA_LEVELS
+  switch (cpu_isa()) {
+    case Isa::Avx512: return f(Avx512Kernels{});
+    case Isa::Avx2: return f(Avx2Kernels{});
+    default: break;
   }
-
-// One AVX-512 register of tasks (two AVX2 or four SSE registers elsewhere).
-constexpr size_t kPackBytes = 64;
-template <typename T>
-constexpr int kPack = int(kPackBytes / sizeof(T));
-template <typename T>
-int pack_size(const MlpProblem<T>& p, int64_t g) { return int(std::min<int64_t>(kPack<T>, p.tasks - g * kPack<T>)); }
-
-MF_DEFINE_TASK_RUNNERS(float)
-MF_DEFINE_TASK_RUNNERS(double)
+#endif
+  f(BaselineKernels{});
+}
 
 // A pack's scratch larger than this (about a core's L2) runs per task instead:
 // the per-task loops then stream far less memory.
@@ -86,33 +132,41 @@ template <typename T, typename Call>
 void run_forward(Call& f, double lr, const Tensor& params) {
   Tensor workspace = task_workspace(f.c, params, false);
   MlpAdaptForwardArgs<T> a = f.template args<T>(lr, workspace);
-  const size_t bytes = PackedMlpAdapt<T, kPack<T>>::forward_scratch_bytes(a);
-  if (use_task_packs(bytes)) {
-    torch::stable::parallel_for(0, PackedMlpAdapt<T, kPack<T>>::num_packs(a.p.tasks), 1, [&](int64_t b, int64_t e) {
-      PackScratch scratch(bytes);
-      run_forward_packs(a, b, e, scratch.data);
-    });
-  } else {
-    workspace = task_workspace(f.c, params, true);
-    a.p.workspace = workspace.mutable_data_ptr<T>();
-    torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { run_forward_tasks(a, b, e); });
-  }
+  with_cpu_kernels([&](auto kernels) {
+    using K = decltype(kernels);
+    const size_t bytes = K::template Packed<T>::forward_scratch_bytes(a);
+    if (use_task_packs(bytes)) {
+      const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
+      torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
+        PackScratch scratch(bytes);
+        K::forward_packs(a, b, e, scratch.data);
+      });
+    } else {
+      workspace = task_workspace(f.c, params, true);
+      a.p.workspace = workspace.mutable_data_ptr<T>();
+      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::forward_tasks(a, b, e); });
+    }
+  });
 }
 template <typename T, typename Call>
 void run_backward(Call& c, double lr, const Tensor& params) {
   Tensor workspace = task_workspace(c.c, params, false);
   MlpAdaptBackwardArgs<T> a = c.template args<T>(lr, workspace);
-  const size_t bytes = PackedMlpAdapt<T, kPack<T>>::backward_scratch_bytes(a);
-  if (use_task_packs(bytes)) {
-    torch::stable::parallel_for(0, PackedMlpAdapt<T, kPack<T>>::num_packs(a.p.tasks), 1, [&](int64_t b, int64_t e) {
-      PackScratch scratch(bytes);
-      run_backward_packs(a, b, e, scratch.data);
-    });
-  } else {
-    workspace = task_workspace(c.c, params, true);
-    a.p.workspace = workspace.mutable_data_ptr<T>();
-    torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { run_backward_tasks(a, b, e); });
-  }
+  with_cpu_kernels([&](auto kernels) {
+    using K = decltype(kernels);
+    const size_t bytes = K::template Packed<T>::backward_scratch_bytes(a);
+    if (use_task_packs(bytes)) {
+      const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
+      torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
+        PackScratch scratch(bytes);
+        K::backward_packs(a, b, e, scratch.data);
+      });
+    } else {
+      workspace = task_workspace(c.c, params, true);
+      a.p.workspace = workspace.mutable_data_ptr<T>();
+      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::backward_tasks(a, b, e); });
+    }
+  });
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cpu(

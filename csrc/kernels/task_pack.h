@@ -71,10 +71,20 @@ struct TaskPack {
   TaskPack& operator+=(TaskPack b) { v += b.v; return *this; }
   TaskPack& operator-=(TaskPack b) { v -= b.v; return *this; }
   TaskPack& operator*=(TaskPack b) { v *= b.v; return *this; }
-  friend Mask operator<(TaskPack a, TaskPack b) { return Mask{a.v < b.v}; }
-  friend Mask operator<=(TaskPack a, TaskPack b) { return Mask{a.v <= b.v}; }
-  friend Mask operator>(TaskPack a, TaskPack b) { return Mask{a.v > b.v}; }
-  friend Mask operator!=(TaskPack a, TaskPack b) { return Mask{a.v != b.v}; }  // NaN != NaN: true
+  // Comparisons lane by lane (the compiler vectorizes them): GCC 12 crashes
+  // (ICE in do_store_flag) on a vector `a.v <= b.v` kept as a mask under AVX-512.
+  template <typename Cmp>
+  static Mask compare(TaskPack a, TaskPack b, Cmp cmp) {
+    Mask m;
+    for (int i = 0; i < W; ++i) m.m[i] = cmp(a.v[i], b.v[i]) ? -1 : 0;
+    return m;
+  }
+  friend Mask operator<(TaskPack a, TaskPack b) { return compare(a, b, [](S x, S y) { return x < y; }); }
+  friend Mask operator<=(TaskPack a, TaskPack b) { return compare(a, b, [](S x, S y) { return x <= y; }); }
+  friend Mask operator>(TaskPack a, TaskPack b) { return compare(a, b, [](S x, S y) { return x > y; }); }
+  friend Mask operator!=(TaskPack a, TaskPack b) {  // NaN != NaN: true
+    return compare(a, b, [](S x, S y) { return x != y; });
+  }
 };
 
 // One int64 class label per lane.
@@ -134,6 +144,20 @@ MF_PACK_UNARY(mf_exp)
 MF_PACK_UNARY(mf_log)
 MF_PACK_UNARY(mf_tanh)
 #undef MF_PACK_UNARY
+
+// The lanes a pack runs with: one, taking the GPU's decomposition of each
+// layer's backward (parallel_backward_layer: one output at a time, summed
+// over the examples in a register) rather than SerialLanes' row-by-row outer
+// products, which load and store every gradient element once per example.
+// For a pack that register is a full vector and nothing is stored until the
+// sum is done.
+struct PackLanes {
+  static constexpr bool kSerial = false;
+  int lane() const { return 0; }
+  int count() const { return 1; }
+  void sync() const {}
+  bool leader() const { return true; }
+};
 
 // ---------------------------------------------------------------------------
 // Gather / scatter between task-major arrays [T, len] and a pack [len] of W
@@ -246,7 +270,7 @@ struct PackedMlpAdapt {
     b.trajectory = sc.take<Pack>(S_ * P);
     if (!scratch) return sc.used;
     broadcast_pack(init, a.init, P);
-    mlp_adapt_forward_task<Pack>(SerialLanes{}, b, 0, b.p.workspace);
+    mlp_adapt_forward_task<Pack>(PackLanes{}, b, 0, b.p.workspace);
     scatter_pack(a.adapted, b.adapted, P, first, n);
     scatter_pack(a.losses, b.losses, S_, first, n);
     if (Q) {
@@ -289,7 +313,7 @@ struct PackedMlpAdapt {
     if (g_qloss) gather_pack(g_qloss, a.grad_query_losses, 1, first, n);
     if (adapted) gather_pack(adapted, a.adapted, P, first, n);
     gather_pack(trajectory, a.trajectory, S_ * P, first, n);
-    mlp_adapt_backward_task<Pack>(SerialLanes{}, b, 0, b.p.workspace);
+    mlp_adapt_backward_task<Pack>(PackLanes{}, b, 0, b.p.workspace);
     scatter_pack(a.grad_init, b.grad_init, P, first, n);
     if (a.grad_lrs) scatter_pack(a.grad_lrs, b.grad_lrs, P, first, n);
     if (a.grad_x) scatter_pack(a.grad_x, b.grad_x, K * d0, first, n);
