@@ -108,17 +108,13 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   for (int64_t idx = lanes.lane(); idx < int64_t(dout) * din; idx += lanes.count()) {
     const int j = int(idx) / din, i = int(idx) % din;  // idx < dout·din < 2^31: int(idx) is exact
-    T g = T(0), gd = T(0);
-    for (int k = 0; k < K; ++k) {
-      const T in_ki = in[int64_t(k) * din + i];
-      g += dz[int64_t(k) * dout + j] * in_ki;
-      if (dir) {
-        gd += dz_dot[int64_t(k) * dout + j] * in_ki;
-        if (in_dot) gd += dz[int64_t(k) * dout + j] * in_dot[int64_t(k) * din + i];
-      }
+    // Sums over the K examples: column j of δ (stride dout) against column i of the input (stride din).
+    ws.grad[m.weight_offset[l] + idx] = strided_dot_add(T(0), dz + j, dout, in + i, din, K);
+    if (dir) {
+      T gd = strided_dot_add(T(0), dz_dot + j, dout, in + i, din, K);
+      if (in_dot) gd = strided_dot_add(gd, dz + j, dout, in_dot + i, din, K);
+      ws.hvp[m.weight_offset[l] + idx] = gd;
     }
-    ws.grad[m.weight_offset[l] + idx] = g;
-    if (dir) ws.hvp[m.weight_offset[l] + idx] = gd;
   }
   for (int64_t j = lanes.lane(); j < dout; j += lanes.count()) {
     T g = T(0), gd = T(0);
@@ -133,14 +129,13 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
   for (int64_t idx = lanes.lane(); idx < int64_t(K) * din; idx += lanes.count()) {
     const int k = int(idx) / din, i = int(idx) % din;  // idx < K·din < 2^31
-    T s = T(0), s_dot = T(0);
-    for (int j = 0; j < dout; ++j) {
-      const T w = W[int64_t(j) * din + i];
-      s += dz[int64_t(k) * dout + j] * w;
-      if (dir) {
-        s_dot += dz_dot[int64_t(k) * dout + j] * w;
-        s_dot += dz[int64_t(k) * dout + j] * dir[m.weight_offset[l] + int64_t(j) * din + i];
-      }
+    // Sums over the dout units: row k of δ (contiguous) against column i of W (stride din).
+    const T* dz_k = dz + int64_t(k) * dout;
+    const T s = strided_dot_add(T(0), dz_k, 1, W + i, din, dout);
+    T s_dot = T(0);
+    if (dir) {
+      s_dot = strided_dot_add(s_dot, dz_dot + int64_t(k) * dout, 1, W + i, din, dout);
+      s_dot = strided_dot_add(s_dot, dz_k, 1, dir + m.weight_offset[l] + i, din, dout);
     }
     if (l == 1) {
       ws.dx[idx] = s;
