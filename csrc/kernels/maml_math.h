@@ -22,13 +22,6 @@ MF_HD T dot_add(T acc, const T* a, const T* b, int n) {
   return acc;
 }
 
-// acc + Σ_i a[i·sa]·b[i·sb] (sums down columns; in index order).
-template <typename T>
-MF_HD T strided_dot_add(T acc, const T* a, int64_t sa, const T* b, int64_t sb, int n) {
-  for (int i = 0; i < n; ++i) acc += a[i * sa] * b[i * sb];
-  return acc;
-}
-
 // --- activations -----------------------------------------------------------
 // NaN propagates exactly as in PyTorch (float64 eager), so that a NaN weight
 // or input is never turned into a finite loss:

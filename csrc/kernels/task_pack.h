@@ -124,28 +124,6 @@ inline PackMask<S, W> valid_label(LabelPack<S, W> label, int n) {
 template <typename S, int W>
 inline PackMask<S, W> label_is(LabelPack<S, W> label, int64_t c) { return label_mask<S, W>(label.v == c); }
 
-// acc + Σ a_i·b_i for packs: lane-wise already, so no horizontal sum; four
-// partial sums so that consecutive FMAs do not wait on each other (one chain
-// would run at the FMA latency, a quarter of its throughput or less).
-template <typename S, int W>
-inline TaskPack<S, W> strided_dot_add(TaskPack<S, W> acc, const TaskPack<S, W>* a, int64_t sa,
-                                      const TaskPack<S, W>* b, int64_t sb, int n) {
-  TaskPack<S, W> p0 = S(0), p1 = S(0), p2 = S(0), p3 = S(0);
-  int i = 0;
-  for (; i + 4 <= n; i += 4) {
-    p0 += a[i * sa] * b[i * sb];
-    p1 += a[(i + 1) * sa] * b[(i + 1) * sb];
-    p2 += a[(i + 2) * sa] * b[(i + 2) * sb];
-    p3 += a[(i + 3) * sa] * b[(i + 3) * sb];
-  }
-  for (; i < n; ++i) p0 += a[i * sa] * b[i * sb];
-  return acc + ((p0 + p1) + (p2 + p3));
-}
-template <typename S, int W>
-inline TaskPack<S, W> dot_add(TaskPack<S, W> acc, const TaskPack<S, W>* a, const TaskPack<S, W>* b, int n) {
-  return strided_dot_add(acc, a, 1, b, 1, n);
-}
-
 // Transcendentals lane by lane, with the scalar kernel's own functions.
 #define MF_PACK_UNARY(name)                               \
   template <typename S, int W>                            \
