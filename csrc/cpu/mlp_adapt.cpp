@@ -71,22 +71,21 @@ MF_DEFINE_KERNELS(BaselineKernels, , 16)
 enum class Isa { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 
 // The best level this CPU supports, lowered by METAFAST_CPU_ISA=baseline|avx2
-// (to test or time the other copies).
+// (read at every call, to test or time the other copies).
 Isa cpu_isa() {
 #if MF_HAS_ISA_LEVELS
-  static const Isa isa = [] {
+  static const Isa best = [] {
     __builtin_cpu_init();
-    Isa best = Isa::Baseline;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
-    if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::Baseline;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-      best = Isa::Avx512;
-    const char* want = std::getenv("METAFAST_CPU_ISA");
-    if (want && !std::strcmp(want, "baseline")) return Isa::Baseline;
-    if (want && !std::strcmp(want, "avx2") && best != Isa::Baseline) return Isa::Avx2;
-    return best;
+      return Isa::Avx512;
+    return Isa::Avx2;
   }();
-  return isa;
+  const char* want = std::getenv("METAFAST_CPU_ISA");
+  if (want && !std::strcmp(want, "baseline")) return Isa::Baseline;
+  if (want && !std::strcmp(want, "avx2") && best != Isa::Baseline) return Isa::Avx2;
+  return best;
 #else
   return Isa::Baseline;
 #endif

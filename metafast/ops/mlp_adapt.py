@@ -262,6 +262,9 @@ if _extension.available():
         (params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
          first_order) = inputs
         ctx.mark_non_differentiable(output[4])
+        # An unused output's gradient stays None (not zeros): no [T, S, P] fill
+        # for the trajectory, and no 0·NaN where a support loss is NaN.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(params, lrs, support_x, support_y, query_x, query_y, output[0], output[4])
         ctx.config = (lr, list(sizes), steps, activation, loss, first_order)
 
