@@ -90,10 +90,11 @@ def omniglot_mlp(shots: int, steps: int, first_order: bool) -> Config:
                   query=ways * 5, inner_lr=0.4, steps=steps, first_order=first_order, ways=ways, shots=shots)
 
 
-def configs(quick: bool, steps: list[int], orders: list[bool], problems: list[str]) -> list[Config]:
+def configs(quick: bool, steps: list[int], orders: list[bool], problems: list[str],
+            tasks: list[int] | None = None) -> list[Config]:
     out: list[Config] = []
     if "sinusoid" in problems:
-        out += [sinusoid(s, fo) for s in steps for fo in orders]
+        out += [replace(sinusoid(s, fo), tasks=t) for t in (tasks or [25]) for s in steps for fo in orders]
     if "omniglot-mlp" in problems:
         if quick:  # one inner step, second order only (plus first order when asked for alone)
             o_steps = [min(steps)]
@@ -400,6 +401,43 @@ def gradient_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
     return max((g - r).abs().max().item() for g, r in zip(grads, ref)) / scale
 
 
+# --------------------------------------------------------------------------- FLOPs
+
+def count_flops(cfg: Config, device: torch.device) -> int | None:
+    """Matmul FLOPs of one iteration, as torch.utils.flop_counter counts them on
+    the metafast-torch variant (the same count is used for every variant)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        step, _ = build_metafast("torch")(make_model(cfg, device, torch.float32), make_batch(cfg, device, torch.float32),
+                                          cfg)
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return int(counter.get_total_flops())
+    except Exception:  # the count is informative; a variant that cannot run is reported elsewhere
+        return None
+
+
+def single_core_sgemm_gflops(device: torch.device, seconds: float = 1.0) -> float | None:
+    """One thread's float32 matmul rate (2048², torch's BLAS): what a core
+    reaches with fused multiply-adds in a tuned library, the yardstick for the
+    kernels' GFLOP/s per core."""
+    if device.type != "cpu":
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+        return 2 * 2048 ** 3 * n / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
@@ -414,7 +452,10 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--min-run-time", type=float, default=None,
                    help="seconds of timing per row (default 2, or 0.3 with --quick)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                   help="torch CPU threads; several (e.g. 1 2) time every row at each, for thread scaling")
+    p.add_argument("--tasks", type=int, nargs="+", default=None,
+                   help="sinusoid meta-batch sizes (default: the paper's 25)")
     p.add_argument("--out", default=None,
                    help="JSON path (default benchmarks/results/sinusoid_<device>_<date>.json)")
     p.add_argument("--no-check", action="store_true", help="skip the float64 meta-gradient check (not advised)")
@@ -424,10 +465,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = common.resolve_device(args.device)
-    torch.set_num_threads(args.threads)
+    thread_counts = list(dict.fromkeys(args.threads))
+    torch.set_num_threads(thread_counts[0])
     min_run_time = args.min_run_time if args.min_run_time is not None else (0.3 if args.quick else 2.0)
     orders = {"1": [True], "2": [False], "both": [True, False]}[args.order]
-    cfgs = configs(args.quick, sorted(set(args.steps)), orders, args.problems)
+    cfgs = configs(args.quick, sorted(set(args.steps)), orders, args.problems, args.tasks)
     names = [n for n in VARIANTS if n in args.variants]
     if "eager" not in names:
         names.insert(0, "eager")  # the reference of the check and of the speedups
@@ -436,9 +478,14 @@ def main(argv=None) -> int:
         names = [n for n in names if n not in CUDA_ONLY]
         if dropped:
             print(f"note: {', '.join(dropped)} run on CUDA only")
-    env = common.environment(device, args.threads)
+    env = common.environment(device, thread_counts[0])
+    env["thread_counts"] = thread_counts
+    sgemm = single_core_sgemm_gflops(device)
+    env["single_core_sgemm_gflops"] = sgemm
     print(f"device: {env['device_name']} ({device}), torch {env['torch']}, metafast {env.get('metafast')}, "
-          f"{args.threads} threads, min_run_time {min_run_time} s")
+          f"threads {thread_counts}, min_run_time {min_run_time} s")
+    if sgemm:
+        print(f"single-core float32 sgemm (torch's BLAS, 2048²): {sgemm:.1f} GFLOP/s")
     if device.type == "cpu":
         print("note: on the CPU peak memory is n/a (no per-call allocator statistics); "
               "the process's max RSS is in the JSON")
@@ -452,55 +499,73 @@ def main(argv=None) -> int:
         ref_grads = None
         if not args.no_check:
             ref_grads = meta_gradient("eager", cfg, device)
-        results: dict[str, dict[str, Any]] = {}
+        flops = count_flops(cfg, device)
+        results: dict[tuple[str, int], dict[str, Any]] = {}
         for name in names:
-            row: dict[str, Any] = {
-                "_group": group, "problem": cfg.problem, "config": cfg.label, "variant": name,
+            base: dict[str, Any] = {
+                "problem": cfg.problem, "config": cfg.label, "variant": name,
                 "tasks": cfg.tasks, "support": cfg.support, "query": cfg.query, "ways": cfg.ways or None,
                 "shots": cfg.shots or None, "steps": cfg.steps, "order": cfg.order, "inner_lr": cfg.inner_lr,
-                "loss": cfg.loss, "sizes": list(cfg.sizes), "status": "ok",
+                "loss": cfg.loss, "sizes": list(cfg.sizes), "flops": flops, "status": "ok",
             }
-            rows.append(row)
+            variant_rows = [dict(base, _group=group, threads=th) for th in thread_counts]
+            rows.extend(variant_rows)
+
+            def mark(status):
+                for r in variant_rows:
+                    r["status"] = status
+                print(f"  {name:16s} {status}")
+
             try:
                 if ref_grads is not None and name != "eager":
                     err = gradient_error(meta_gradient(name, cfg, device), ref_grads)
-                    row["check_rel_err"] = err
+                    for r in variant_rows:
+                        r["check_rel_err"] = err
                     if not err <= CHECK_TOL:
-                        row["status"] = f"CHECK FAILED: meta-gradient differs from eager by {err:.2e} (> {CHECK_TOL})"
+                        mark(f"CHECK FAILED: meta-gradient differs from eager by {err:.2e} (> {CHECK_TOL})")
                         failed = True
-                        print(f"  {name:16s} {row['status']}")
                         continue
                 elif name == "eager" and ref_grads is not None:
-                    row["check_rel_err"] = 0.0
+                    for r in variant_rows:
+                        r["check_rel_err"] = 0.0
                 model = make_model(cfg, device, torch.float32)
                 b = make_batch(cfg, device, torch.float32)
                 step, info = VARIANTS[name](model, b, cfg)
-                row.update(info)
-                step()
-                step()  # warm-up
-                timing = common.time_fn(step, min_run_time=min_run_time, threads=args.threads,
-                                        label=cfg.problem, sub_label=cfg.label, description=name)
-                row.update(median_ms=timing.median_s * 1e3, iqr_ms=timing.iqr_s * 1e3, mean_ms=timing.mean_s * 1e3,
-                           blocks=timing.runs, calls_per_block=timing.per_run)
-                mem = common.peak_memory(step, device)
-                row["peak_mib"] = mem["peak_mib"]
-                if device.type == "cuda":
-                    row["peak_total_mib"] = mem["peak_total_mib"]
-                results[name] = row
-                print(f"  {name:16s} {row['median_ms']:9.3f} ms"
-                      + (f"  ({row['backend_used']})" if row.get("backend_used") else ""))
+                for row, th in zip(variant_rows, thread_counts):
+                    torch.set_num_threads(th)
+                    row.update(info)
+                    step()
+                    step()  # warm-up
+                    timing = common.time_fn(step, min_run_time=min_run_time, threads=th,
+                                            label=cfg.problem, sub_label=cfg.label, description=name)
+                    row.update(median_ms=timing.median_s * 1e3, iqr_ms=timing.iqr_s * 1e3,
+                               mean_ms=timing.mean_s * 1e3, blocks=timing.runs, calls_per_block=timing.per_run)
+                    if flops:
+                        row["gflops"] = flops / timing.median_s / 1e9
+                        row["gflops_per_core"] = row["gflops"] / th if device.type == "cpu" else None
+                    if row is variant_rows[0]:
+                        mem = common.peak_memory(step, device)
+                        row["peak_mib"] = mem["peak_mib"]
+                        if device.type == "cuda":
+                            row["peak_total_mib"] = mem["peak_total_mib"]
+                    else:
+                        row["thread_scaling"] = variant_rows[0]["median_ms"] / row["median_ms"]
+                    results[name, th] = row
+                    print(f"  {name:16s} {th:2d} thr {row['median_ms']:9.3f} ms"
+                          + (f"  {row['gflops']:6.1f} GFLOP/s" if row.get("gflops") else "")
+                          + (f"  ({row['backend_used']})" if row.get("backend_used") else ""))
+                torch.set_num_threads(thread_counts[0])
                 del step
             except Skip as exc:
-                row["status"] = f"skipped: {exc}"
-                print(f"  {name:16s} {row['status']}")
+                mark(f"skipped: {exc}")
             except Exception as exc:
-                row["status"] = f"error: {_short(exc, 300)}"
+                mark(f"error: {_short(exc, 300)}")
                 failed = True
-                print(f"  {name:16s} {row['status']}")
                 traceback.print_exc()
-        eager = results.get("eager", {}).get("median_ms")
-        vm = results.get("vmap", {}).get("median_ms")
-        for row in results.values():
+            torch.set_num_threads(thread_counts[0])
+        for (name, th), row in results.items():
+            eager = results.get(("eager", th), {}).get("median_ms")
+            vm = results.get(("vmap", th), {}).get("median_ms")
             row["speedup_vs_eager"] = eager / row["median_ms"] if eager else None
             row["speedup_vs_vmap"] = vm / row["median_ms"] if vm else None
 
@@ -509,18 +574,28 @@ def main(argv=None) -> int:
     for r in rows:
         table_rows.append({
             "_group": r["_group"], "problem": r["problem"], "config": r["config"], "variant": r["variant"],
+            "threads": str(r["threads"]),
             "median": common.fmt_ms(_s(r.get("median_ms"))), "iqr": common.fmt_ms(_s(r.get("iqr_ms"))),
             "eager": common.fmt_ratio(r.get("speedup_vs_eager")), "vmap": common.fmt_ratio(r.get("speedup_vs_vmap")),
-            "mem": "n/a" if r.get("median_ms") and r.get("peak_mib") is None else
+            "gflops": None if r.get("gflops") is None else
+                      f"{r['gflops']:.1f}" + (f" ({r['gflops_per_core']:.1f}/core)" if r.get("gflops_per_core")
+                                              and r["threads"] > 1 else ""),
+            "scaling": common.fmt_ratio(r.get("thread_scaling")),
+            "mem": "n/a" if r.get("median_ms") and r.get("peak_mib") is None and r is not None and
+                   r["threads"] == thread_counts[0] else
                    (None if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"),
             "err": None if r.get("check_rel_err") is None else f"{r['check_rel_err']:.0e}",
             "note": (r.get("backend_used") or "") if r["status"] == "ok" else r["status"],
         })
-    print(common.format_table(table_rows, [
-        ("problem", "problem"), ("config", "config"), ("variant", "variant"), ("median", "median ms"),
-        ("iqr", "IQR ms"), ("eager", "vs eager"), ("vmap", "vs vmap"), ("mem", "peak MiB"),
-        ("err", "grad err"), ("note", "note"),
-    ]))
+    columns = [("problem", "problem"), ("config", "config"), ("variant", "variant")]
+    if len(thread_counts) > 1:
+        columns.append(("threads", "threads"))
+    columns += [("median", "median ms"), ("iqr", "IQR ms"), ("eager", "vs eager"), ("vmap", "vs vmap"),
+                ("gflops", "GFLOP/s")]
+    if len(thread_counts) > 1:
+        columns.append(("scaling", f"vs {thread_counts[0]} thr"))
+    columns += [("mem", "peak MiB"), ("err", "grad err"), ("note", "note")]
+    print(common.format_table(table_rows, columns))
 
     out = args.out or common.default_out_path("sinusoid", device)
     for r in rows:
@@ -530,7 +605,8 @@ def main(argv=None) -> int:
         "benchmark": "maml-meta-training-iteration",
         "definition": "median wall time of one forward + backward of the meta-loss (no optimizer step)",
         "environment": env,
-        "settings": {"quick": args.quick, "min_run_time_s": min_run_time, "threads": args.threads,
+        "settings": {"quick": args.quick, "min_run_time_s": min_run_time, "threads": thread_counts,
+                     "tasks": args.tasks or [25], "flops_counted_on": "metafast-torch (torch.utils.flop_counter)",
                      "check": not args.no_check, "check_tolerance": CHECK_TOL, "check_tasks": 3,
                      "check_dtype": "float64", "timed_dtype": "float32"},
         "elapsed_s": time.perf_counter() - t_start,
