@@ -104,9 +104,11 @@ void with_cpu_kernels(F&& f) {
   f(BaselineKernels{});
 }
 
-// A pack's scratch larger than this (about a core's L2) runs per task instead:
+// A pack's scratch larger than this runs per task instead (measured on a 2-core
+// AVX-512 Xeon: packs 1.3-3.6x faster up to about 20,000 parameters, per task
+// 1.2-1.5x faster from about 55,000; see benchmarks/README.md):
 // the per-task loops then stream far less memory.
-constexpr size_t kMaxPackScratch = size_t(4) << 20;
+constexpr size_t kMaxPackScratch = size_t(16) << 20;
 
 bool use_task_packs(size_t pack_scratch_bytes) {
   if (const char* force = std::getenv("METAFAST_CPU_KERNEL")) {
