@@ -340,8 +340,10 @@ class BatchedMAML(nn.Module):
                 grads, loss = grad_and_value(task_loss)(params, x, y)
                 if first_order:
                     grads = [g.detach() for g in grads]
-                rates = [lr] * len(params) if lrs is None else lrs
-                params = [p - r * g for p, r, g in zip(params, rates, grads)]
+                if lrs is None:  # p + (−lr)·g: bit-identical to p − lr·g, one backward node fewer
+                    params = [p + (-lr) * g for p, g in zip(params, grads)]
+                else:
+                    params = [p - r * g for p, r, g in zip(params, lrs, grads)]
                 losses.append(loss)
             return params, torch.stack(losses)
 

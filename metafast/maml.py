@@ -74,6 +74,15 @@ def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
     return clone
 
 
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object with the same attributes and its own registries
+    (_parameters, _modules, ...), sharing every tensor and submodule."""
+    copy = module.__new__(type(module))
+    object.__setattr__(copy, "__dict__", {key: value.copy() if key.startswith("_") and isinstance(value, (dict, set))
+                                          else value for key, value in module.__dict__.items()})
+    return copy
+
+
 def _submodules(module: nn.Module) -> list[nn.Module]:
     """``module.modules()`` (each module once), without its generator machinery: this
     runs twice per adapt() step."""
@@ -98,6 +107,27 @@ def _unique_parameters(module: nn.Module, modules: list[nn.Module] | None = None
     return out
 
 
+def _parameter_slots(module: nn.Module) -> tuple[list[torch.Tensor], list[list[tuple[dict, str]]]]:
+    """The unique parameters of ``module`` in ``parameters()`` order, and for each
+    the registries (module._parameters, name) that hold it: what an inner step
+    reads and then replaces, found in one walk."""
+    index: dict[int, int] = {}
+    params: list[torch.Tensor] = []
+    slots: list[list[tuple[dict, str]]] = []
+    for m in _submodules(module):
+        registry = m._parameters
+        for name, p in registry.items():
+            if p is None:
+                continue
+            i = index.get(id(p))
+            if i is None:
+                i = index[id(p)] = len(params)
+                params.append(p)
+                slots.append([])
+            slots[i].append((registry, name))
+    return params, slots
+
+
 def update_module(module: nn.Module, params: Sequence[torch.Tensor], new_params: Sequence[torch.Tensor],
                   modules: list[nn.Module] | None = None) -> nn.Module:
     """Replace ``params[i]`` by ``new_params[i]`` wherever it appears in ``module``
@@ -120,14 +150,18 @@ def _gradients(loss, params, create_graph, allow_unused, allow_nograd):
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\nmetafast: if some parameters do not require grad or are unused by the loss, "
                            "pass allow_nograd=True and/or allow_unused=True") from exc
+    if wanted is params:
+        return list(grads)
     by_id = {id(p): g for p, g in zip(wanted, grads)}
     return [by_id.get(id(p)) for p in params]
 
 
-def _apply_update(module, modules, params, grads, lr, lrs=None):
+def _apply_update(slots, params, grads, lr, lrs=None) -> None:
+    """θ ← θ − lr·g (or lrs⊙g) for every parameter with a gradient, written into
+    the registries that hold it (``slots``, from _parameter_slots)."""
     idx = [i for i, g in enumerate(grads) if g is not None]
     if not idx:
-        return module
+        return
     ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
     if lrs is None:
         rate = lr.reshape(()) if isinstance(lr, torch.Tensor) else lr  # a one-element tensor of any shape
@@ -137,10 +171,15 @@ def _apply_update(module, modules, params, grads, lr, lrs=None):
     if isinstance(lr, torch.Tensor) or ps[0].device.type == "cpu":
         # Plain arithmetic: it differentiates a tensor rate, and on the CPU (where a
         # launch costs nothing) its autograd nodes are cheaper than the custom op's.
-        new = [p - r * g for p, g, r in zip(ps, gs, rates)]
+        # p + (−r)·g for a number r, bit-identical to p − r·g: an add's backward
+        # passes the gradient through where a subtraction's negates it, a node
+        # fewer in every backward through the step.
+        new = [p + (-r) * g if isinstance(r, float) else p - r * g for p, g, r in zip(ps, gs, rates)]
     else:  # one multi-tensor launch for every parameter
         new = sgd_update(ps, gs, lr, None if lrs is None else rates)
-    return update_module(module, ps, new, modules)
+    for i, q in zip(idx, new):
+        for registry, name in slots[i]:
+            registry[name] = q
 
 
 class MAML(nn.Module):
@@ -164,28 +203,37 @@ class MAML(nn.Module):
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
+    def __call__(self, *args, **kwargs):
+        # The wrapper adds nothing to the model's call: skip nn.Module's call
+        # machinery for it (a learner is called once per inner step and query)
+        # unless hooks were registered on the wrapper itself.
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks:
+            return super().__call__(*args, **kwargs)
+        return self.module(*args, **kwargs)
+
     def adapt(self, loss: torch.Tensor, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> None:
         """One gradient step on ``loss``: θ ← θ − lr·∇θ loss, differentiably."""
         first_order = self.first_order if first_order is None else first_order
         allow_unused = self.allow_unused if allow_unused is None else allow_unused
         allow_nograd = self.allow_nograd if allow_nograd is None else allow_nograd
-        modules = _submodules(self.module)
-        params = _unique_parameters(self.module, modules)
+        params, slots = _parameter_slots(self.module)
         grads = _gradients(loss, params, not first_order, allow_unused, allow_nograd)
-        self.module = _apply_update(self.module, modules, params, grads, self.lr)
+        _apply_update(slots, params, grads, self.lr)  # in place: the module object stays
 
     def clone(self, first_order: bool | None = None, allow_unused: bool | None = None,
               allow_nograd: bool | None = None) -> "MAML":
         """A learner whose parameters are differentiable copies of these."""
-        learner = MAML(
-            clone_module(self.module),
-            lr=0.0,
-            first_order=self.first_order if first_order is None else first_order,
-            allow_unused=self.allow_unused if allow_unused is None else allow_unused,
-            allow_nograd=self.allow_nograd if allow_nograd is None else allow_nograd,
-        )
-        learner.lr = self.lr  # checked already (checking a tensor rate again would sync its device per clone)
+        # A shallow copy of this wrapper (nn.Module.__init__ costs more than the
+        # whole clone of a small model) holding a clone of the model.
+        learner = _shallow_copy(self)
+        learner._modules["module"] = clone_module(self.module)
+        if first_order is not None:
+            learner.first_order = first_order
+        if allow_nograd is not None:
+            learner.allow_nograd = allow_nograd
+        if allow_unused is not None:
+            learner.allow_unused = allow_unused
         return learner
 
 
@@ -209,13 +257,12 @@ class MetaSGD(nn.Module):
     def adapt(self, loss: torch.Tensor, first_order: bool | None = None) -> None:
         """θ ← θ − lrs⊙∇θ loss, differentiable with respect to θ and the rates."""
         first_order = self.first_order if first_order is None else first_order
-        modules = _submodules(self.module)
-        params = _unique_parameters(self.module, modules)
+        params, slots = _parameter_slots(self.module)
         lrs = list(self.lrs)
         if len(lrs) != len(params):
             raise ValueError(f"MetaSGD: {len(lrs)} learning rates for {len(params)} parameters")
         grads = _gradients(loss, params, not first_order, False, False)
-        self.module = _apply_update(self.module, modules, params, grads, 0.0, lrs)
+        _apply_update(slots, params, grads, 0.0, lrs)
 
     def clone(self) -> "MetaSGD":
         return MetaSGD(clone_module(self.module), lrs=[lr.clone() for lr in self.lrs], first_order=self.first_order)

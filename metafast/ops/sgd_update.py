@@ -71,6 +71,8 @@ def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _torch_sgd_update(params, grads, lr, lrs):
     """Pure-PyTorch formula (the same rule, differentiable by autograd, also
     with respect to a tensor lr)."""
+    if lrs is None and isinstance(lr, float):  # p + (−lr)·g: bit-identical, one backward node fewer
+        return [p + (-lr) * g for p, g in zip(params, grads)]
     if lrs is None:
         return [p - lr * g for p, g in zip(params, grads)]
     return [p - r * g for p, g, r in zip(params, grads, lrs)]
