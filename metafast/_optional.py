@@ -1,18 +1,20 @@
 """Imports of what only the demo, the training command and Omniglot decoding
-need (the `cli` extra), failing with one line that names the fix."""
+need (the `cli` extra) or the half-cheetah environments need (the `mujoco`
+extra), failing with one line that names the fix."""
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-_PACKAGES = {"tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow"}
+_PACKAGES = {"tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow", "mujoco": "mujoco",
+             "gymnasium": "gymnasium"}
 
 
 class MissingExtraError(ImportError):
     pass
 
 
-def require(module: str, purpose: str) -> ModuleType:
+def require(module: str, purpose: str, extra: str = "cli") -> ModuleType:
     """import_module(module), or an error saying which extra provides it."""
     top = module.split(".")[0]
     try:
@@ -21,4 +23,4 @@ def require(module: str, purpose: str) -> ModuleType:
         if exc.name != top:
             raise
         raise MissingExtraError(f"{purpose} needs {_PACKAGES.get(top, top)}, which is not installed: "
-                                f"pip install 'metafast[cli]'") from None
+                                f"pip install 'metafast[{extra}]'") from None

@@ -289,15 +289,18 @@ def random_nan_case(seed):
 
 def nan_matches_torch(lib) -> list[str]:
     mismatches = []
-    for seed in range(80):
+    for seed in range(120):
         c = random_nan_case(seed)
+        width = (0, 2, 8)[seed % 3]  # the per-task path, and task packs of 2 and 8
+        assert lib.mf_test_set_pack_width(width) == 0
         got, want = kernel_run(lib, c), torch_run(c)
+        lib.mf_test_set_pack_width(0)
         for name, w in want.items():
             if w is None:
                 continue
             k = got[name]
             if not torch.equal(k.isnan(), w.isnan()):
-                mismatches.append(f"seed {seed} {name}: kernel NaN at {(k.isnan() & ~w.isnan()).sum().item()} "
+                mismatches.append(f"seed {seed} (pack width {width}) {name}: kernel NaN at {(k.isnan() & ~w.isnan()).sum().item()} "
                                   f"places torch is not, finite at {(w.isnan() & ~k.isnan()).sum().item()} where "
                                   f"torch is NaN ({c['sizes']} {c['activation']} {c['loss']})")
                 continue
@@ -305,11 +308,20 @@ def nan_matches_torch(lib) -> list[str]:
             if finite.any():
                 err = (k[finite] - w[finite]).norm() / max(w[finite].norm().item(), 1e-300)
                 if err > 1e-10:
-                    mismatches.append(f"seed {seed} {name}: relative error {err:.2e}")
+                    mismatches.append(f"seed {seed} (pack width {width}) {name}: relative error {err:.2e}")
     return mismatches
 
 
 def relu_nan_weight(lib) -> list[str]:
+    problems = []
+    for width in (0, 2, 8):
+        assert lib.mf_test_set_pack_width(width) == 0
+        problems += [f"pack width {width}: {p}" for p in _relu_nan_weight(lib)]
+    lib.mf_test_set_pack_width(0)
+    return problems
+
+
+def _relu_nan_weight(lib) -> list[str]:
     c = random_nan_case(1)
     g = torch.Generator().manual_seed(3)
     normal = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=g)
@@ -330,8 +342,9 @@ CHECKS = {"nan_matches_torch": nan_matches_torch, "relu_nan_weight": relu_nan_we
 
 @requires_gxx
 def test_kernel_nan_matches_torch(torch_comparison):
-    """One or two NaN in a parameter, input, target, rate or upstream gradient:
-    every output and gradient of the kernels is NaN exactly where PyTorch's
+    """One or two NaN in a parameter, input, target, rate or upstream gradient
+    (120 cases, a third each through the per-task path and task packs of 2 and
+    8): every output and gradient of the kernels is NaN exactly where PyTorch's
     eager float64 autograd (mlp_adapt_torch) gives NaN, and equal to 1e-10
     elsewhere; an absent upstream gradient (nullptr) adds nothing, as an
     unused output does in autograd. (Failed before: a NaN first-layer weight
@@ -342,8 +355,8 @@ def test_kernel_nan_matches_torch(torch_comparison):
 
 @requires_gxx
 def test_kernel_relu_nan_weight(torch_comparison):
-    """One NaN first-layer weight of a ReLU MLP([1, 8, 8, 1]): every support
-    loss is NaN (it was finite: relu(NaN) gave 0)."""
+    """One NaN first-layer weight of a ReLU MLP([1, 8, 8, 1]), per task and in
+    task packs: every support loss is NaN (it was finite: relu(NaN) gave 0)."""
     problems = torch_comparison["relu_nan_weight"]
     assert not problems, "\n".join(problems)
 

@@ -47,8 +47,9 @@ class Navigation2D:
         u = torch.rand(tasks, 2, generator=generator, dtype=dtype, device=device)
         return self.low + (self.high - self.low) * u
 
-    def reset(self, goals: torch.Tensor, trajectories: int) -> torch.Tensor:
-        """Initial states [tasks, trajectories, 2] (the origin)."""
+    def reset(self, goals: torch.Tensor, trajectories: int, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+        """Initial states [tasks, trajectories, 2] (the origin; ``generator`` is unused: no noise)."""
         self._check_goals(goals)
         if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
             raise ValueError(f"Navigation2D.reset: trajectories must be a positive integer, got {trajectories!r}")

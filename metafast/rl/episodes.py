@@ -35,15 +35,19 @@ def expand_params(params: dict[str, torch.Tensor], tasks: int) -> dict[str, torc
 @torch.no_grad()
 def rollout(env, policy, params: dict[str, torch.Tensor], goals: torch.Tensor, trajectories: int,
             generator: torch.Generator | None = None) -> Episodes:
-    """Sample ``trajectories`` episodes per task with per-task parameters {name: [tasks, ...]}."""
-    state = env.reset(goals, trajectories)
+    """Sample ``trajectories`` episodes per task with per-task parameters {name: [tasks, ...]}.
+    The policy sees ``env.observe(state, goals)`` where the environment has it (the half-cheetah:
+    its state carries more than the observation), else the state itself."""
+    state = env.reset(goals, trajectories, generator)
+    observe = getattr(env, "observe", None)
     alive = torch.ones(state.shape[:2], dtype=torch.bool, device=state.device)
     obs, acts, rews, masks = [], [], [], []
     for _ in range(env.max_steps):
-        action = policy.sample(policy.batched(params, state), generator)
+        seen = state if observe is None else observe(state, goals)
+        action = policy.sample(policy.batched(params, seen), generator)
         next_state, reward, done = env.step(state, action, goals)
-        m = alive.to(state.dtype)
-        obs.append(state * m[..., None])
+        m = alive.to(seen.dtype)
+        obs.append(seen * m[..., None])
         acts.append(action * (m[..., None] if action.dim() == 3 else alive))
         rews.append(reward * m)
         masks.append(m)

@@ -1,9 +1,12 @@
 // The lanes test: runs the per-task algorithms of csrc/kernels/mlp_adapt.h with
 // N CPU threads per task as its lanes (lane() = thread index, count() = N,
 // sync() = a barrier, leader() = lane 0, kSerial = false), so the code the GPU
-// takes when lanes are many (parallel_backward_layer, every lanes.sync())
-// runs on the CPU, and compares every output and gradient with the one-lane
-// SerialLanes run (the CPU kernel's) in float64.
+// takes when lanes are many (the register-blocked parallel layers, every
+// lanes.sync()) runs on the CPU, and compares every output and gradient with
+// the one-lane SerialLanes run (the CPU's per-task path) in float64. It also
+// runs the CPU's task packs (csrc/kernels/task_pack.h: the same algorithm with
+// T = TaskPack<double, W>, one task per SIMD lane) with W = 2 and 8, so that
+// packs that are full, partial and several per call are compared too.
 //
 // Built by tests/test_lanes.py three times: plain (g++ -O1 -std=c++17
 // -pthread -fopenmp-simd -I csrc), with -fsanitize=thread, where a data race
@@ -15,8 +18,9 @@
 // a read of unwritten scratch or an output left unwritten shows. NaN cases
 // (one NaN in a parameter, input, target, rate or upstream gradient) must be
 // NaN exactly where the serial run is. Tolerance 1e-12 relative to each
-// array's largest entry (summation order may differ; today it does not, and
-// the runs are bit-identical).
+// array's largest entry: the decompositions sum in different orders (the
+// serial path's SIMD reductions, the packs' partial sums), so about half the
+// arrays differ from the serial run in the last bits.
 //
 // Usage: lanes_test [--quick] [--drop-sync K [--lanes N]]
 //   --quick        fewer random cases (for the ThreadSanitizer build)

@@ -1,14 +1,18 @@
 // A C entry point to the float64 per-task algorithms of csrc/kernels/mlp_adapt.h
-// run with SerialLanes (what the CPU kernel runs), built by tests/test_lanes.py
+// run with SerialLanes (the CPU's per-task path) or in task packs of 2 or 8
+// (kernels/task_pack.h, the CPU's path for small nets; mf_test_set_pack_width),
+// built by tests/test_lanes.py
 // as a shared library and called through ctypes, so that the kernels'
 // NaN semantics can be compared with PyTorch's eager autograd without
 // building the extension. Arrays are contiguous float64 / int64 with the
 // shapes of metafast::mlp_adapt and mlp_adapt_backward; optional ones are NULL.
 #include <stdint.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/mlp_adapt.h"
+#include "kernels/task_pack.h"
 
 using namespace metafast;
 
@@ -40,9 +44,25 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
   return p;
 }
 
+int pack_width = 0;  // 0: SerialLanes, one task at a time
+
+template <int W, typename Args, typename Run>
+void in_packs(const Args& a, Run run) {
+  std::vector<TaskPack<double, W>> scratch(run(a, 0, 0, nullptr) / sizeof(TaskPack<double, W>) + 1);
+  for (int64_t first = 0; first < a.p.tasks; first += W)
+    run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)), reinterpret_cast<unsigned char*>(scratch.data()));
+}
+
 }  // namespace
 
 extern "C" {
+
+// 0 (SerialLanes), 2 or 8 (task packs of that many tasks).
+int mf_test_set_pack_width(int w) {
+  if (w != 0 && w != 2 && w != 8) return -1;
+  pack_width = w;
+  return 0;
+}
 
 int mf_test_num_params(const int64_t* sizes, int n) { return int(mlp_layout(sizes, n).num_params); }
 
@@ -61,6 +81,8 @@ void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks
   a.query_output = query_output;
   a.query_losses = query_losses;
   a.trajectory = trajectory;
+  if (pack_width == 2) return in_packs<2>(a, PackedMlpAdapt<double, 2>::forward);
+  if (pack_width == 8) return in_packs<8>(a, PackedMlpAdapt<double, 8>::forward);
   for (int t = 0; t < tasks; ++t)
     mlp_adapt_forward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
 }
@@ -87,6 +109,8 @@ void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, 
   a.grad_lrs = grad_lrs;
   a.grad_x = grad_x;
   a.grad_qx = grad_qx;
+  if (pack_width == 2) return in_packs<2>(a, PackedMlpAdapt<double, 2>::backward);
+  if (pack_width == 8) return in_packs<8>(a, PackedMlpAdapt<double, 8>::backward);
   for (int t = 0; t < tasks; ++t)
     mlp_adapt_backward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
 }
