@@ -9,7 +9,9 @@ commands:
   demo                 meta-train the MAML paper's sinusoid model and compare with the paper
   train omniglot ...   meta-train Conv-4 on Omniglot (see `train omniglot --help`)
   train navigation ... MAML-RL on 2D navigation (see `train navigation --help`)
-  eval CHECKPOINT ...  evaluate a saved Omniglot or navigation checkpoint on test tasks
+  train half-cheetah-vel ... / train half-cheetah-dir ...
+                       MAML-RL on the MAML paper's half-cheetah tasks (needs the `mujoco` extra)
+  eval CHECKPOINT ...  evaluate a saved Omniglot or RL checkpoint on test tasks
   info                 print versions and which kernels are compiled in
 """
 
@@ -33,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         from metafast.demo import main as demo_main
         return demo_main(rest)
     if command == "train":
-        if rest[:1] == ["navigation"]:
+        if rest[:1] and rest[0] in ("navigation", "half-cheetah-vel", "half-cheetah-dir"):  # metafast.rl.cli.ENVS
             from metafast.rl.cli import main_train as rl_train
-            return rl_train(rest[1:])
+            return rl_train(rest[1:], rest[0])
         from metafast.train import main_train
         return main_train(rest)
     if command == "eval":

@@ -112,6 +112,11 @@ class BatchedMAML(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _model_tensor(self) -> torch.Tensor:
+        """A parameter of the model (its dtype and device stand for all)."""
+        for m in (self.model, *self.model.children()):  # the direct look-ups first: no generator machinery
+            for p in m._parameters.values():
+                if p is not None:
+                    return p
         return next(self.model.parameters())
 
     def _output_shape(self, x: torch.Tensor) -> torch.Size | None:
@@ -241,8 +246,9 @@ class BatchedMAML(nn.Module):
         unavailable = kernel_unavailable_reason(support_x.device)
         if unavailable is not None:
             return unavailable
-        if self._model_tensor().dtype not in (torch.float32, torch.float64):
-            return f"dtype {self._model_tensor().dtype} (the fused kernel serves float32 and float64)"
+        dtype = self._model_tensor().dtype
+        if dtype not in (torch.float32, torch.float64):
+            return f"dtype {dtype} (the fused kernel serves float32 and float64)"
         if self.adapt_mode == "head":
             if self._features is None:
                 return "adapt='head' needs a model that is an nn.Sequential ending in nn.Linear or has .features(x) and .head"

@@ -1,15 +1,19 @@
-"""``python -m metafast train navigation`` and ``python -m metafast eval CHECKPOINT`` (RL).
+"""``python -m metafast train {navigation,half-cheetah-vel,half-cheetah-dir}`` and
+``python -m metafast eval CHECKPOINT`` (RL).
 
-Meta-trains a Gaussian MLP policy on 2D navigation with MAML-RL (or, with
-``--pretrain``, one policy on all tasks without adaptation), batched over tasks.
+Meta-trains a Gaussian MLP policy on 2D navigation or on the MAML paper's
+half-cheetah tasks with MAML-RL (or, with ``--pretrain``, one policy on all
+tasks without adaptation), batched over tasks.
 Defaults: the reference port's 2d-navigation.yaml (64-64 tanh, 20 trajectories
 per task, inner rate 0.1, meta-batch 20, gamma 0.99, GAE lambda 1.0, TRPO with
 max KL 0.01, 10 CG iterations, damping 1e-5, 15 backtracking steps of 0.8, 500
-iterations). A run writes to ``--out``: ``checkpoint.pt`` (``--resume``
-continues from it, bit-identically), ``results.json``, ``returns.png`` and
-``trajectories.png`` (a few held-out goals before and after one step).
+iterations, 100-step episodes); halfcheetah-{vel,dir}.yaml differ only in the
+meta-batch, 40 (their episodes are 100 steps too). The half-cheetah needs the
+``mujoco`` extra. A run writes to ``--out``: ``checkpoint.pt`` (``--resume``
+continues from it, bit-identically), ``results.json``, ``returns.png`` and, for
+navigation, ``trajectories.png`` (a few held-out goals before and after one step).
 ``eval`` reports the average return after 0..3 policy-gradient steps on
-held-out goals, with 95% intervals, for a checkpoint, optional baselines
+held-out tasks, with 95% intervals, for a checkpoint, optional baselines
 (``--baseline``) and a random initialisation.
 """
 from __future__ import annotations
@@ -25,16 +29,16 @@ from pathlib import Path
 
 import torch
 
-from metafast._optional import require
+from metafast._optional import MissingExtraError, require
 from metafast.devices import resolve_device
 from metafast.rl.envs import Navigation2D
 from metafast.rl.evaluate import adaptation_returns, mean_ci95
 from metafast.rl.maml_rl import MetaRL, MetaRLConfig
 from metafast.rl.policies import GaussianMLPPolicy
 
-__all__ = ["main_train", "main_eval", "is_rl_checkpoint"]
+__all__ = ["main_train", "main_eval", "is_rl_checkpoint", "ENVS"]
 
-FORMAT = "metafast-rl-navigation-v1"
+FORMAT = "metafast-rl-navigation-v1"  # every RL checkpoint (args["env"] names the task family; navigation if absent)
 CHECKPOINT = "checkpoint.pt"
 TEST_SEED = 2_000_003  # held-out goals and sampling noise of evaluations, independent of --seed
 # what defines a run: taken from the checkpoint on --resume
@@ -43,16 +47,29 @@ _STRUCTURAL = ("hidden", "activation", "pretrain", "first_order", "outer", "meta
                "meta_lr", "ppo_clip", "ppo_epochs", "max_steps", "seed", "dtype")
 
 
+# the task families `train` knows: (description, default meta-batch, default episode length); the
+# half-cheetah defaults are the reference port's halfcheetah-vel.yaml / halfcheetah-dir.yaml
+ENVS = {
+    "navigation": ("MAML-RL on 2D navigation (defaults: the reference port's setup).", 20, 100),
+    "half-cheetah-vel": ("MAML-RL on the MAML paper's half-cheetah goal velocities (defaults: the reference "
+                         "port's halfcheetah-vel.yaml; needs the `mujoco` extra).", 40, 100),
+    "half-cheetah-dir": ("MAML-RL on the MAML paper's half-cheetah forward/backward directions (defaults: the "
+                         "reference port's halfcheetah-dir.yaml; needs the `mujoco` extra).", 40, 100),
+}
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 1."""
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m metafast train navigation",
-                                description="MAML-RL on 2D navigation (defaults: the reference port's setup).",
+def _train_parser(env: str = "navigation") -> argparse.ArgumentParser:
+    description, meta_batch, max_steps = ENVS[env]
+    p = argparse.ArgumentParser(prog=f"python -m metafast train {env}", description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(env=env)
     p.add_argument("--iterations", type=int, default=500, help="outer (meta) iterations in total")
-    p.add_argument("--meta-batch", type=int, default=20, help="tasks (goals) per iteration")
+    p.add_argument("--meta-batch", type=int, default=meta_batch,
+                   help="tasks (goals) per iteration" if env == "navigation" else "tasks per iteration")
     p.add_argument("--trajectories", type=int, default=20, help="trajectories per task for each step")
     p.add_argument("--inner-lr", type=float, default=0.1, help="inner policy-gradient step size")
     p.add_argument("--first-order", action="store_true", help="first-order MAML")
@@ -70,7 +87,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-backtrack-ratio", type=float, default=0.8)
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--gae-lambda", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=100, help="episode horizon")
+    p.add_argument("--max-steps", type=int, default=max_steps,
+                   help="episode horizon" if env == "navigation" else "episode horizon (MAML paper: 200)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--eval-tasks", type=int, default=40, help="held-out goals evaluated at the end (0: skip)")
     p.add_argument("--eval-steps", type=int, default=3, help="policy-gradient steps at evaluation")
@@ -78,7 +96,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of training")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--out", default=None, help="output folder (default runs/navigation[-pretrained])")
+    p.add_argument("--out", default=None, help=f"output folder (default runs/{env}[-pretrained])")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -87,14 +105,15 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metafast eval",
-                                description="Average return on held-out navigation goals after 0..N "
-                                            "policy-gradient steps, for an RL checkpoint, baselines and a "
-                                            "random initialisation.",
+                                description="Average return on held-out tasks (navigation goals, half-cheetah "
+                                            "velocities or directions) after 0..N policy-gradient steps, for an "
+                                            "RL checkpoint, baselines and a random initialisation.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint.pt of `train navigation`, or its run folder")
+    p.add_argument("checkpoint", help="checkpoint.pt of `train navigation` (or half-cheetah-vel/-dir), or its "
+                                      "run folder")
     p.add_argument("--baseline", action="append", default=[], help="another RL checkpoint to compare (repeatable)")
     p.add_argument("--no-random", action="store_true", help="skip the random initialisation")
-    p.add_argument("--tasks", type=int, default=40, help="held-out goals")
+    p.add_argument("--tasks", type=int, default=40, help="held-out tasks")
     p.add_argument("--steps", type=int, default=3, help="policy-gradient steps")
     p.add_argument("--trajectories", type=int, default=None, help="per step and task (default: the run's)")
     p.add_argument("--inner-lr", type=float, default=None, help="step size (default: the run's)")
@@ -137,14 +156,29 @@ def _config(a) -> MetaRLConfig:
         raise CLIError(f"--{name.replace('_', '-')} {rest}") from None
 
 
+def _env_name(args: dict) -> str:
+    return args.get("env", "navigation")  # checkpoints from before the half-cheetah have no "env"
+
+
+def _make_env(args: dict):
+    name = _env_name(args)
+    if name == "navigation":
+        return Navigation2D(max_steps=args["max_steps"])
+    if name not in ENVS:
+        raise CLIError(f"unknown environment {name!r} (known: {', '.join(ENVS)})")
+    from metafast.rl import half_cheetah
+    cls = half_cheetah.HalfCheetahVel if name == "half-cheetah-vel" else half_cheetah.HalfCheetahDir
+    return cls(max_steps=args["max_steps"])
+
+
 def _build(args: dict, device: torch.device):
     """(env, policy) of a run from its stored arguments; the policy is seeded by args['seed']."""
     try:
-        env = Navigation2D(max_steps=args["max_steps"])
+        env = _make_env(args)
         init = torch.Generator().manual_seed(args["seed"])
         policy = GaussianMLPPolicy(env.obs_dim, env.act_dim, tuple(args["hidden"]), args["activation"],
                                    generator=init)
-    except ValueError as e:
+    except (ValueError, MissingExtraError) as e:
         raise CLIError(str(e)) from None
     return env, policy.to(device=device, dtype=getattr(torch, args["dtype"]))
 
@@ -163,12 +197,12 @@ def _load(path: str) -> tuple[dict, Path]:
         raise CLIError(f"no checkpoint at {p}")
     state = torch.load(p, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CLIError(f"{p} is not a `train navigation` checkpoint (format {FORMAT})")
+        raise CLIError(f"{p} is not a checkpoint of `train navigation` or `train half-cheetah-*` (format {FORMAT})")
     return state, p
 
 
 def is_rl_checkpoint(path: str) -> bool:
-    """Whether ``path`` (a file or run folder) holds a checkpoint of `train navigation`."""
+    """Whether ``path`` (a file or run folder) holds a checkpoint of `train navigation` / `half-cheetah-*`."""
     try:
         _load(path)
         return True
@@ -227,19 +261,21 @@ def _train(a) -> int:
     _validate_train(a)
     _threads(a.threads)
     device = _device(a.device)
-    out = Path(a.out or ("runs/navigation-pretrained" if a.pretrain else "runs/navigation"))
+    out = Path(a.out or (f"runs/{a.env}-pretrained" if a.pretrain else f"runs/{a.env}"))
     ckpt_path = out / CHECKPOINT
     state = None
     if ckpt_path.exists():
         if a.resume:
             state, _ = _load(str(ckpt_path))
+            if _env_name(state["args"]) != a.env:
+                raise CLIError(f"{ckpt_path} is a `train {_env_name(state['args'])}` run, not `train {a.env}`")
             for k in _STRUCTURAL:  # the run's own definition wins
                 setattr(a, k, state["args"][k])
         elif not a.overwrite:
             raise CLIError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite to start afresh")
     config = _config(a)
+    env, policy = _build(vars(a), device)  # before creating --out: a missing `mujoco` extra fails here
     out.mkdir(parents=True, exist_ok=True)
-    env, policy = _build(vars(a), device)
     meta = MetaRL(env, policy, config)
     gen = torch.Generator(device=device).manual_seed(a.seed + 1)
     history, start, elapsed = [], 0, 0.0
@@ -258,7 +294,7 @@ def _train(a) -> int:
 
     label = "pretrained" if a.pretrain else "MAML"
     if not a.quiet:
-        print(f"train navigation: {label}, {'first' if a.first_order else 'second'}-order, outer {a.outer}, "
+        print(f"train {a.env}: {label}, {'first' if a.first_order else 'second'}-order, outer {a.outer}, "
               f"policy {a.hidden} {a.activation}, {a.meta_batch} tasks x {a.trajectories} trajectories, "
               f"device {device}, {torch.get_num_threads()} threads, iterations {start}->{a.iterations}, out {out}")
     tqdm = require("tqdm", "the progress bar").tqdm
@@ -300,8 +336,9 @@ def _train(a) -> int:
                                               a.eval_tasks, a.eval_steps, a.trajectories, a.inner_lr, a.gamma,
                                               a.gae_lambda, TEST_SEED, device)
         ours = eps[label.lower()]
-        plot_trajectories(goals, ours[0], ours[1], str(out / "trajectories.png"),
-                          title=f"{label}: held-out goals, before (gray) and after one step (blue)")
+        if a.env == "navigation":
+            plot_trajectories(goals, ours[0], ours[1], str(out / "trajectories.png"),
+                              title=f"{label}: held-out goals, before (gray) and after one step (blue)")
         results["evaluation"] = {"tasks": a.eval_tasks, "steps": a.eval_steps, "trajectories": a.trajectories,
                                  "inner_lr": a.inner_lr, "seed": TEST_SEED, "returns": table,
                                  "time_s": time.perf_counter() - t0}
@@ -309,7 +346,7 @@ def _train(a) -> int:
     _write_json(out / "results.json", results)
     if not a.quiet:
         print(f"trained {iteration} iterations in {elapsed:.0f} s; wrote {out}/results.json, returns.png"
-              + (", trajectories.png" if a.eval_tasks else ""))
+              + (", trajectories.png" if a.eval_tasks and a.env == "navigation" else ""))
     return 0
 
 
@@ -326,6 +363,9 @@ def _eval(a) -> int:
     policies = {("pretrained" if args["pretrain"] else "maml"): policy}
     for other in a.baseline:
         s, p = _load(other)
+        if _env_name(s["args"]) != _env_name(args):
+            raise CLIError(f"--baseline {other} is a `train {_env_name(s['args'])}` run, but {path} is a "
+                           f"`train {_env_name(args)}` run")
         _, pol = _build(s["args"], device)
         pol.load_state_dict(s["policy"])
         name = "pretrained" if s["args"]["pretrain"] else "maml"
@@ -348,13 +388,13 @@ def _eval(a) -> int:
                "trajectories": trajectories, "inner_lr": lr, "later_lr": later, "seed": a.seed, "returns": table,
                "time_s": seconds, "device": str(device), "torch": torch.__version__}
     _write_json(out, payload)
-    if a.steps >= 1:
+    if a.steps >= 1 and _env_name(args) == "navigation":
         from metafast.rl.plots import plot_trajectories
         for label, e in eps.items():
             plot_trajectories(goals, e[0], e[1], str(out.parent / f"eval_trajectories_{label}.png"),
                               title=f"{label}: before (gray) and after one step (blue)")
     if not a.quiet:
-        print(f"evaluated {len(policies)} policies on {a.tasks} held-out goals in {seconds:.1f} s; wrote {out}")
+        print(f"evaluated {len(policies)} policies on {a.tasks} held-out tasks in {seconds:.1f} s; wrote {out}")
     return 0
 
 
@@ -370,9 +410,9 @@ def _run(parser, fn, argv) -> int:
         return 1
 
 
-def main_train(argv) -> int:
-    """``train navigation ARGS`` (argv without 'navigation')."""
-    return _run(_train_parser(), _train, argv)
+def main_train(argv, env: str = "navigation") -> int:
+    """``train ENV ARGS`` (argv without ENV), ENV one of ENVS."""
+    return _run(_train_parser(env), _train, argv)
 
 
 def main_eval(argv) -> int:
