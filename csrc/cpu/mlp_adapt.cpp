@@ -1,12 +1,13 @@
 // CPU kernels of metafast::mlp_adapt and mlp_adapt_backward: the per-task
 // algorithm of kernels/mlp_adapt.h on torch's threads, in one of two
 // decompositions:
-//  - task packs (kernels/task_pack.h): 64 bytes of tasks (16 float32 or 8
-//    float64) run together, one task per SIMD lane, packs spread over the
-//    threads. Full vectors whatever the layer widths: small nets.
+//  - task packs (kernels/task_pack.h): one vector register of tasks (16
+//    float32 or 8 float64 with AVX-512) run together, one task per SIMD lane,
+//    packs spread over the threads. Full vectors whatever the layer widths:
+//    small nets.
 //  - per task: one task at a time per thread, the inner loops vectorized over
-//    a layer's width. Used when a pack's scratch would not stay in cache
-//    (large nets), or METAFAST_CPU_KERNEL=per-task.
+//    a layer's width: larger nets (see kMaxPackScratch).
+// METAFAST_CPU_KERNEL=packed|per-task forces one (tests, benchmarks).
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -104,10 +105,11 @@ void with_cpu_kernels(F&& f) {
   f(BaselineKernels{});
 }
 
-// A pack's scratch larger than this runs per task instead (measured on a 2-core
-// AVX-512 Xeon: packs 1.3-3.6x faster up to about 20,000 parameters, per task
-// 1.2-1.5x faster from about 55,000; see benchmarks/README.md):
-// the per-task loops then stream far less memory.
+// A pack's scratch larger than this runs per task instead: measured on a
+// 2-core AVX-512 Xeon (benchmarks/bench_cpu_rules.py, T = 32), packs were
+// 1.2-2.3x faster up to about 20,000 parameters and per task 1.5-1.8x faster
+// from about 55,000, where a pack's working set (16 copies of everything) no
+// longer stays in cache.
 constexpr size_t kMaxPackScratch = size_t(16) << 20;
 
 bool use_task_packs(size_t pack_scratch_bytes) {
