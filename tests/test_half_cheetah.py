@@ -59,7 +59,12 @@ class Oracle:
 
 def _model(mujoco):
     path = importlib.resources.files("gymnasium") / "envs" / "mujoco" / "assets" / "half_cheetah.xml"
-    return mujoco.MjModel.from_xml_path(str(path))
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(lambda message: None)  # settotalmass's deprecation: no MUJOCO_LOG.TXT here
+    try:
+        return mujoco.MjModel.from_xml_path(str(path))
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def _env(kind, **kw):
@@ -112,6 +117,14 @@ def test_step_from_random_states_matches_single_simulation(mujoco):
             o.d.qacc_warmstart[:] = warm[t, e]
             obs, r = o.step(action[t, e].numpy(), goals[t].item(), "vel")
             assert np.array_equal(nxt[t, e, :20].numpy(), obs) and abs(reward[t, e].item() - r) <= 1e-12
+
+
+def test_model_loads_without_writing_mujoco_log(mujoco, monkeypatch, tmp_path, recwarn):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hc, "_MODELS", {})  # compile afresh
+    env = _env("vel")
+    assert env.model.nq == 9 and abs(env.model.body_mass.sum() - 14) < 1e-12 and env.dt == pytest.approx(0.05)
+    assert list(tmp_path.iterdir()) == [] and not [w for w in recwarn if "MuJoCo" in str(w.message)]
 
 
 # ----------------------------------------------------------------------------- rewards and goals

@@ -10,10 +10,10 @@
 """
 from metafast.rl import baseline, reference
 from metafast.rl.envs import Navigation2D
-from metafast.rl.half_cheetah import HalfCheetahDir, HalfCheetahVel
 from metafast.rl.episodes import Episodes, expand_params, rollout
 from metafast.rl.evaluate import adaptation_returns, mean_ci95
 from metafast.rl.gae import discounted_returns, gae, normalize_advantages
+from metafast.rl.half_cheetah import HalfCheetahDir, HalfCheetahVel
 from metafast.rl.maml_rl import MetaRL, MetaRLConfig, TaskBatch, inner_step, kl_hvp, prepare, surrogate
 from metafast.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 

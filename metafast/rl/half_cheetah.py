@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import warnings
 
 import numpy as np
 import torch
 
 from metafast._optional import MissingExtraError, require
 
-__all__ = ["HalfCheetahVel", "HalfCheetahDir"]
+__all__ = ["HalfCheetahDir", "HalfCheetahVel"]
 
 _PURPOSE = "the half-cheetah environment"
 _NQ, _NV, _NU = 9, 9, 6
@@ -49,8 +50,8 @@ def _mujoco():
     """(mujoco, mujoco.batch), or MissingExtraError naming the `mujoco` extra."""
     mujoco = require("mujoco", _PURPOSE, extra="mujoco")
     try:
-        import mujoco.batch as batch
-    except ModuleNotFoundError:
+        from mujoco import batch
+    except ImportError:
         raise MissingExtraError(f"{_PURPOSE} needs mujoco >= 4.0 (mujoco.batch), found mujoco "
                                 f"{getattr(mujoco, '__version__', '?')}: pip install -U 'metafast[mujoco]'") from None
     return mujoco, batch
@@ -69,13 +70,27 @@ def model_xml_path() -> str:
 _MODELS: dict = {}
 
 
+_SETTOTALMASS = "compiler attribute 'settotalmass' is deprecated"
+
+
 def _model(mujoco):
-    """The compiled model, once per process (MuJoCo 4 warns on stderr, once per compilation, that
-    gym's XML uses the deprecated compiler attribute settotalmass; the masses are as before).
-    Environments share it read-only: a Batch simulates a copy."""
+    """The compiled model, once per process; environments share it read-only (a Batch simulates a
+    copy). MuJoCo 4 warns that gym's XML uses the deprecated compiler attribute settotalmass (the
+    masses are still scaled to 14): its default handler prints that to stderr and appends it to
+    MUJOCO_LOG.TXT in the working directory, so the compilation runs with a handler of ours that
+    drops that one message and passes any other on as a Python warning."""
     path = model_xml_path()
     if path not in _MODELS:
-        _MODELS[path] = mujoco.MjModel.from_xml_path(path)
+        messages: list[str] = []
+        previous = mujoco.get_mju_user_warning()
+        mujoco.set_mju_user_warning(messages.append)
+        try:
+            _MODELS[path] = mujoco.MjModel.from_xml_path(path)
+        finally:
+            mujoco.set_mju_user_warning(previous)
+        for message in messages:
+            if _SETTOTALMASS not in message:
+                warnings.warn(f"MuJoCo, compiling {path}: {message}", RuntimeWarning, stacklevel=3)
     return _MODELS[path]
 
 
@@ -164,7 +179,7 @@ class _HalfCheetah:
         if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
             raise ValueError(f"{cls}.reset: trajectories must be a positive integer, got {trajectories!r}")
         tasks, n = goals.shape[0], goals.shape[0] * trajectories
-        kw = dict(generator=generator, dtype=torch.float64, device=goals.device)
+        kw = {"generator": generator, "dtype": torch.float64, "device": goals.device}
         c = self.reset_noise_scale
         u = torch.rand(n, _NQ, **kw)
         z = torch.randn(n, _NV, **kw)
@@ -229,9 +244,9 @@ class _HalfCheetah:
             raise ValueError(f"{cls}: goals must be floating point, got {goals.dtype}")
 
     @staticmethod
-    def _check_tasks(cls: str, tasks) -> None:
+    def _check_tasks(name: str, tasks) -> None:
         if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
-            raise ValueError(f"{cls}.sample_goals: tasks must be a positive integer, got {tasks!r}")
+            raise ValueError(f"{name}.sample_goals: tasks must be a positive integer, got {tasks!r}")
 
 
 class HalfCheetahVel(_HalfCheetah):
