@@ -5,12 +5,16 @@ counts that fill, split and overrun the packs (8 float64 tasks a pack with
 AVX-512, 4 with AVX2, 2 with SSE2)."""
 import pytest
 import torch
+from conftest import requires_extension
+from test_mlp_adapt import (
+    TOL,
+    compare_query_to_reference,
+    compare_to_reference,
+    random_config,
+)
 
 import metafast
 from metafast.ops import mlp_adapt, mlp_adapt_torch
-
-from conftest import requires_extension
-from test_mlp_adapt import TOL, compare_query_to_reference, compare_to_reference, random_config
 
 KERNELS = ["packed", "per-task"]
 ISAS = ["native", "avx2", "baseline"]  # METAFAST_CPU_ISA can only lower the CPU's own level

@@ -266,7 +266,7 @@ def compare_query_to_reference(cfg, first_order, seed=0):
     def objective(query_output, query_losses, support_losses):
         return query_losses.sum() + (query_output * w).sum() * 0.3 + support_losses.sum() * 0.2
 
-    a, l, qo, ql = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lrs=lrs, activation=cfg["activation"], loss=loss,
+    _, l, qo, ql = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lrs=lrs, activation=cfg["activation"], loss=loss,
                              first_order=first_order, query_x=qx, query_y=qy)
     got = torch.autograd.grad(objective(qo, ql, l), [flat, lrs, sx, qx])
     ra, rl = eager_adapt(model, flat, lrs, sx, sy, 0.0, cfg["steps"], first_order, loss)

@@ -51,10 +51,10 @@ _STRUCTURAL = ("hidden", "activation", "pretrain", "first_order", "outer", "meta
 # half-cheetah defaults are the reference port's halfcheetah-vel.yaml / halfcheetah-dir.yaml
 ENVS = {
     "navigation": ("MAML-RL on 2D navigation (defaults: the reference port's setup).", 20, 100),
-    "half-cheetah-vel": ("MAML-RL on the MAML paper's half-cheetah goal velocities (defaults: the reference "
-                         "port's halfcheetah-vel.yaml; needs the `mujoco` extra).", 40, 100),
-    "half-cheetah-dir": ("MAML-RL on the MAML paper's half-cheetah forward/backward directions (defaults: the "
-                         "reference port's halfcheetah-dir.yaml; needs the `mujoco` extra).", 40, 100),
+    "half-cheetah-vel": (("MAML-RL on the MAML paper's half-cheetah goal velocities (defaults: the reference "
+                          "port's halfcheetah-vel.yaml; needs the `mujoco` extra)."), 40, 100),
+    "half-cheetah-dir": (("MAML-RL on the MAML paper's half-cheetah forward/backward directions (defaults: the "
+                          "reference port's halfcheetah-dir.yaml; needs the `mujoco` extra)."), 40, 100),
 }
 
 
