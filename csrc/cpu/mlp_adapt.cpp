@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "kernels/task_pack.h"
 #include "mlp_adapt_host.h"
@@ -30,29 +31,23 @@ namespace {
     using Packed = PackedMlpAdapt<T, int(PACK_BYTES / sizeof(T))>;                                           \
     template <typename T>                                                                                    \
     static constexpr int pack() { return int(PACK_BYTES / sizeof(T)); }                                      \
+    /* tasks [begin, end), one at a time */                                                                  \
     template <typename T>                                                                                    \
-    ISA_ATTRIBUTES static void forward_tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {  \
+    ISA_ATTRIBUTES static void tasks(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end) {          \
       for (int64_t t = begin; t < end; ++t)                                                                  \
         mlp_adapt_forward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);       \
     }                                                                                                        \
     template <typename T>                                                                                    \
-    ISA_ATTRIBUTES static void backward_tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) {\
+    ISA_ATTRIBUTES static void tasks(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end) {         \
       for (int64_t t = begin; t < end; ++t)                                                                  \
         mlp_adapt_backward_task<T>(SerialLanes{}, a, int(t), a.p.workspace + t * a.p.workspace_stride);      \
     }                                                                                                        \
-    template <typename T>                                                                                    \
-    ISA_ATTRIBUTES static void forward_packs(const MlpAdaptForwardArgs<T>& a, int64_t begin, int64_t end,    \
-                                             unsigned char* scratch) {                                       \
-      for (int64_t g = begin; g < end; ++g) Packed<T>::forward(a, g * pack<T>(), pack_size<T>(a.p, g), scratch); \
-    }                                                                                                        \
-    template <typename T>                                                                                    \
-    ISA_ATTRIBUTES static void backward_packs(const MlpAdaptBackwardArgs<T>& a, int64_t begin, int64_t end,  \
-                                              unsigned char* scratch) {                                      \
-      for (int64_t g = begin; g < end; ++g) Packed<T>::backward(a, g * pack<T>(), pack_size<T>(a.p, g), scratch); \
-    }                                                                                                        \
-    template <typename T>                                                                                    \
-    static int pack_size(const MlpProblem<T>& p, int64_t g) {                                                \
-      return int(std::min<int64_t>(pack<T>(), p.tasks - g * pack<T>()));                                     \
+    /* packs [begin, end), the forward or the backward by argument type */                                  \
+    template <typename Args>                                                                                 \
+    ISA_ATTRIBUTES static void packs(const Args& a, int64_t begin, int64_t end, unsigned char* scratch) {    \
+      using T = std::remove_const_t<std::remove_pointer_t<decltype(a.p.x)>>;                                 \
+      for (int64_t g = begin; g < end; ++g)                                                                  \
+        Packed<T>::run(a, g * pack<T>(), int(std::min<int64_t>(pack<T>(), a.p.tasks - g * pack<T>())), scratch); \
     }                                                                                                        \
   };
 
@@ -129,45 +124,26 @@ struct PackScratch {
   }
 };
 
-// Packs (or tasks) spread over torch's threads, one at a time per thread.
-// The per-task path's workspace [T, W] is allocated only when it runs.
+// Packs (or tasks) spread over torch's threads, one at a time per thread, for
+// the forward or the backward call `call`. The per-task path's workspace
+// [T, W] is allocated only when it runs.
 template <typename T, typename Call>
-void run_forward(Call& f, double lr, const Tensor& params) {
-  Tensor workspace = task_workspace(f.c, params, false);
-  MlpAdaptForwardArgs<T> a = f.template args<T>(lr, workspace);
+void run(Call& call, double lr, const Tensor& params) {
+  Tensor workspace = task_workspace(call.c, params, false);
+  auto a = call.template args<T>(lr, workspace);
   with_cpu_kernels([&](auto kernels) {
     using K = decltype(kernels);
-    const size_t bytes = K::template Packed<T>::forward_scratch_bytes(a);
+    const size_t bytes = K::template Packed<T>::scratch_bytes(a);
     if (use_task_packs(bytes)) {
       const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
       torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
         PackScratch scratch(bytes);
-        K::forward_packs(a, b, e, scratch.data);
+        K::packs(a, b, e, scratch.data);
       });
     } else {
-      workspace = task_workspace(f.c, params, true);
+      workspace = task_workspace(call.c, params, true);
       a.p.workspace = workspace.mutable_data_ptr<T>();
-      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::forward_tasks(a, b, e); });
-    }
-  });
-}
-template <typename T, typename Call>
-void run_backward(Call& c, double lr, const Tensor& params) {
-  Tensor workspace = task_workspace(c.c, params, false);
-  MlpAdaptBackwardArgs<T> a = c.template args<T>(lr, workspace);
-  with_cpu_kernels([&](auto kernels) {
-    using K = decltype(kernels);
-    const size_t bytes = K::template Packed<T>::backward_scratch_bytes(a);
-    if (use_task_packs(bytes)) {
-      const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
-      torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
-        PackScratch scratch(bytes);
-        K::backward_packs(a, b, e, scratch.data);
-      });
-    } else {
-      workspace = task_workspace(c.c, params, true);
-      a.p.workspace = workspace.mutable_data_ptr<T>();
-      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::backward_tasks(a, b, e); });
+      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::tasks(a, b, e); });
     }
   });
 }
@@ -180,9 +156,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cpu(
   auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss);
   check_labels_on_host(f.c, f.in.y, f.in.qy);
   if (params.scalar_type() == ScalarType::Float)
-    run_forward<float>(f, lr, params);
+    run<float>(f, lr, params);
   else
-    run_forward<double>(f, lr, params);
+    run<double>(f, lr, params);
   return {f.adapted, f.losses, f.query_output, f.query_losses, f.trajectory};
 }
 
@@ -197,9 +173,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cpu(
                             first_order, lrs_grad, x_grad, query_x_grad);
   check_labels_on_host(b.c, b.in.y, b.in.qy);
   if (params.scalar_type() == ScalarType::Float)
-    run_backward<float>(b, lr, params);
+    run<float>(b, lr, params);
   else
-    run_backward<double>(b, lr, params);
+    run<double>(b, lr, params);
   return {b.grad_init, b.grad_lrs, b.grad_x, b.grad_qx};
 }
 

@@ -324,9 +324,16 @@ struct PackedMlpAdapt {
     return sc.used;
   }
 
+  // The forward or the backward, by argument type.
+  static size_t run(const MlpAdaptForwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    return forward(a, first, n, scratch);
+  }
+  static size_t run(const MlpAdaptBackwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    return backward(a, first, n, scratch);
+  }
   // Bytes of scratch one pack needs: the same calls with no scratch only count.
-  static size_t forward_scratch_bytes(const MlpAdaptForwardArgs<S>& a) { return forward(a, 0, 0, nullptr); }
-  static size_t backward_scratch_bytes(const MlpAdaptBackwardArgs<S>& a) { return backward(a, 0, 0, nullptr); }
+  template <typename Args>
+  static size_t scratch_bytes(const Args& a) { return run(a, 0, 0, nullptr); }
 };
 
 }  // namespace metafast

@@ -209,24 +209,14 @@ struct Runner {
 
   // Tasks in packs of W (the CPU kernel's decomposition, kernels/task_pack.h),
   // with the pack scratch filled with NaN (all-ones bytes).
-  template <int W>
-  static void run_packed_forward(const MlpAdaptForwardArgs<double>& f) {
+  template <int W, typename Args>
+  static void run_packed(const Args& a) {
     using Packed = PackedMlpAdapt<double, W>;
-    std::vector<TaskPack<double, W>> scratch(Packed::forward_scratch_bytes(f) / sizeof(TaskPack<double, W>) + 1);
-    for (int64_t first = 0; first < f.p.tasks; first += W) {
+    std::vector<TaskPack<double, W>> scratch(Packed::scratch_bytes(a) / sizeof(TaskPack<double, W>) + 1);
+    for (int64_t first = 0; first < a.p.tasks; first += W) {
       std::memset(scratch.data(), 0xff, scratch.size() * sizeof(scratch[0]));
-      Packed::forward(f, first, int(std::min<int64_t>(W, f.p.tasks - first)),
-                      reinterpret_cast<unsigned char*>(scratch.data()));
-    }
-  }
-  template <int W>
-  static void run_packed_backward(const MlpAdaptBackwardArgs<double>& b) {
-    using Packed = PackedMlpAdapt<double, W>;
-    std::vector<TaskPack<double, W>> scratch(Packed::backward_scratch_bytes(b) / sizeof(TaskPack<double, W>) + 1);
-    for (int64_t first = 0; first < b.p.tasks; first += W) {
-      std::memset(scratch.data(), 0xff, scratch.size() * sizeof(scratch[0]));
-      Packed::backward(b, first, int(std::min<int64_t>(W, b.p.tasks - first)),
-                       reinterpret_cast<unsigned char*>(scratch.data()));
+      Packed::run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)),
+                  reinterpret_cast<unsigned char*>(scratch.data()));
     }
   }
 
@@ -255,9 +245,9 @@ struct Runner {
     if (lanes == 0) {
       for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(SerialLanes{}, f, t, ws.data() + t * stride);
     } else if (lanes == -2) {
-      run_packed_forward<2>(f);
+      run_packed<2>(f);
     } else if (lanes == -8) {
-      run_packed_forward<8>(f);
+      run_packed<8>(f);
     } else {
       o.forward_syncs = run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) {
         for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(L, f, t, ws.data() + t * stride);
@@ -285,9 +275,9 @@ struct Runner {
     if (lanes == 0) {
       for (int t = 0; t < T; ++t) mlp_adapt_backward_task<double>(SerialLanes{}, b, t, ws.data() + t * stride);
     } else if (lanes == -2) {
-      run_packed_backward<2>(b);
+      run_packed<2>(b);
     } else if (lanes == -8) {
-      run_packed_backward<8>(b);
+      run_packed<8>(b);
     } else {
       // A drop past the forward's syncs lands in the backward.
       const long drop = drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0;

@@ -46,11 +46,12 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
 
 int pack_width = 0;  // 0: SerialLanes, one task at a time
 
-template <int W, typename Args, typename Run>
-void in_packs(const Args& a, Run run) {
-  std::vector<TaskPack<double, W>> scratch(run(a, 0, 0, nullptr) / sizeof(TaskPack<double, W>) + 1);
+template <int W, typename Args>
+void in_packs(const Args& a) {
+  using Packed = PackedMlpAdapt<double, W>;
+  std::vector<TaskPack<double, W>> scratch(Packed::scratch_bytes(a) / sizeof(TaskPack<double, W>) + 1);
   for (int64_t first = 0; first < a.p.tasks; first += W)
-    run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)), reinterpret_cast<unsigned char*>(scratch.data()));
+    Packed::run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)), reinterpret_cast<unsigned char*>(scratch.data()));
 }
 
 }  // namespace
@@ -81,8 +82,8 @@ void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks
   a.query_output = query_output;
   a.query_losses = query_losses;
   a.trajectory = trajectory;
-  if (pack_width == 2) return in_packs<2>(a, PackedMlpAdapt<double, 2>::forward);
-  if (pack_width == 8) return in_packs<8>(a, PackedMlpAdapt<double, 8>::forward);
+  if (pack_width == 2) return in_packs<2>(a);
+  if (pack_width == 8) return in_packs<8>(a);
   for (int t = 0; t < tasks; ++t)
     mlp_adapt_forward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
 }
@@ -109,8 +110,8 @@ void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, 
   a.grad_lrs = grad_lrs;
   a.grad_x = grad_x;
   a.grad_qx = grad_qx;
-  if (pack_width == 2) return in_packs<2>(a, PackedMlpAdapt<double, 2>::backward);
-  if (pack_width == 8) return in_packs<8>(a, PackedMlpAdapt<double, 8>::backward);
+  if (pack_width == 2) return in_packs<2>(a);
+  if (pack_width == 8) return in_packs<8>(a);
   for (int t = 0; t < tasks; ++t)
     mlp_adapt_backward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
 }
