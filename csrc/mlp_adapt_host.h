@@ -30,7 +30,7 @@ struct MlpAdaptConfig {
 // The tensors of one call, made contiguous.
 struct MlpAdaptTensors {
   Tensor init, x, y;
-  OptTensor lrs, qx, qy;
+  OptTensor lrs, qx, qy, weights;
 };
 
 // Upstream gradients and saved outputs of a backward call (contiguous).
@@ -144,6 +144,14 @@ inline void check_query_inputs(MlpAdaptConfig& c, const Tensor& params, const Op
   check_targets(c, params, *qy, c.queries, "query_y");
 }
 
+// Per-example support loss weights: [T, K], params' dtype and device.
+inline void check_support_weights(const MlpAdaptConfig& c, const Tensor& params, const OptTensor& w) {
+  if (!w) return;
+  check_same(*w, params, "support_weights");
+  MF_CHECK(has_sizes(*w, {c.tasks, c.shots}), "metafast::mlp_adapt: support_weights must be [", c.tasks, ", ",
+           c.shots, "] (one weight per support example), got ", w->sizes());
+}
+
 inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& g, const Tensor& params) {
   const int64_t P = c.layout.num_params;
   MF_CHECK(has_sizes(g.grad_adapted, {c.tasks, P}), "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks,
@@ -207,6 +215,7 @@ MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors&
   const bool mse = c.loss == Loss::MSE;
   p.y_float = mse ? in.y.const_data_ptr<T>() : nullptr;
   p.y_class = mse ? nullptr : in.y.const_data_ptr<int64_t>();
+  p.support_weights = ptr_or_null<T>(in.weights);
   p.qx = c.queries ? in.qx->const_data_ptr<T>() : nullptr;
   p.qy_float = c.queries && mse ? in.qy->const_data_ptr<T>() : nullptr;
   p.qy_class = c.queries && !mse ? in.qy->const_data_ptr<int64_t>() : nullptr;
@@ -243,13 +252,15 @@ struct MlpAdaptForwardCall {
 inline MlpAdaptForwardCall prepare_forward(const Tensor& params, const OptTensor& lrs, double lr,
                                            const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
                                            const OptTensor& query_y, const std::vector<int64_t>& sizes, int64_t steps,
-                                           const std::string& activation, const std::string& loss) {
+                                           const std::string& activation, const std::string& loss,
+                                           const OptTensor& support_weights) {
   MlpAdaptForwardCall f;
   f.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss);
   check_query_inputs(f.c, params, query_x, query_y, sizes);
+  check_support_weights(f.c, params, support_weights);
   f.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
           torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
-          contiguous_or_none(query_y)};
+          contiguous_or_none(query_y), contiguous_or_none(support_weights)};
   const int64_t T = f.c.tasks, P = f.c.layout.num_params, Q = f.c.queries;
   f.adapted = torch::stable::new_empty(params, {T, P});
   f.losses = torch::stable::new_empty(params, {T, f.c.steps});
@@ -291,11 +302,13 @@ inline MlpAdaptBackwardCall prepare_backward(
     const OptTensor& grad_query_losses, const Tensor& adapted, const Tensor& trajectory, const Tensor& params,
     const OptTensor& lrs, double lr, const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
     const OptTensor& query_y, const std::vector<int64_t>& sizes, const std::string& activation,
-    const std::string& loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {
+    const std::string& loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad,
+    const OptTensor& support_weights) {
   MlpAdaptBackwardCall b;
   b.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes,
                                trajectory.dim() == 3 ? trajectory.size(1) : 0, activation, loss);
   check_query_inputs(b.c, params, query_x, query_y, sizes);
+  check_support_weights(b.c, params, support_weights);
   b.g = {torch::stable::contiguous(grad_adapted), torch::stable::contiguous(adapted),
          torch::stable::contiguous(trajectory), contiguous_or_none(grad_losses), contiguous_or_none(grad_query_output),
          contiguous_or_none(grad_query_losses)};
@@ -305,7 +318,7 @@ inline MlpAdaptBackwardCall prepare_backward(
   b.second_order = !first_order;
   b.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
           torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
-          contiguous_or_none(query_y)};
+          contiguous_or_none(query_y), contiguous_or_none(support_weights)};
   const int64_t T = b.c.tasks, P = b.c.layout.num_params, d0 = sizes[0];
   b.grad_init = torch::stable::new_empty(params, {T, P});
   b.grad_lrs = torch::stable::new_empty(params, {lrs_grad ? T : 0, lrs_grad ? P : 0});

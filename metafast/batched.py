@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from metafast.losses import resolve_loss
+from metafast.losses import resolve_loss, weighted_loss
 from metafast.maml import check_rate, positive_int
 from metafast.nn.conv4 import Conv4
 from metafast.nn.mlp import mlp_spec
@@ -162,7 +162,7 @@ class BatchedMAML(nn.Module):
                    else "one class index per example of " + x_name)
             raise ValueError(f"BatchedMAML: {name} must have shape {want} ({why}), got {tuple(y.shape)}")
 
-    def _check(self, support_x, support_y, query_x=None, query_y=None) -> None:
+    def _check(self, support_x, support_y, query_x=None, query_y=None, support_weights=None) -> None:
         """Every rule BatchedMAML adds to the ops' own checks, for every backend."""
         pairs = [("support_x", support_x), ("support_y", support_y)]
         if query_x is not None or query_y is not None:
@@ -190,6 +190,9 @@ class BatchedMAML(nn.Module):
             raise ValueError(f"BatchedMAML: query examples have shape {tuple(query_x.shape[2:])} but support "
                              f"examples {tuple(support_x.shape[2:])}")
         ref = self._model_tensor()
+        if support_weights is not None:
+            self._check_weights(support_weights, support_x, ref)
+            pairs.append(("support_weights", support_weights))  # device and finite checks below
         for name, t in pairs:
             if t.device != ref.device:
                 raise ValueError(f"BatchedMAML: {name} is on {t.device} but the model is on {ref.device}")
@@ -226,6 +229,22 @@ class BatchedMAML(nn.Module):
             t = dict(pairs)[name]
             raise ValueError(f"BatchedMAML: {name} has class labels in [{int(t.min())}, {int(t.max())}] but the "
                              f"model has {classes if classes is not None else '?'} outputs")
+
+    def _check_weights(self, w, support_x, ref) -> None:
+        """support_weights: one weight per support example, the model's dtype, data."""
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"BatchedMAML: support_weights must be a tensor, got {type(w).__name__}")
+        if self.loss_name is None:
+            raise ValueError("BatchedMAML: support_weights need a named loss ('mse' or 'cross_entropy'); a loss "
+                             "callable returns one value per task, not one per example")
+        if tuple(w.shape) != tuple(support_x.shape[:2]):
+            raise ValueError(f"BatchedMAML: support_weights must be [tasks, support examples] = "
+                             f"{list(support_x.shape[:2])}, got {list(w.shape)}")
+        if w.dtype != ref.dtype:
+            raise TypeError(f"BatchedMAML: support_weights has dtype {w.dtype} but the model's parameters are "
+                            f"{ref.dtype}")
+        if w.requires_grad and torch.is_grad_enabled():
+            raise ValueError("BatchedMAML: gradients with respect to support_weights are not supported; detach them")
 
     def _check_x(self, name: str, x: torch.Tensor) -> None:
         ref = self._model_tensor()
@@ -293,26 +312,31 @@ class BatchedMAML(nn.Module):
         return "fused"
 
     # ---------------------------------------------------------------- torch
-    def _adapt_torch(self, support_x, support_y, steps):
+    def _support_loss(self, fixed, names):
+        """loss(params, x, y, w) of one task: the plain mean, or weighted by w [K]."""
+        loss_fn, name = self.loss_fn, self.loss_name
+
+        def task_loss(params, x, y, w):
+            out = functional_call(self.model, {**fixed, **dict(zip(names, params))}, (x,))
+            return loss_fn(out, y) if w is None else weighted_loss(name, out, y, w)
+
+        return task_loss
+
+    def _adapt_torch(self, support_x, support_y, steps, weights=None):
         if not support_x.is_cuda and self.adapt_mode == "all" and not isinstance(mlp_spec(self.model), str):
-            return self._adapt_func(support_x, support_y, steps)
+            return self._adapt_func(support_x, support_y, steps, weights)
         named = dict(self.model.named_parameters())
         fixed = {**{n: p for n, p in named.items() if n not in self.adapt_names}, **dict(self.model.named_buffers())}
         names = self.adapt_names
         tasks = support_x.shape[0]
         grad_wanted = torch.is_grad_enabled()
-        loss_fn = self.loss_fn
-
-        def task_loss(params, x, y):
-            return loss_fn(functional_call(self.model, {**fixed, **dict(zip(names, params))}, (x,)), y)
-
-        batched_loss = vmap(task_loss)
+        batched_loss = vmap(self._support_loss(fixed, names), in_dims=(0, 0, 0, None if weights is None else 0))
         losses = []
         with torch.enable_grad():
             params = [named[n].expand(tasks, *named[n].shape) for n in names]
             params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
             for _ in range(steps):
-                step_losses = batched_loss(params, support_x, support_y)
+                step_losses = batched_loss(params, support_x, support_y, weights)
                 losses.append(step_losses)
                 grads = torch.autograd.grad(step_losses.sum(), params, retain_graph=True,
                                             create_graph=grad_wanted and not self.first_order)
@@ -325,7 +349,7 @@ class BatchedMAML(nn.Module):
             params, support_losses = [p.detach() for p in params], support_losses.detach()
         return dict(zip(names, params)), support_losses
 
-    def _adapt_func(self, support_x, support_y, steps):
+    def _adapt_func(self, support_x, support_y, steps, weights=None):
         """The torch backend for plain MLPs on the CPU: torch.func's vmap over
         tasks of an inner loop of grad (measured 10-25% faster there than the
         batched autograd.grad loop on the Omniglot MLP). Only for Linear +
@@ -334,16 +358,14 @@ class BatchedMAML(nn.Module):
         errors of 1e-2 measured), so every other model keeps the autograd.grad loop."""
         named = dict(self.model.named_parameters())
         fixed = {**{n: p for n, p in named.items() if n not in self.adapt_names}, **dict(self.model.named_buffers())}
-        names, loss_fn, first_order = self.adapt_names, self.loss_fn, self.first_order
+        names, first_order = self.adapt_names, self.first_order
         lr, lrs = self.inner_lr, None if self.inner_lrs is None else list(self.inner_lrs)
+        task_loss = self._support_loss(fixed, names)
 
-        def task_loss(params, x, y):
-            return loss_fn(functional_call(self.model, {**fixed, **dict(zip(names, params))}, (x,)), y)
-
-        def adapt_task(params, x, y):
+        def adapt_task(params, x, y, w):
             losses = []
             for _ in range(steps):
-                grads, loss = grad_and_value(task_loss)(params, x, y)
+                grads, loss = grad_and_value(task_loss)(params, x, y, w)
                 if first_order:
                     grads = [g.detach() for g in grads]
                 if lrs is None:  # p + (−lr)·g: bit-identical to p − lr·g, one backward node fewer
@@ -353,8 +375,8 @@ class BatchedMAML(nn.Module):
                 losses.append(loss)
             return params, torch.stack(losses)
 
-        params, support_losses = vmap(adapt_task, in_dims=(None, 0, 0))([named[n] for n in names], support_x,
-                                                                        support_y)
+        params, support_losses = vmap(adapt_task, in_dims=(None, 0, 0, None if weights is None else 0))(
+            [named[n] for n in names], support_x, support_y, weights)
         if not torch.is_grad_enabled():
             params, support_losses = [p.detach() for p in params], support_losses.detach()
         return dict(zip(names, params)), support_losses
@@ -363,7 +385,7 @@ class BatchedMAML(nn.Module):
     def _flat(self, tensors):
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def _adapt_fused(self, support_x, support_y, steps, query_x=None, query_y=None):
+    def _adapt_fused(self, support_x, support_y, steps, query_x=None, query_y=None, weights=None):
         """mlp_adapt on the flat adapted parameters; with a query set the query
         forward and loss run in the same kernel launch."""
         named = dict(self.model.named_parameters())
@@ -376,7 +398,7 @@ class BatchedMAML(nn.Module):
             sizes, activation = mlp_spec(self.model)
         return mlp_adapt(self._flat([named[n] for n in self.adapt_names]), support_x, support_y, sizes, steps,
                          lr=self.inner_lr, lrs=lrs, activation=activation, loss=self.loss_name,
-                         first_order=self.first_order, query_x=query_x, query_y=query_y,
+                         first_order=self.first_order, query_x=query_x, query_y=query_y, support_weights=weights,
                          check_labels=False)  # _check read them already (or check_inputs=False said not to)
 
     def _unflatten(self, flat):
@@ -389,15 +411,17 @@ class BatchedMAML(nn.Module):
         return out
 
     # ------------------------------------------------------------------- API
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None) -> dict:
-        """Adapted parameters, batched over tasks: {name: [T, *shape]} (adapted ones only)."""
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              support_weights: torch.Tensor | None = None) -> dict:
+        """Adapted parameters, batched over tasks: {name: [T, *shape]} (adapted ones only).
+        ``support_weights`` [T, K]: as in ``forward``."""
         steps = self.inner_steps if steps is None else positive_int(steps, "BatchedMAML.adapt: steps")
-        self._check(support_x, support_y)
+        self._check(support_x, support_y, support_weights=support_weights)
         backend = self.backend_used = self._select_backend(support_x, steps)
         if backend == "fused":
-            flat, _ = self._adapt_fused(support_x, support_y, steps)
+            flat, _ = self._adapt_fused(support_x, support_y, steps, weights=support_weights)
             return self._unflatten(flat)
-        return self._adapt_torch(support_x, support_y, steps)[0]
+        return self._adapt_torch(support_x, support_y, steps, support_weights)[0]
 
     def predict(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Apply per-task parameters (from ``adapt``) to inputs x [T, N, ...]."""
@@ -415,15 +439,19 @@ class BatchedMAML(nn.Module):
         fixed = {**{n: p for n, p in named.items() if n not in params}, **dict(self.model.named_buffers())}
         return vmap(lambda p, xt: functional_call(self.model, {**fixed, **p}, (xt,)))(params, x)
 
-    def forward(self, support_x, support_y, query_x, query_y) -> MetaOutput:
-        self._check(support_x, support_y, query_x, query_y)
+    def forward(self, support_x, support_y, query_x, query_y, support_weights=None) -> MetaOutput:
+        """The meta-batch's query loss after adaptation. ``support_weights``
+        [T, K] (optional) weighs each support example's inner loss: a task's
+        support loss is Σ_k w_k·ℓ_k / K (all ones: the plain mean; 0 masks a
+        padded example; negative allowed). Data, not differentiated."""
+        self._check(support_x, support_y, query_x, query_y, support_weights)
         backend = self.backend_used = self._select_backend(support_x, self.inner_steps)
         if backend == "fused":
             _, support_losses, query_output, query_losses = self._adapt_fused(
-                support_x, support_y, self.inner_steps, query_x, query_y)
+                support_x, support_y, self.inner_steps, query_x, query_y, support_weights)
             loss = query_losses.mean()
         else:
-            params, support_losses = self._adapt_torch(support_x, support_y, self.inner_steps)
+            params, support_losses = self._adapt_torch(support_x, support_y, self.inner_steps, support_weights)
             query_output = self.predict(params, query_x)
             if self.loss_name is not None and self._output_shape(query_x) is None:
                 self._check_target("query_y", query_y, query_output.shape[1:])  # not checked before the run

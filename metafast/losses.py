@@ -27,6 +27,21 @@ def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
 
+def per_example(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each example's loss [N] for one task's output [N, ...] (MSE: the mean over
+    the example's outputs): what per-example weights multiply."""
+    (mse if name == "mse" else cross_entropy)(output, target)  # the same shape and dtype checks
+    if name == "mse":
+        return ((output - target) ** 2).reshape(output.shape[0], -1).mean(1)
+    per = F.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1), reduction="none")
+    return per.reshape(output.shape[0], -1).mean(1)
+
+
+def weighted_loss(name: str, output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_k·ℓ_k / N over one task's N examples: the plain mean when every weight is 1."""
+    return (weights * per_example(name, output, target)).mean()
+
+
 def resolve_loss(loss) -> tuple[str | None, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """(name or None for a callable, function(output, target) -> scalar mean loss)."""
     if callable(loss):

@@ -13,18 +13,20 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metafast.losses import resolve_loss
+from metafast.losses import resolve_loss, weighted_loss
 
 
 def adapt_task(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                inner_lr: float, inner_steps: int, first_order: bool = False, loss="mse",
-               lrs: dict[str, torch.Tensor] | None = None):
+               lrs: dict[str, torch.Tensor] | None = None, weights: torch.Tensor | None = None):
     """Adapt ``params`` (a subset of the model's parameters, by name) to one task.
+    ``weights`` [K]: per-example support loss weights (Σ_k w_k·ℓ_k / K).
     Returns (adapted params, list of support losses)."""
-    _, loss_fn = resolve_loss(loss)
+    name, loss_fn = resolve_loss(loss)
     losses = []
     for _ in range(inner_steps):
-        support_loss = loss_fn(functional_call(model, params, (x,)), y)
+        output = functional_call(model, params, (x,))
+        support_loss = loss_fn(output, y) if weights is None else weighted_loss(name, output, y, weights)
         losses.append(support_loss)
         grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not first_order,
                                     retain_graph=True)
@@ -38,12 +40,14 @@ def adapt_task(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tenso
 def meta_loss(model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
               query_y: torch.Tensor, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
               loss="mse", lrs: Sequence[torch.Tensor] | dict[str, torch.Tensor] | None = None,
-              adapt_names: Sequence[str] | None = None) -> torch.Tensor:
+              adapt_names: Sequence[str] | None = None,
+              support_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean query loss over tasks after adapting to each task's support set.
 
     ``lrs``: Meta-SGD per-parameter rates, a list in the order of the adapted
     parameters or a dict by name. ``adapt_names``: adapt only these parameters
-    (ANIL adapts only the head); by default all.
+    (ANIL adapts only the head); by default all. ``support_weights`` [T, K]:
+    per-example support loss weights.
     """
     _, loss_fn = resolve_loss(loss)
     named = dict(model.named_parameters())
@@ -54,6 +58,6 @@ def meta_loss(model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor
     for t in range(support_x.shape[0]):
         params = {n: named[n] for n in names}
         adapted, _ = adapt_task(model, params, support_x[t], support_y[t], inner_lr, inner_steps, first_order,
-                                loss, lrs)
+                                loss, lrs, None if support_weights is None else support_weights[t])
         total = total + loss_fn(functional_call(model, adapted, (query_x[t],)), query_y[t])
     return total / support_x.shape[0]

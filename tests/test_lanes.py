@@ -207,7 +207,7 @@ def kernel_run(lib, c):
     P, S, dL, mse = c["init"].numel(), c["steps"], c["sizes"][-1], c["loss"] == "mse"
     sizes = torch.tensor(c["sizes"], dtype=torch.int64)
     problem = [_ptr(sizes), len(c["sizes"]), 0 if c["activation"] == "relu" else 1, 0 if mse else 1, T, K, Q, S,
-               ctypes.c_double(c["lr"]), _ptr(c["lrs"])]
+               ctypes.c_double(c["lr"]), _ptr(c["lrs"]), _ptr(c.get("weights"))]
     data = [_ptr(x), _ptr(c["y"] if mse else None), _ptr(None if mse else c["y"]), _ptr(qx),
             _ptr(c["qy"] if Q and mse else None), _ptr(c["qy"] if Q and not mse else None)]
     nan = lambda *shape: torch.full(shape, float("nan"), dtype=torch.float64)  # unwritten shows as NaN
@@ -236,7 +236,7 @@ def torch_run(c):
     x = c["x"].clone().requires_grad_(c["want_x"])
     qx = c["qx"].clone().requires_grad_(c["want_qx"]) if c["qx"] is not None else None
     outs = mlp_adapt_torch(params, lrs, c["lr"], x, c["y"], c["sizes"], c["steps"], c["activation"], c["loss"],
-                           not c["second_order"], qx, c["qy"])
+                           not c["second_order"], qx, c["qy"], c.get("weights"))
     wrt = [params] + [t for t, want in ((lrs, c["want_lrs"]), (x, c["want_x"]), (qx, c["want_qx"])) if want]
     pairs = [(o, g) for o, g in zip(outs, c["grads"]) if g is not None]
     grads = list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True,
@@ -270,6 +270,7 @@ def random_nan_case(seed):
     else:
         c["y"] = torch.randint(0, sizes[-1], (T, K), generator=g)
         c["qy"] = torch.randint(0, sizes[-1], (T, Q), generator=g) if Q else None
+    c["weights"] = torch.rand(T, K, dtype=torch.float64, generator=g) * 3 - 1 if rng.random() < 0.4 else None
     c["want_lrs"] = c["lrs"] is not None and rng.random() < 0.7
     c["want_x"] = rng.random() < 0.5
     c["want_qx"] = bool(Q) and rng.random() < 0.5
@@ -281,6 +282,7 @@ def random_nan_case(seed):
     places += [c["y"]] if loss == "mse" else []
     places += [c["qx"]] + ([c["qy"]] if loss == "mse" else []) if Q else []
     places += [c["lrs"]] if c["lrs"] is not None else []
+    places += [c["weights"]] if c["weights"] is not None else []
     target = rng.choice(places)
     for _ in range(rng.choice([1, 1, 2])):
         target.view(-1)[rng.randrange(target.numel())] = float("nan")
@@ -325,8 +327,8 @@ def _relu_nan_weight(lib) -> list[str]:
     c = random_nan_case(1)
     g = torch.Generator().manual_seed(3)
     normal = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=g)
-    c.update(sizes=[1, 8, 8, 1], loss="mse", activation="relu", steps=1, lrs=None, want_lrs=False, want_x=True,
-             qx=None, qy=None, want_qx=False, init=normal(97), x=normal(2, 5, 1), y=normal(2, 5, 1))
+    c.update(sizes=[1, 8, 8, 1], loss="mse", activation="relu", steps=1, lrs=None, weights=None, want_lrs=False,
+             want_x=True, qx=None, qy=None, want_qx=False, init=normal(97), x=normal(2, 5, 1), y=normal(2, 5, 1))
     c["grads"] = [normal(2, 97), None, None, None]
     c["init"][0] = float("nan")  # W1[0, 0]
     got, want = kernel_run(lib, c), torch_run(c)

@@ -151,9 +151,10 @@ void run(Call& call, double lr, const Tensor& params) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cpu(
     Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
     OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
-    bool first_order) {
+    bool first_order, OptTensor support_weights) {
   MF_CHECK(params.is_cpu(), "metafast::mlp_adapt (CPU): params must be on the CPU");
-  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss);
+  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                           support_weights);
   check_labels_on_host(f.c, f.in.y, f.in.qy);
   if (params.scalar_type() == ScalarType::Float)
     run<float>(f, lr, params);
@@ -166,11 +167,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cpu(
     Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
     Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
     OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
-    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {
+    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
   MF_CHECK(params.is_cpu(), "metafast::mlp_adapt_backward (CPU): params must be on the CPU");
   auto b = prepare_backward(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory,
                             params, lrs, lr, support_x, support_y, query_x, query_y, sizes, activation, loss,
-                            first_order, lrs_grad, x_grad, query_x_grad);
+                            first_order, lrs_grad, x_grad, query_x_grad, support_weights);
   check_labels_on_host(b.c, b.in.y, b.in.qy);
   if (params.scalar_type() == ScalarType::Float)
     run<float>(b, lr, params);

@@ -29,10 +29,11 @@ void launch_backward(Call& b, double lr, const Tensor& params, cudaStream_t stre
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cuda(
     Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
     OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
-    bool first_order) {
+    bool first_order, OptTensor support_weights) {
   MF_CHECK(params.is_cuda(), "metafast::mlp_adapt (CUDA): params must be on a CUDA device");
   const torch::stable::accelerator::DeviceGuard guard(params.get_device_index());
-  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss);
+  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                           support_weights);
   const cudaStream_t stream = current_cuda_stream(params.get_device_index());
   if (params.scalar_type() == ScalarType::Float)
     launch_forward<float>(f, lr, params, stream);
@@ -45,12 +46,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cuda(
     Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
     Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
     OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
-    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad) {
+    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
   MF_CHECK(params.is_cuda(), "metafast::mlp_adapt_backward (CUDA): params must be on a CUDA device");
   const torch::stable::accelerator::DeviceGuard guard(params.get_device_index());
   auto b = prepare_backward(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory,
                             params, lrs, lr, support_x, support_y, query_x, query_y, sizes, activation, loss,
-                            first_order, lrs_grad, x_grad, query_x_grad);
+                            first_order, lrs_grad, x_grad, query_x_grad, support_weights);
   const cudaStream_t stream = current_cuda_stream(params.get_device_index());
   if (params.scalar_type() == ScalarType::Float)
     launch_backward<float>(b, lr, params, stream);

@@ -74,6 +74,7 @@ struct MlpTaskData {
   const T* x;           // [K, d_0]
   const T* y_float;     // [K, d_L] (MSE) or nullptr
   const label_t<T>* y_class;  // [K] (cross-entropy) or nullptr
+  const T* weights;     // [K] per-example loss weights, or nullptr (all 1)
   int shots;            // K
 };
 
@@ -389,12 +390,14 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpLayout& m, Activation act
     T* dy = ws.dz + out + k * dL;
     T* dy_dot = ws.dz_dot + out + k * dL;
     const T* y_dot = ws.z_dot + out + k * dL;
+    // A weighted example (support_weights): its loss, gradient and tangent scaled by w_k.
+    const T weight = d.weights ? d.weights[k] : T(1);
     if (loss == Loss::MSE) {
-      const T scale = T(1) / T(int64_t(K) * dL);
+      const T scale = T(1) / T(int64_t(K) * dL) * weight;
       ws.point_loss[k] = mse_loss_grad(y, d.y_float + k * dL, dL, scale, dy);
       if (dir) mse_grad_tangent(y_dot, dL, scale, dy_dot);
     } else {  // a label outside [0, dL) gives NaN here, and is never used as an index
-      const T scale = T(1) / T(K);
+      const T scale = T(1) / T(K) * weight;
       ws.point_loss[k] = cross_entropy_loss_grad(y, d.y_class[k], dL, scale, dy);
       if (dir) cross_entropy_grad_tangent(y, y_dot, d.y_class[k], dL, scale, dy_dot);
     }
@@ -439,6 +442,7 @@ struct MlpProblem {
   const T* x;                        // [T, K, d_0]
   const T* y_float;                  // [T, K, d_L] (MSE) or nullptr
   const label_t<T>* y_class;         // [T, K] (cross-entropy) or nullptr
+  const T* support_weights = nullptr;  // [T, K] per-example support loss weights, or nullptr (all 1)
   const T* qx;                       // [T, Q, d_0] or nullptr
   const T* qy_float;
   const label_t<T>* qy_class;
@@ -457,6 +461,7 @@ struct MlpProblem {
     d.x = xs + int64_t(task) * n * layout.sizes[0];
     d.y_float = yf ? yf + int64_t(task) * n * layout.sizes[layout.num_layers] : nullptr;
     d.y_class = yc ? yc + int64_t(task) * n : nullptr;
+    d.weights = !query && support_weights ? support_weights + int64_t(task) * n : nullptr;  // queries: unweighted
     return d;
   }
 };

@@ -233,6 +233,7 @@ struct PackedMlpAdapt {
     Pack* x = sc.take<Pack>(K * d0);
     Pack* y = pr.y_float ? sc.take<Pack>(K * dL) : nullptr;
     Labels* yc = pr.y_class ? sc.take<Labels>(K) : nullptr;
+    Pack* sw = pr.support_weights ? sc.take<Pack>(K) : nullptr;
     Pack* qx = Q ? sc.take<Pack>(Q * d0) : nullptr;
     Pack* qy = Q && pr.qy_float ? sc.take<Pack>(Q * dL) : nullptr;
     Labels* qyc = Q && pr.qy_class ? sc.take<Labels>(Q) : nullptr;
@@ -242,6 +243,7 @@ struct PackedMlpAdapt {
     q.x = x;
     q.y_float = y;
     q.y_class = yc;
+    q.support_weights = sw;
     q.qx = qx;
     q.qy_float = qy;
     q.qy_class = qyc;
@@ -250,6 +252,7 @@ struct PackedMlpAdapt {
     gather_pack(x, pr.x, K * d0, first, n);
     if (y) gather_pack(y, pr.y_float, K * dL, first, n);
     if (yc) gather_labels(yc, pr.y_class, K, first, n);
+    if (sw) gather_pack(sw, pr.support_weights, K, first, n);
     if (qx) gather_pack(qx, pr.qx, Q * d0, first, n);
     if (qy) gather_pack(qy, pr.qy_float, Q * dL, first, n);
     if (qyc) gather_labels(qyc, pr.qy_class, Q, first, n);

@@ -52,12 +52,19 @@ def mlp_forward(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int], acti
     return h
 
 
-def task_losses(output: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-task mean loss [T] of a batched output [T, N, C]."""
+def task_losses(output: torch.Tensor, target: torch.Tensor, loss: str,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-task mean loss [T] of a batched output [T, N, ...]: the mean over the
+    N examples of each example's loss (MSE: the mean over its outputs), each
+    multiplied by weights [T, N] when given."""
     if loss == "mse":
-        return ((output - target) ** 2).flatten(1).mean(1)
-    t, n, c = output.shape
-    return F.cross_entropy(output.reshape(t * n, c), target.reshape(t * n), reduction="none").view(t, n).mean(1)
+        if weights is None:
+            return ((output - target) ** 2).flatten(1).mean(1)
+        per_example = ((output - target) ** 2).flatten(2).mean(2)
+    else:
+        t, n, c = output.shape
+        per_example = F.cross_entropy(output.reshape(t * n, c), target.reshape(t * n), reduction="none").view(t, n)
+    return (per_example if weights is None else weights * per_example).mean(1)
 
 
 def as_layer_sizes(sizes) -> list[int]:
@@ -71,7 +78,7 @@ def as_layer_sizes(sizes) -> list[int]:
 
 
 def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation,
-                         loss) -> None:
+                         loss, support_weights=None) -> None:
     """The checks of csrc/mlp_adapt_host.h (the truth for the op), mirrored for
     the fake kernel and for the pure-PyTorch fallback."""
     def check(cond, message):
@@ -87,7 +94,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
     check(params.dim() == 1 and params.numel() == num_params,
           f"params must be the flat vector [W1, b1, ...] of {num_params} elements for sizes {list(sizes)}, "
           f"got shape {list(params.shape)}")
-    named = [("lrs", lrs), ("support_x", support_x), ("query_x", query_x)]
+    named = [("lrs", lrs), ("support_x", support_x), ("query_x", query_x), ("support_weights", support_weights)]
     for name, t in named:
         if t is not None:
             check(t.device == params.device, f"{name} is on {t.device} but params is on {params.device}")
@@ -102,6 +109,9 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
     t, k = support_x.shape[:2]
     check(t > 0 and k > 0, f"support_x has an empty task or support set: {list(support_x.shape)}")
     check(1 <= steps <= 1000, f"steps must be in [1, 1000], got {steps}")
+    if support_weights is not None:
+        check(support_weights.shape == (t, k), f"support_weights must be [{t}, {k}] (one weight per support "
+                                               f"example), got {list(support_weights.shape)}")
     check((query_x is None) == (query_y is None), "give both query_x and query_y, or neither")
     sets = [("support_y", support_y, k)]
     if query_x is not None:
@@ -138,7 +148,7 @@ def check_label_range(classes: int, *labels: torch.Tensor | None) -> None:
 
 
 def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation="relu", loss="mse",
-                    first_order=False, query_x=None, query_y=None):
+                    first_order=False, query_x=None, query_y=None, support_weights=None):
     """Pure-PyTorch mlp_adapt (batched over tasks): the fallback, and the
     differentiable formula used when a gradient of the gradient is asked for.
     Returns (adapted, support_losses[, query_output, query_losses])."""
@@ -151,7 +161,7 @@ def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activat
         rate = lr if lrs is None else lrs
         losses = []
         for _ in range(steps):
-            task_loss = task_losses(mlp_forward(theta, support_x, sizes, activation), support_y, loss)
+            task_loss = task_losses(mlp_forward(theta, support_x, sizes, activation), support_y, loss, support_weights)
             losses.append(task_loss)
             # retain_graph: the support losses stay differentiable in first order too.
             (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order,
@@ -180,6 +190,7 @@ def mlp_adapt(
     query_x: torch.Tensor | None = None,
     query_y: torch.Tensor | None = None,
     check_labels: bool = True,
+    support_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Adapt an MLP to every task of a meta-batch in one fused call.
 
@@ -195,6 +206,11 @@ def mlp_adapt(
             synchronisation; skipped during CUDA-graph capture). False for a
             caller that checked them already; the kernel turns a bad label into
             NaN, never an out-of-bounds read. The CPU kernel always checks.
+        support_weights: optional [T, K] weight of each support example's loss
+            (a task's support loss is Σ_k w_k·ℓ_k / K, so all ones is the plain
+            mean; zero masks a padded example; negative weights are allowed, as
+            in an advantage-weighted policy-gradient loss). Data, not
+            differentiated: a tensor that requires grad is refused.
 
     Returns:
         (adapted [T, P], support_losses [T, steps]) and, with a query set,
@@ -206,20 +222,22 @@ def mlp_adapt(
     if isinstance(steps, bool) or int(steps) != steps:
         raise ValueError(f"metafast::mlp_adapt: steps must be an integer, got {steps!r}")
     steps, lr = int(steps), float(lr)
-    for name, y in (("support_y", support_y), ("query_y", query_y)):
+    for name, y in (("support_y", support_y), ("query_y", query_y), ("support_weights", support_weights)):
         if y is not None and y.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"metafast::mlp_adapt: gradients with respect to {name} are not supported; "
-                             "detach the targets")
+                             f"detach {name}")
     if not kernel_available(params.device):
-        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                             support_weights)
         if loss == "cross_entropy":
             check_label_range(sizes[-1], support_y, query_y)
         return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
-                               query_x, query_y)
+                               query_x, query_y, support_weights)
     if loss == "cross_entropy" and params.device.type == "cuda" and check_labels:
         check_label_range(sizes[-1], support_y, query_y)
     adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
-        params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, bool(first_order)
+        params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, bool(first_order),
+        support_weights,
     )
     return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
@@ -227,8 +245,10 @@ def mlp_adapt(
 if _extension.available():
 
     @torch.library.register_fake("metafast::mlp_adapt")
-    def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order):
-        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
+    def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order,
+          support_weights=None):
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                             support_weights)
         t, p = support_x.shape[0], params.shape[0]
         if query_x is None:
             query_output, query_losses = params.new_empty(0), params.new_empty(0)
@@ -240,9 +260,10 @@ if _extension.available():
     @torch.library.register_fake("metafast::mlp_adapt_backward")
     def _(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs, lr,
           support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, lrs_grad, x_grad,
-          query_x_grad):
+          query_x_grad, support_weights=None):
         steps = trajectory.shape[1] if trajectory.dim() == 3 else 0
-        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss)
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                             support_weights)
         t, p = support_x.shape[0], params.shape[0]
         torch._check_value(grad_adapted.shape == (t, p) and trajectory.shape == (t, steps, p)
                            and (grad_losses is None or grad_losses.shape == (t, steps)),
@@ -260,16 +281,19 @@ if _extension.available():
 
     def _setup_context(ctx, inputs, output):
         (params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-         first_order) = inputs
+         first_order, support_weights) = inputs
+        if support_weights is not None and support_weights.requires_grad:
+            raise ValueError("metafast::mlp_adapt: gradients with respect to support_weights are not supported; "
+                             "detach support_weights")
         ctx.mark_non_differentiable(output[4])
         # An unused output's gradient stays None (not zeros): no [T, S, P] fill
         # for the trajectory, and no 0·NaN where a support loss is NaN.
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(params, lrs, support_x, support_y, query_x, query_y, output[0], output[4])
+        ctx.save_for_backward(params, lrs, support_x, support_y, query_x, query_y, output[0], output[4], support_weights)
         ctx.config = (lr, list(sizes), steps, activation, loss, first_order)
 
     def _backward(ctx, grad_adapted, grad_losses, grad_query_output, grad_query_losses, _grad_trajectory):
-        params, lrs, support_x, support_y, query_x, query_y, adapted, trajectory = ctx.saved_tensors
+        params, lrs, support_x, support_y, query_x, query_y, adapted, trajectory, weights = ctx.saved_tensors
         lr, sizes, steps, activation, loss, first_order = ctx.config
         need_lrs, need_x, need_qx = ctx.needs_input_grad[1], ctx.needs_input_grad[3], ctx.needs_input_grad[5]
         t = support_x.shape[0]
@@ -283,7 +307,7 @@ if _extension.available():
             inputs = [x for x, need in wanted if need]
             with torch.enable_grad():
                 outs = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss,
-                                       first_order, query_x, query_y)
+                                       first_order, query_x, query_y, weights)
                 pairs = [(o, g) for o, g in zip(outs, (grad_adapted, grad_losses, grad_query_output,
                                                         grad_query_losses)) if g is not None]
                 grads = list(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
@@ -294,12 +318,12 @@ if _extension.available():
             g_params, g_lrs, g_x, g_qx = torch.ops.metafast.mlp_adapt_backward(
                 grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs,
                 lr, support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, need_lrs, need_x,
-                need_qx,
+                need_qx, weights,
             )
             g_params = g_params.sum(0)
             g_lrs = g_lrs.sum(0) if need_lrs else None
             g_x = g_x if need_x else None
             g_qx = g_qx if need_qx else None
-        return g_params, g_lrs, None, g_x, None, g_qx, None, None, None, None, None, None
+        return g_params, g_lrs, None, g_x, None, g_qx, None, None, None, None, None, None, None
 
     torch.library.register_autograd("metafast::mlp_adapt", _backward, setup_context=_setup_context)

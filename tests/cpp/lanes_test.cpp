@@ -155,7 +155,8 @@ struct Case {
   bool second_order = true, meta_sgd = false, want_grad_lrs = false, want_grad_x = false, want_grad_qx = false;
   bool has_g_losses = true, has_gq_out = false, has_gq_loss = false;  // upstream gradients given (else nullptr)
   double lr = 0.1;
-  Vec lrs, init, x, y_float, qx, qy_float;
+  bool weighted = false;  // per-example support loss weights
+  Vec lrs, init, x, y_float, qx, qy_float, weights;
   IVec y_class, qy_class;
   // upstream gradients of the backward
   Vec g_adapted, g_losses, g_qout, g_qloss;
@@ -199,6 +200,7 @@ struct Runner {
     const bool mse = c.loss == Loss::MSE;
     p.y_float = mse ? c.y_float.data() : nullptr;
     p.y_class = mse ? nullptr : c.y_class.data();
+    p.support_weights = c.weighted ? c.weights.data() : nullptr;
     p.qx = c.queries ? c.qx.data() : nullptr;
     p.qy_float = c.queries && mse ? c.qy_float.data() : nullptr;
     p.qy_class = c.queries && !mse ? c.qy_class.data() : nullptr;
@@ -324,6 +326,8 @@ void fill_arrays(Case& c, Rng& r) {
   c.lrs.resize(P);
   for (auto& e : c.lrs) e = r.uniform(0.0, 2.0 * c.lr);
   c.x = r.normals(T * K * d0);
+  c.weights.resize(T * K);
+  for (auto& e : c.weights) e = r.uniform(-1.0, 2.0);  // negative too (advantage-weighted losses)
   c.qx = r.normals(T * Q * d0);
   c.y_float = r.normals(T * K * dL);
   c.qy_float = r.normals(T * Q * dL);
@@ -355,6 +359,7 @@ Case random_case(uint64_t seed) {
   c.has_gq_out = c.queries > 0 && r.coin(0.6);
   c.has_gq_loss = c.queries > 0 && r.coin(0.8);
   c.lr = r.uniform(0.02, 0.3);
+  c.weighted = r.coin(0.4);
   fill_arrays(c, r);
   return c;
 }
@@ -368,6 +373,7 @@ Case with_random_nan(Case c, uint64_t seed) {
   if (c.queries) places.push_back({&c.qx, "qx"});
   if (c.queries && c.loss == Loss::MSE) places.push_back({&c.qy_float, "qy"});
   if (c.meta_sgd) places.push_back({&c.lrs, "lrs"});
+  if (c.weighted) places.push_back({&c.weights, "support_weights"});
   if (c.has_g_losses) places.push_back({&c.g_losses, "grad_losses"});
   auto [v, name] = places[r.uniform_int(0, int(places.size()) - 1)];
   (*v)[r.uniform_int(0, int(v->size()) - 1)] = kNaN;
@@ -461,7 +467,7 @@ std::string describe(const Case& c) {
        " Q=" + std::to_string(c.queries) + " S=" + std::to_string(c.steps) + (c.second_order ? " 2nd" : " 1st") +
        (c.meta_sgd ? " meta-sgd" : "") + (c.want_grad_lrs ? " +glrs" : "") + (c.want_grad_x ? " +gx" : "") +
        (c.want_grad_qx ? " +gqx" : "") + (c.has_g_losses ? "" : " -glosses") + (c.has_gq_out ? " +gqout" : "") +
-       (c.has_gq_loss ? " +gqloss" : "") + c.name;
+       (c.has_gq_loss ? " +gqloss" : "") + (c.weighted ? " weighted" : "") + c.name;
   return s;
 }
 

@@ -5,7 +5,8 @@
 // as a shared library and called through ctypes, so that the kernels'
 // NaN semantics can be compared with PyTorch's eager autograd without
 // building the extension. Arrays are contiguous float64 / int64 with the
-// shapes of metafast::mlp_adapt and mlp_adapt_backward; optional ones are NULL.
+// shapes of metafast::mlp_adapt and mlp_adapt_backward (support weights
+// [T, K] after the rates); optional ones are NULL.
 #include <stdint.h>
 
 #include <algorithm>
@@ -19,8 +20,8 @@ using namespace metafast;
 namespace {
 
 MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
-                           int steps, double lr, const double* lrs, const double* x, const double* y_float,
-                           const int64_t* y_class, const double* qx, const double* qy_float,
+                           int steps, double lr, const double* lrs, const double* weights, const double* x,
+                           const double* y_float, const int64_t* y_class, const double* qx, const double* qy_float,
                            const int64_t* qy_class, std::vector<double>& workspace) {
   MlpProblem<double> p;
   p.layout = mlp_layout(sizes, n);
@@ -32,6 +33,7 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
   p.steps = steps;
   p.lr = lr;
   p.lrs = lrs;
+  p.support_weights = weights;
   p.x = x;
   p.y_float = y_float;
   p.y_class = y_class;
@@ -68,14 +70,15 @@ int mf_test_set_pack_width(int w) {
 int mf_test_num_params(const int64_t* sizes, int n) { return int(mlp_layout(sizes, n).num_params); }
 
 void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries, int steps,
-                       double lr, const double* lrs, const double* init, const double* x, const double* y_float,
+                       double lr, const double* lrs, const double* weights, const double* init, const double* x,
+                       const double* y_float,
                        const int64_t* y_class, const double* qx, const double* qy_float, const int64_t* qy_class,
                        double* adapted, double* losses, double* query_output, double* query_losses,
                        double* trajectory) {
   std::vector<double> ws;
   MlpAdaptForwardArgs<double> a;
-  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, x, y_float, y_class, qx, qy_float,
-                qy_class, ws);
+  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x, y_float, y_class, qx,
+                qy_float, qy_class, ws);
   a.init = init;
   a.adapted = adapted;
   a.losses = losses;
@@ -89,7 +92,8 @@ void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks
 }
 
 void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
-                                int steps, double lr, const double* lrs, const double* x, const double* y_float,
+                                int steps, double lr, const double* lrs, const double* weights, const double* x,
+                                const double* y_float,
                                 const int64_t* y_class, const double* qx, const double* qy_float,
                                 const int64_t* qy_class, int second_order, const double* grad_adapted,
                                 const double* grad_losses, const double* grad_query_output,
@@ -97,8 +101,8 @@ void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, 
                                 double* grad_init, double* grad_lrs, double* grad_x, double* grad_qx) {
   std::vector<double> ws;
   MlpAdaptBackwardArgs<double> a;
-  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, x, y_float, y_class, qx, qy_float,
-                qy_class, ws);
+  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x, y_float, y_class, qx,
+                qy_float, qy_class, ws);
   a.second_order = second_order != 0;
   a.grad_adapted = grad_adapted;
   a.grad_losses = grad_losses;
