@@ -79,6 +79,21 @@ def synchronize(device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- environment
 
+def cpu_vector_flags() -> list[str]:
+    """The x86 vector extensions the CPU reports (the CPU kernels pick their
+    ISA level from these: AVX-512, AVX2+FMA or SSE2)."""
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512vl", "avx512bw")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
+
+
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     """Everything a result file needs to be interpreted later."""
     info: dict[str, Any] = {
@@ -87,6 +102,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_vector_flags": cpu_vector_flags(),
         "torch_threads": threads,
         "python": platform.python_version(),
         "platform": platform.platform(),
