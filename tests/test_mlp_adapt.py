@@ -25,15 +25,17 @@ def random_config(seed):
                 lr=rng.choice([0.05, 0.2, 0.5]))
 
 
-def eager_adapt(model, flat, lrs_flat, sx, sy, lr, steps, first_order, loss):
-    """The per-task eager loop, on the flat parameter layout of mlp_adapt."""
+def eager_adapt(model, flat, lrs_flat, sx, sy, lr, steps, first_order, loss, weights=None):
+    """The per-task eager loop, on the flat parameter layout of mlp_adapt
+    (weights [T, K]: per-example support loss weights)."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     split = lambda v: dict(zip(names, [c.view(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes)]))
     adapted, losses = [], []
     for t in range(sx.shape[0]):
         params, task_losses = adapt_task(model, split(flat), sx[t], sy[t], lr, steps, first_order, loss,
-                                         None if lrs_flat is None else split(lrs_flat))
+                                         None if lrs_flat is None else split(lrs_flat),
+                                         None if weights is None else weights[t])
         adapted.append(torch.cat([params[n].reshape(-1) for n in names]))
         losses.append(torch.stack(task_losses))
     return torch.stack(adapted), torch.stack(losses)

@@ -4,33 +4,19 @@ BatchedMAML (both backends) against the weighted eager loop in float64 (1e-10);
 zero weights mask padded examples exactly; bad weights get clear errors."""
 import pytest
 import torch
+from conftest import DEVICES, max_rel_err, random_mlp_task, requires_extension
+from test_mlp_adapt import TOL, eager_adapt, random_config
 from torch import nn
 
 import metafast
-from conftest import DEVICES, max_rel_err, random_mlp_task, requires_extension
 from metafast.ops import mlp_adapt, mlp_adapt_torch
-from metafast.reference import adapt_task, meta_loss
-from test_mlp_adapt import TOL, random_config
+from metafast.reference import meta_loss
 
 CPU_PATHS = ["packed", "per-task"]
 
 
 def flat_params(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
-
-
-def weighted_eager(model, flat, sx, sy, weights, lr, steps, first_order, loss):
-    """The per-task eager loop with weights, on mlp_adapt's flat layout."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    split = lambda v: dict(zip(names, [c.view(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes)]))
-    adapted, losses = [], []
-    for t in range(sx.shape[0]):
-        params, task_losses = adapt_task(model, split(flat), sx[t], sy[t], lr, steps, first_order, loss,
-                                         weights=weights[t])
-        adapted.append(torch.cat([params[n].reshape(-1) for n in names]))
-        losses.append(torch.stack(task_losses))
-    return torch.stack(adapted), torch.stack(losses)
 
 
 def op_against_eager(cfg, first_order, seed, device="cpu", fn=mlp_adapt):
@@ -50,7 +36,7 @@ def op_against_eager(cfg, first_order, seed, device="cpu", fn=mlp_adapt):
         a, losses = mlp_adapt_torch(flat, None, cfg["lr"], sx, sy, sizes, cfg["steps"], cfg["activation"],
                                     cfg["loss"], first_order, support_weights=w)
     got = torch.autograd.grad((a * w_a).sum() + (losses * w_l).sum(), [flat, sx])
-    ra, rl = weighted_eager(model, flat, sx, sy, w, cfg["lr"], cfg["steps"], first_order, cfg["loss"])
+    ra, rl = eager_adapt(model, flat, None, sx, sy, cfg["lr"], cfg["steps"], first_order, cfg["loss"], w)
     want = torch.autograd.grad((ra * w_a).sum() + (rl * w_l).sum(), [flat, sx])
     return max_rel_err([a, losses], [ra, rl]), max_rel_err(got, want)
 

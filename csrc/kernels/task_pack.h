@@ -3,7 +3,7 @@
 // A TaskPack<S, W> holds one scalar of each of W tasks (one task per SIMD
 // lane). Every task of a meta-batch runs the same shapes and the same
 // instruction stream, so the per-task algorithm of kernels/mlp_adapt.h, run
-// with T = TaskPack and SerialLanes, adapts W tasks at once, each vector
+// with T = TaskPack (and PackLanes, below), adapts W tasks at once, each vector
 // instruction doing one scalar step of every task: no horizontal sums, no
 // shuffles, and full vectors whatever the layer widths (1-40-40-1 included).
 // The GPU splits the same code across a block's threads (BlockLanes); the CPU
@@ -20,11 +20,9 @@
 // partial last pack repeats its first task in the unused lanes (valid data,
 // results discarded).
 //
-// GCC/Clang vector extensions; host only. W·sizeof(S) = 64 bytes (one
-// AVX-512 register, two AVX2 or four SSE registers: the compiler splits it).
+// GCC/Clang vector extensions; host only. The CPU kernel makes a pack one
+// vector register of the ISA level it runs (csrc/cpu/mlp_adapt.cpp).
 #pragma once
-#include <string.h>
-
 #include "kernels/mlp_adapt.h"
 
 namespace metafast {
@@ -52,7 +50,6 @@ template <typename S, int W>
 struct TaskPack {
   typedef S Vec __attribute__((vector_size(sizeof(S) * W)));
   using Mask = PackMask<S, W>;
-  static constexpr int kWidth = W;
   Vec v;
 
   TaskPack() = default;
@@ -70,7 +67,6 @@ struct TaskPack {
   friend TaskPack operator-(TaskPack a) { return of(-a.v); }
   TaskPack& operator+=(TaskPack b) { v += b.v; return *this; }
   TaskPack& operator-=(TaskPack b) { v -= b.v; return *this; }
-  TaskPack& operator*=(TaskPack b) { v *= b.v; return *this; }
   // Comparisons lane by lane (the compiler vectorizes them): GCC 12 crashes
   // (ICE in do_store_flag) on a vector `a.v <= b.v` kept as a mask under AVX-512.
   template <typename Cmp>
@@ -138,11 +134,11 @@ MF_PACK_UNARY(mf_tanh)
 #undef MF_PACK_UNARY
 
 // The lanes a pack runs with: one, taking the GPU's decomposition of each
-// layer's backward (parallel_backward_layer: one output at a time, summed
-// over the examples in a register) rather than SerialLanes' row-by-row outer
-// products, which load and store every gradient element once per example.
-// For a pack that register is a full vector and nothing is stored until the
-// sum is done.
+// layer (parallel_forward_layer / parallel_backward_layer: register blocks of
+// kBlock outputs, each summed in a register) rather than SerialLanes'
+// row-by-row outer products, which load and store every gradient element once
+// per example. For a pack each register is a full vector and nothing is
+// stored until the sum is done.
 struct PackLanes {
   static constexpr bool kSerial = false;
   int lane() const { return 0; }

@@ -44,6 +44,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -222,10 +223,34 @@ struct Runner {
     }
   }
 
-  // lanes == 0: SerialLanes (the CPU kernel's per-task path); lanes < 0:
-  // task packs of -lanes tasks (kPackWidths); else that many threads.
-  // The backward runs from `fwd` (the serial forward's saved outputs), so
-  // that it is compared on identical inputs.
+  // The forward or the backward (by argument type) of every task, split as
+  // `lanes` says: 0 SerialLanes (the CPU kernel's per-task path), -2 or -8
+  // task packs of that many tasks, else that many threads (the syncs they made
+  // are returned).
+  template <typename Args>
+  long run_tasks(const Args& a, int lanes, long drop_sync, Vec& ws) const {
+    auto task = [&](const auto& L, int t) {
+      if constexpr (std::is_same_v<Args, MlpAdaptForwardArgs<double>>)
+        mlp_adapt_forward_task<double>(L, a, t, ws.data() + t * stride);
+      else
+        mlp_adapt_backward_task<double>(L, a, t, ws.data() + t * stride);
+    };
+    if (lanes == 0) {
+      for (int t = 0; t < c.tasks; ++t) task(SerialLanes{}, t);
+    } else if (lanes == -2) {
+      run_packed<2>(a);
+    } else if (lanes == -8) {
+      run_packed<8>(a);
+    } else {
+      return run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) {
+        for (int t = 0; t < c.tasks; ++t) task(L, t);
+      });
+    }
+    return 0;
+  }
+
+  // See run_tasks for `lanes`. The backward runs from `fwd` (the serial
+  // forward's saved outputs), so that it is compared on identical inputs.
   Outputs run(int lanes, const Outputs* fwd, long drop_sync = 0) const {
     const int64_t T = c.tasks, P = m.num_params, S = c.steps, Q = c.queries, K = c.shots;
     const int dL = m.sizes[m.num_layers], d0 = m.sizes[0];
@@ -244,17 +269,7 @@ struct Runner {
     f.query_output = Q ? o.query_output.data() : nullptr;
     f.query_losses = Q ? o.query_losses.data() : nullptr;
     f.trajectory = o.trajectory.data();
-    if (lanes == 0) {
-      for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(SerialLanes{}, f, t, ws.data() + t * stride);
-    } else if (lanes == -2) {
-      run_packed<2>(f);
-    } else if (lanes == -8) {
-      run_packed<8>(f);
-    } else {
-      o.forward_syncs = run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) {
-        for (int t = 0; t < T; ++t) mlp_adapt_forward_task<double>(L, f, t, ws.data() + t * stride);
-      });
-    }
+    o.forward_syncs = run_tasks(f, lanes, drop_sync, ws);
     if (!fwd) fwd = &o;
     std::fill(ws.begin(), ws.end(), kNaN);
     o.grad_init.assign(T * P, kNaN);
@@ -274,19 +289,8 @@ struct Runner {
     b.grad_lrs = c.want_grad_lrs ? o.grad_lrs.data() : nullptr;
     b.grad_x = c.want_grad_x ? o.grad_x.data() : nullptr;
     b.grad_qx = c.want_grad_qx ? o.grad_qx.data() : nullptr;
-    if (lanes == 0) {
-      for (int t = 0; t < T; ++t) mlp_adapt_backward_task<double>(SerialLanes{}, b, t, ws.data() + t * stride);
-    } else if (lanes == -2) {
-      run_packed<2>(b);
-    } else if (lanes == -8) {
-      run_packed<8>(b);
-    } else {
-      // A drop past the forward's syncs lands in the backward.
-      const long drop = drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0;
-      o.backward_syncs = run_on_threads(lanes, drop, [&](const ThreadLanes& L) {
-        for (int t = 0; t < T; ++t) mlp_adapt_backward_task<double>(L, b, t, ws.data() + t * stride);
-      });
-    }
+    // A drop past the forward's syncs lands in the backward.
+    o.backward_syncs = run_tasks(b, lanes, drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0, ws);
     return o;
   }
 };
