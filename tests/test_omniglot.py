@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from metafast.data import omniglot as om
+from metafast.data.cache import CacheWarning
 from metafast.data.omniglot import EpisodeSampler, Omniglot, load_omniglot, split_characters
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
@@ -183,7 +184,6 @@ def test_cache_beside_archives_when_writable(fake, tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()
     # the second load reads the cache, decoding nothing
     monkeypatch.setattr(om, "_decode", lambda *a: pytest.fail("decoded again"))
-    monkeypatch.setattr(om, "_scan_archives", lambda *a: pytest.fail("scanned again"))
     images, names, path2 = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
     assert path2 == path
 
@@ -320,3 +320,79 @@ def test_real_decode_into_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(om, "_decode", lambda *a: pytest.fail("decoded again"))
     again, _, path2 = load_omniglot(REAL, cache_dir=tmp_path, progress=False)
     assert path2 == path and np.array_equal(again, images)
+
+
+# --------------------------------------------------------------------------- cache validation
+def _rewrite(path: Path, **changes):
+    """Rewrite the cache at ``path`` with some arrays (or meta items) replaced."""
+    import json
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"][()]))
+    meta.update(changes.pop("meta", {}))
+    arrays.update(changes)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def _assert_redecoded(root, tmp_path, want: np.ndarray, path: Path, match: str):
+    """The next load warns once (naming the file), decodes again and rewrites a cache that is then trusted."""
+    with pytest.warns(CacheWarning, match=match) as rec:
+        images, names, p = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    assert len(rec) == 1 and str(path) in str(rec[0].message)
+    assert p == path and np.array_equal(images, want) and len(names) == want.shape[0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _, _ = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    assert np.array_equal(again, want)
+
+
+def test_all_zero_cache_of_the_right_shape_is_decoded_again(fake, tmp_path):
+    root, _ = fake
+    want, names, path = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    np.savez(path, images=np.zeros_like(want), names=np.array(names))  # planted, no meta record
+    _assert_redecoded(root, tmp_path, want, path, "no meta record")
+    _rewrite(path, images=np.zeros_like(want))  # planted with a genuine meta record
+    _assert_redecoded(root, tmp_path, want, path, r"\d+ of its \d+ images are blank")
+    one = want.copy()
+    one[2, 1] = 0  # a single blank drawing
+    _rewrite(path, images=one)
+    _assert_redecoded(root, tmp_path, want, path, "1 of its")
+
+
+def test_truncated_class_list_is_decoded_again(fake, tmp_path):
+    root, n = fake
+    want, names, path = load_omniglot(root, cache_dir=tmp_path / "cache", progress=False)
+    # fewer characters, consistently in the arrays and the meta record: only the archives tell
+    _rewrite(path, images=want[:-2], names=np.array(names[:-2]), meta={"classes": names[:-2]})
+    _assert_redecoded(root, tmp_path, want, path, "its classes differs")
+    _rewrite(path, names=np.array(names[:-1] + ["images_evaluation/X/character99"]))
+    _assert_redecoded(root, tmp_path, want, path, "names do not match")
+    _rewrite(path, images=want[:, :3])  # drawers dropped
+    _assert_redecoded(root, tmp_path, want, path, "not uint8")
+    path.write_bytes(path.read_bytes()[:100])  # truncated file
+    _assert_redecoded(root, tmp_path, want, path, "cannot be read")
+    assert Omniglot(root, split="test", **_kw(tmp_path)).num_characters == n - 6
+
+
+def test_cache_from_a_different_archive_is_decoded_again(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_fake_omniglot(a, seed=0)
+    make_fake_omniglot(b, seed=1)  # same layout and names, other pixels
+    _, _, pa = load_omniglot(a, progress=False)
+    want, _, pb = load_omniglot(b, progress=False)
+    pb.write_bytes(pa.read_bytes())  # a's cache under b's name
+    _assert_redecoded(b, tmp_path, want, pb, "its fingerprint differs")
+    # an old (version 1) cache of the same archives is not trusted either
+    _rewrite(pb, meta={"version": 1})
+    _assert_redecoded(b, tmp_path, want, pb, "its version differs")
+
+
+def test_protocol_split_refuses_incomplete_archives(fake, tmp_path):
+    root, _ = fake
+    with pytest.raises(ValueError, match=r"images_background.zip holds 5 characters, not 964") as e:
+        Omniglot(root, cache_dir=tmp_path / "cache", progress=False)  # default: the 1,100/100/423 split
+    assert "\n" not in str(e.value) and "brendenlake/omniglot" in str(e.value)

@@ -32,15 +32,14 @@ import io
 import numbers
 import os
 import re
-import stat
-import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
-
 import numpy as np
 import torch
+
+from metafast.data.cache import blank_images, default_cache_dir, load_cache, save_cache
+from metafast.data.episodes import Episode, EpisodeSampler, check_episode, draw_episode_indices, episode_labels
 
 __all__ = [
     "ARCHIVES",
@@ -58,10 +57,11 @@ _SOURCE = (
     "(images_background.zip and images_evaluation.zip), and put both in one folder."
 )
 _ENTRY = re.compile(r"^(images_background|images_evaluation)/([^/]+)/([^/]+)/([^/]+\.png)$")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the cache holds a meta record and is validated against the archives
 
 #: Sizes of the splits of the MAML protocol (characters, before rotation).
 FULL_CHARACTERS = 1623
+FULL_PER_ARCHIVE = (964, 659)  # images_background, images_evaluation
 N_TRAIN = 1100
 N_VAL = 100
 
@@ -105,64 +105,93 @@ def _bad_zip(path: Path, why: str) -> ValueError:
     )
 
 
-def _fingerprint(root: Path) -> str:
-    """A fast fingerprint of the two archives: their sizes and central directories.
+def _central_directory(path: Path) -> tuple[int, bytes, bool]:
+    """``(size, central directory bytes, zip64)`` of a zip file, read raw.
 
-    The central directory lists every entry with its CRC, so any change of
-    content changes the fingerprint; reading it raw avoids parsing 34k entries.
+    The central directory lists every entry with its name and CRC, so it
+    fingerprints the content; reading it raw avoids parsing 34k entries
+    with ``zipfile``.  For zip64 archives the whole tail is returned instead.
     """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        tail = min(size, 22 + 65535)
+        f.seek(size - tail)
+        buf = f.read(tail)
+        pos = buf.rfind(b"PK\x05\x06")
+        if pos < 0 or pos + 22 > len(buf):
+            raise _bad_zip(path, "no end-of-central-directory record")
+        cd_size = int.from_bytes(buf[pos + 12 : pos + 16], "little")
+        cd_off = int.from_bytes(buf[pos + 16 : pos + 20], "little")
+        if cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF:  # zip64: hash the whole tail
+            return size, buf, True
+        if cd_off + cd_size > size:
+            raise _bad_zip(path, "central directory beyond the end of the file")
+        f.seek(cd_off)
+        return size, f.read(cd_size), False
+
+
+def _entry_names(cd: bytes) -> list[str]:
+    """The names of the file entries of a raw (non-zip64) central directory."""
+    names, pos = [], 0
+    while pos + 46 <= len(cd) and cd[pos : pos + 4] == b"PK\x01\x02":
+        flags = int.from_bytes(cd[pos + 8 : pos + 10], "little")
+        n, m, k = (int.from_bytes(cd[pos + o : pos + o + 2], "little") for o in (28, 30, 32))
+        name = cd[pos + 46 : pos + 46 + n].decode("utf-8" if flags & 0x800 else "cp437")
+        if not name.endswith("/"):
+            names.append(name)
+        pos += 46 + n + m + k
+    return names
+
+
+def _fingerprint_and_entries(root: Path) -> tuple[str, list[list[str]]]:
+    """A digest of the two archives (sizes and central directories) and their entry names."""
     _check_root(root)
     digest = hashlib.sha1(f"omniglot-cache-v{_CACHE_VERSION}".encode())
+    entries = []
     for name in ARCHIVES:
         path = root / name
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            tail = min(size, 22 + 65535)
-            f.seek(size - tail)
-            buf = f.read(tail)
-            pos = buf.rfind(b"PK\x05\x06")
-            if pos < 0 or pos + 22 > len(buf):
-                raise _bad_zip(path, "no end-of-central-directory record")
-            cd_size = int.from_bytes(buf[pos + 12 : pos + 16], "little")
-            cd_off = int.from_bytes(buf[pos + 16 : pos + 20], "little")
-            if cd_size == 0xFFFFFFFF or cd_off == 0xFFFFFFFF:  # zip64: hash the whole tail
-                cd_off, cd_size = size - tail, tail
-            if cd_off + cd_size > size:
-                raise _bad_zip(path, "central directory beyond the end of the file")
-            f.seek(cd_off)
-            cd = f.read(cd_size)
+        size, cd, zip64 = _central_directory(path)
         digest.update(f"{name}:{size}:".encode())
         digest.update(cd)
-    return digest.hexdigest()
+        if zip64:
+            entries.append(_zip_entries(path))
+        else:
+            entries.append(_entry_names(cd))
+    return digest.hexdigest(), entries
 
 
-def _scan_archives(root: Path) -> tuple[list[str], list[list[tuple[int, str]]]]:
-    """List the characters in the two archives.
+def _fingerprint(root: Path) -> str:
+    return _fingerprint_and_entries(root)[0]
+
+
+def _zip_entries(path: Path) -> list[str]:  # zip64 archives only
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [i.filename for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise _bad_zip(path, str(e)) from e
+
+
+def _group_characters(root: Path, entries: list[list[str]]) -> tuple[list[str], list[list[tuple[int, str]]]]:
+    """Characters and their drawings from the entry names of the two archives.
 
     Returns (character names, per character the list of (archive index, entry
     name) of its drawings in sorted order).
     """
-    _check_root(root)
     chars: dict[tuple[int, str, str], list[str]] = {}
-    for a, name in enumerate(ARCHIVES):
-        path = root / name
-        try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise _bad_zip(path, str(e)) from e
+    for a, (name, names) in enumerate(zip(ARCHIVES, entries)):
         prefix = name[: -len(".zip")]
         n_png = 0
-        for info in sorted(infos, key=lambda i: i.filename):
-            m = _ENTRY.match(info.filename)
-            if m is None or info.is_dir():
+        for entry in sorted(names):
+            m = _ENTRY.match(entry)
+            if m is None:
                 continue
             if m.group(1) != prefix:
-                raise _not_omniglot(path, f"entry {info.filename!r} is not under {prefix}/")
-            chars.setdefault((a, m.group(2), m.group(3)), []).append(info.filename)
+                raise _not_omniglot(root / name, f"entry {entry!r} is not under {prefix}/")
+            chars.setdefault((a, m.group(2), m.group(3)), []).append(entry)
             n_png += 1
         if n_png == 0:
-            raise _not_omniglot(path, f"it holds no PNG entries under {prefix}/")
+            raise _not_omniglot(root / name, f"it holds no PNG entries under {prefix}/")
     keys = sorted(chars)
     names = [f"{ARCHIVES[a][:-4]}/{alpha}/{ch}" for a, alpha, ch in keys]
     drawings = [[(a, n) for n in chars[(a, alpha, ch)]] for a, alpha, ch in keys]
@@ -190,44 +219,19 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     return 255 - a  # black ink on white -> ink = 255
 
 
-def _dir_writable(path: Path) -> bool:
-    """Whether we may write in ``path``.
-
-    Respects the folder's permission bits even for root (who bypasses them), so a
-    shared folder marked read-only is left alone.
-    """
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    any_write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
-    return path.is_dir() and bool(st.st_mode & any_write) and os.access(path, os.W_OK | os.X_OK)
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("METAFAST_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "metafast"
-
-
-def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _check_cache(meta: dict, arrays: dict) -> str | None:
+    """Why the arrays of a cache do not match its meta record (None if they do)."""
+    images, names = arrays["images"], [str(s) for s in arrays["names"]]
+    s = meta["image_size"]
+    want = (len(meta["classes"]), meta["drawers"], s, s)
+    if images.dtype != np.uint8 or images.shape != want:
+        return f"its images are {images.dtype} {list(images.shape)}, not uint8 {list(want)}"
+    if names != meta["classes"]:
+        return "its character names do not match its class list"
+    blank = blank_images(images, 2)
+    if blank:
+        return f"{blank} of its {images.shape[0] * images.shape[1]} images are blank"
+    return None
 
 
 def load_omniglot(
@@ -242,27 +246,31 @@ def load_omniglot(
     ``[characters, drawers, image_size, image_size]`` with ink = 255 and
     background 0, ``names`` the ``"<archive>/<Alphabet>/<character>"`` of each
     character in a fixed sorted order.
+
+    The cache is used only if this cache format wrote it from the same
+    archives (a digest of their sizes and central directories, which list
+    every entry's name and CRC), it lists exactly the archives' characters
+    with as many drawings each, and none of its images is blank; otherwise a
+    :class:`~metafast.data.cache.CacheWarning` says why, once, and the
+    archives are decoded again (overwriting the cache).
     """
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer (pixels per side), got {image_size!r}")
     root = Path(root).expanduser()
-    fp = _fingerprint(root)
+    fp, entries = _fingerprint_and_entries(root)
+    names, drawings = _group_characters(root, entries)
     fname = f"omniglot_{image_size}x{image_size}_{fp[:16]}.npz"
     fallback = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     candidates = [root / fname, fallback / fname]
-    for c in candidates:
-        if c.is_file():
-            try:
-                with np.load(c, allow_pickle=False) as z:
-                    images, names = z["images"], [str(s) for s in z["names"]]
-                if images.ndim == 4 and images.shape[0] == len(names) and images.shape[2:] == (image_size, image_size):
-                    return images, names, c
-            except Exception:  # unreadable or stale cache: decode again
-                pass
+    expected = {"format": "metafast-omniglot-cache", "version": _CACHE_VERSION, "fingerprint": fp,
+                "image_size": int(image_size), "classes": names, "drawers": len(drawings[0])}
+    hit = load_cache(candidates, expected, ("images", "names"), _check_cache, what="Omniglot cache")
+    if hit is not None:
+        arrays, path = hit
+        return arrays["images"], names, path
 
     from tqdm.auto import tqdm
 
-    names, drawings = _scan_archives(root)
     n_draw = len(drawings[0])
     images = np.empty((len(names), n_draw, image_size, image_size), dtype=np.uint8)
     zfs = [zipfile.ZipFile(root / a) for a in ARCHIVES]
@@ -282,17 +290,9 @@ def load_omniglot(
     finally:
         for z in zfs:
             z.close()
-
-    target = root / fname if _dir_writable(root) else fallback / fname
-    try:
-        _save_npz_atomic(target, images=images, names=np.array(names))
-    except OSError:
-        if target != fallback / fname:
-            target = fallback / fname
-            _save_npz_atomic(target, images=images, names=np.array(names))
-        else:
-            raise
-    return images, names, target
+    expected.update(classes=names, drawers=n_draw)
+    path = save_cache(candidates, expected, images=images, names=np.array(names))
+    return images, names, path
 
 
 def split_characters(
@@ -316,18 +316,24 @@ def split_characters(
     }
 
 
+def _check_protocol(root: Path, names: list[str]) -> None:
+    """The MAML split needs all 1,623 characters: refuse incomplete archives."""
+    per = Counter(n.split("/", 1)[0] for n in names)
+    want = dict(zip((a[:-4] for a in ARCHIVES), FULL_PER_ARCHIVE))
+    bad = [a for a in ARCHIVES if per[a[:-4]] != want[a[:-4]]]
+    if bad:
+        a = bad[0]
+        raise ValueError(
+            f"Omniglot archive {root / a} holds {per[a[:-4]]} characters, not {want[a[:-4]]}: the MAML split "
+            f"({N_TRAIN} / {N_VAL} / {FULL_CHARACTERS - N_TRAIN - N_VAL}) needs all {FULL_CHARACTERS}, so the "
+            f"archive is incomplete or not the official one (pass n_train and n_val to split another set). "
+            f"{_SOURCE}"
+        )
+
+
 # --------------------------------------------------------------------------- #
 # Data set and episode sampling
 # --------------------------------------------------------------------------- #
-class Episode(NamedTuple):
-    """A batch of few-shot tasks; the first dimension is the task."""
-
-    support_x: torch.Tensor  # [T, N*K, 1, S, S] float32 in [0, 1]
-    support_y: torch.Tensor  # [T, N*K] int64 in 0..N-1
-    query_x: torch.Tensor  # [T, N*Q, 1, S, S]
-    query_y: torch.Tensor  # [T, N*Q]
-
-
 class Omniglot:
     """One split of Omniglot under the MAML protocol, images held as one tensor.
 
@@ -340,7 +346,10 @@ class Omniglot:
         image_size: side of the resized images (28 in the MAML protocol).
         rotations: if True, rotations by 0/90/180/270 degrees are new classes.
         device: where the image tensor lives (episodes are drawn there).
-        n_train, n_val: split sizes (the remaining characters are ``"test"``).
+        n_train, n_val: split sizes (the remaining characters are ``"test"``).  When
+            both are left at None the protocol's 1,100 / 100 / 423 split is used and
+            the archives must hold all 1,623 characters (else ValueError); pass
+            them to split a smaller (e.g. synthetic) set.
         progress: show a progress bar while decoding.
 
     Attributes:
@@ -361,13 +370,17 @@ class Omniglot:
         image_size: int = 28,
         rotations: bool = True,
         device: str | torch.device = "cpu",
-        n_train: int = N_TRAIN,
-        n_val: int = N_VAL,
+        n_train: int | None = None,
+        n_val: int | None = None,
         progress: bool = True,
     ):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', not {split!r}")
         images, names, self.cache_path = load_omniglot(root, cache_dir, image_size, progress)
+        if n_train is None and n_val is None:
+            _check_protocol(Path(root).expanduser(), names)
+        n_train = N_TRAIN if n_train is None else n_train
+        n_val = N_VAL if n_val is None else n_val
         idx = split_characters(len(names), seed, n_train, n_val)[split]
         if len(idx) == 0:
             raise ValueError(f"split {split!r} is empty (n_val={n_val})")
@@ -392,6 +405,13 @@ class Omniglot:
     @property
     def num_classes(self) -> int:
         return self.num_characters * (4 if self.rotations else 1)
+
+    #: what the episode checks call the images of a class
+    item_name = "drawings"
+
+    @property
+    def images_per_class(self) -> int:
+        return self.num_drawers
 
     @property
     def device(self) -> torch.device:
@@ -450,19 +470,12 @@ class Omniglot:
         or the default generator of the images' device.
         """
         queries = shots if queries is None else queries
-        _check_episode(self, ways, shots, queries)
-        if tasks < 1:
-            raise ValueError(f"tasks must be >= 1, got {tasks}")
+        check_episode(self, ways, shots, queries, tasks)
         if device is not None and torch.device(device) != self.images.device:
             self.to(device)
         dev = self.images.device
-        gdev = generator.device if generator is not None else dev
-        n = shots + queries
-        # Classes: a random subset of size `ways` per task (top-k of uniform noise).
-        cls = torch.rand(tasks, self.num_classes, generator=generator, device=gdev).topk(ways, dim=1).indices
-        # Drawers: a random subset of size shots + queries per (task, class).
-        draw = torch.rand(tasks, ways, self.num_drawers, generator=generator, device=gdev).argsort(dim=-1)[..., :n]
-        cls, draw = cls.to(dev), draw.to(dev)
+        cls, draw = draw_episode_indices(tasks, ways, shots + queries, self.num_drawers, self.num_classes,
+                                         generator, dev)
         char = cls % self.num_characters
         s = self.image_size
         flat = self.images.view(self.num_characters, self.num_drawers, s * s)
@@ -475,63 +488,5 @@ class Omniglot:
             x = flat[char[:, :, None], draw]  # [T, N, K+Q, S*S]
         support_x = x[:, :, :shots].reshape(tasks, ways * shots, 1, s, s)
         query_x = x[:, :, shots:].reshape(tasks, ways * queries, 1, s, s)
-        labels = torch.arange(ways, device=dev)
-        support_y = labels.repeat_interleave(shots).expand(tasks, -1).contiguous()
-        query_y = labels.repeat_interleave(queries).expand(tasks, -1).contiguous()
+        support_y, query_y = episode_labels(tasks, ways, shots, queries, dev)
         return Episode(support_x, support_y, query_x, query_y)
-
-
-def _check_episode(ds: Omniglot, ways: int, shots: int, queries: int) -> None:
-    if ways < 2:
-        raise ValueError(f"ways must be >= 2, got {ways}")
-    if ways > ds.num_classes:
-        raise ValueError(f"ways={ways} exceeds the {ds.num_classes} classes of split {ds.split!r}")
-    if shots < 1 or queries < 1:
-        raise ValueError(f"shots and queries must be >= 1, got shots={shots}, queries={queries}")
-    if shots + queries > ds.num_drawers:
-        raise ValueError(
-            f"shots + queries = {shots + queries} exceeds the {ds.num_drawers} drawings per class"
-        )
-
-
-class EpisodeSampler:
-    """Fixed N-way K-shot Q-query episodes from a data set, on one device.
-
-    ``EpisodeSampler(ds, 5, 1, device="cuda").sample(32, generator)`` is
-    ``ds.sample(32, 5, 1, 1, generator, "cuda")``.  Iterating yields batches of
-    ``tasks_per_batch`` tasks forever from the sampler's own generator.
-    """
-
-    def __init__(
-        self,
-        dataset: Omniglot,
-        ways: int,
-        shots: int,
-        queries: int | None = None,
-        device: str | torch.device | None = None,
-        tasks_per_batch: int = 32,
-        seed: int | None = None,
-    ):
-        self.dataset = dataset
-        self.ways, self.shots = ways, shots
-        self.queries = shots if queries is None else queries
-        _check_episode(dataset, ways, shots, self.queries)
-        if device is not None:
-            dataset.to(device)
-        self.tasks_per_batch = tasks_per_batch
-        self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
-        else:
-            self.generator.seed()
-
-    def sample(self, tasks: int | None = None, generator: torch.Generator | None = None) -> Episode:
-        return self.dataset.sample(
-            self.tasks_per_batch if tasks is None else tasks,
-            self.ways, self.shots, self.queries,
-            generator=self.generator if generator is None else generator,
-        )
-
-    def __iter__(self):
-        while True:
-            yield self.sample()
