@@ -119,7 +119,7 @@ def save_cache(candidates: list[Path], meta: dict, **arrays) -> Path:
 
 
 def _read(path: Path, keys: Iterable[str]) -> tuple[dict, dict]:
-    with np.load(path, allow_pickle=False) as z:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # (np.load leaks a bad zip's file)
         if "meta" not in z.files:
             raise ValueError("it has no meta record (written by an older metafast, or not by metafast)")
         meta = json.loads(str(z["meta"][()]))
