@@ -46,11 +46,13 @@ def check_rate(value, what: str) -> float | torch.Tensor:
     return float(value)
 
 
-def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
+def clone_module(module: nn.Module, memo: dict | None = None, clone_tensors: bool = True) -> nn.Module:
     """A copy of ``module`` whose parameters are differentiable clones of the
     originals (gradients flow back to them) and whose buffers are copies, so
-    the clone shares nothing mutable with its parent. Shared parameters stay
-    shared within the clone."""
+    the clone shares nothing mutable with its parent. Shared parameters and
+    submodules stay shared within the clone. ``clone_tensors=False``: the copy
+    has its own registries but holds the very same tensors (what a caller
+    that substitutes parameters needs, without touching the original's)."""
     memo = {} if memo is None else memo
     if id(module) in memo:
         return memo[id(module)]
@@ -66,11 +68,11 @@ def clone_module(module: nn.Module, memo: dict | None = None) -> nn.Module:
         own = state[registry]
         for name, t in own.items():
             if t is not None and id(t) not in memo:
-                memo[id(t)] = t.clone()
+                memo[id(t)] = t.clone() if clone_tensors else t
             own[name] = None if t is None else memo[id(t)]
     modules = state["_modules"]
     for name, sub in modules.items():
-        modules[name] = None if sub is None else clone_module(sub, memo)
+        modules[name] = None if sub is None else clone_module(sub, memo, clone_tensors)
     return clone
 
 
@@ -141,15 +143,17 @@ def update_module(module: nn.Module, params: Sequence[torch.Tensor], new_params:
     return module
 
 
-def _gradients(loss, params, create_graph, allow_unused, allow_nograd):
-    """One gradient per parameter (None for those without one)."""
+def _gradients(loss, params, create_graph, allow_unused, allow_nograd,
+               hint="pass allow_nograd=True and/or allow_unused=True"):
+    """One gradient per parameter (None for those without one); ``hint``: what the
+    caller's user can change when autograd refuses."""
     wanted = [p for p in params if p.requires_grad] if allow_nograd else params
     try:
         grads = torch.autograd.grad(loss, wanted, retain_graph=create_graph, create_graph=create_graph,
                                     allow_unused=allow_unused)
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\nmetafast: if some parameters do not require grad or are unused by the loss, "
-                           "pass allow_nograd=True and/or allow_unused=True") from exc
+                           f"{hint}") from exc
     if wanted is params:
         return list(grads)
     by_id = {id(p): g for p, g in zip(wanted, grads)}
@@ -261,7 +265,10 @@ class MetaSGD(nn.Module):
         lrs = list(self.lrs)
         if len(lrs) != len(params):
             raise ValueError(f"MetaSGD: {len(lrs)} learning rates for {len(params)} parameters")
-        grads = _gradients(loss, params, not first_order, False, False)
+        grads = _gradients(loss, params, not first_order, False, False,
+                           hint="every parameter must require grad and be used by the loss in MetaSGD (freeze a "
+                                "parameter by leaving it out of the module, or use metafast.MAML(allow_nograd=True, "
+                                "allow_unused=True))")
         _apply_update(slots, params, grads, 0.0, lrs)
 
     def clone(self) -> "MetaSGD":

@@ -4,16 +4,52 @@ For every task: θ' = θ − α·∇L_support(θ) for `inner_steps` steps, with
 ``torch.autograd.grad(..., create_graph=not first_order)``; then the query
 loss at θ'; the meta-loss is the mean over tasks. Every fast path of metafast
 is tested against this in float64.
+
+The model's own forward runs (hooks, parametrizations, tied and shared
+layers): parameters are substituted in the model's registries by identity for
+the duration of each call, so a parameter used twice is substituted
+everywhere. Frozen parameters (``requires_grad=False``) are not adapted, and
+a parameter the loss does not use keeps its value (learn2learn's
+``allow_nograd`` / ``allow_unused``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from metafast.losses import resolve_loss, weighted_loss
+
+
+@contextlib.contextmanager
+def substituted(model: nn.Module, values: dict[int, torch.Tensor]):
+    """Inside the block, every registry entry of ``model`` holding the parameter
+    with id ``k`` holds ``values[k]`` instead; restored on exit (also on error)."""
+    swapped = []
+    try:
+        for m in model.modules():
+            for name, p in m._parameters.items():
+                if p is not None and id(p) in values:
+                    swapped.append((m._parameters, name, p))
+                    m._parameters[name] = values[id(p)]
+        yield
+    finally:
+        for registry, name, p in reversed(swapped):
+            registry[name] = p
+
+
+def call_with(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` with the named parameters replaced by ``params``."""
+    named = dict(model.named_parameters())
+    with substituted(model, {id(named[n]): t for n, t in params.items()}):
+        return model(x)
+
+
+def default_adapt_names(model: nn.Module) -> list[str]:
+    """What MAML adapts by default: every parameter that requires grad."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def adapt_task(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -25,13 +61,13 @@ def adapt_task(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tenso
     name, loss_fn = resolve_loss(loss)
     losses = []
     for _ in range(inner_steps):
-        output = functional_call(model, params, (x,))
+        output = call_with(model, params, x)
         support_loss = loss_fn(output, y) if weights is None else weighted_loss(name, output, y, weights)
         losses.append(support_loss)
         grads = torch.autograd.grad(support_loss, list(params.values()), create_graph=not first_order,
-                                    retain_graph=True)
+                                    retain_graph=True, allow_unused=True)
         params = {
-            name: p - (inner_lr if lrs is None else lrs[name]) * g
+            name: p if g is None else p - (inner_lr if lrs is None else lrs[name]) * g
             for (name, p), g in zip(params.items(), grads)
         }
     return params, losses
@@ -46,12 +82,12 @@ def meta_loss(model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor
 
     ``lrs``: Meta-SGD per-parameter rates, a list in the order of the adapted
     parameters or a dict by name. ``adapt_names``: adapt only these parameters
-    (ANIL adapts only the head); by default all. ``support_weights`` [T, K]:
-    per-example support loss weights.
+    (ANIL adapts only the head); by default every one that requires grad.
+    ``support_weights`` [T, K]: per-example support loss weights.
     """
     _, loss_fn = resolve_loss(loss)
     named = dict(model.named_parameters())
-    names = list(adapt_names) if adapt_names is not None else list(named)
+    names = list(adapt_names) if adapt_names is not None else default_adapt_names(model)
     if lrs is not None and not isinstance(lrs, dict):
         lrs = dict(zip(names, lrs))
     total = 0.0
@@ -59,5 +95,5 @@ def meta_loss(model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor
         params = {n: named[n] for n in names}
         adapted, _ = adapt_task(model, params, support_x[t], support_y[t], inner_lr, inner_steps, first_order,
                                 loss, lrs, None if support_weights is None else support_weights[t])
-        total = total + loss_fn(functional_call(model, adapted, (query_x[t],)), query_y[t])
+        total = total + loss_fn(call_with(model, adapted, query_x[t]), query_y[t])
     return total / support_x.shape[0]

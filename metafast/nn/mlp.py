@@ -6,6 +6,8 @@ from typing import Sequence
 
 from torch import nn
 
+from metafast.ops.mlp_adapt import MAX_LAYERS, MAX_WIDTH
+
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -59,8 +61,8 @@ def mlp_spec(model: nn.Module) -> tuple[list[int], str] | str:
                 return "mixed activations"
             activation = kind
         expect_linear = not expect_linear
-    if len(sizes) - 1 > 8:
-        return f"{len(sizes) - 1} Linear layers (the fused kernel serves up to 8)"
-    if max(sizes) > 65536:
-        return f"a layer {max(sizes)} wide (the fused kernel serves widths up to 65536)"
+    if len(sizes) - 1 > MAX_LAYERS:
+        return f"{len(sizes) - 1} Linear layers (the fused kernel serves up to {MAX_LAYERS})"
+    if max(sizes) > MAX_WIDTH:
+        return f"a layer {max(sizes)} wide (the fused kernel serves widths up to {MAX_WIDTH})"
     return sizes, activation or "relu"

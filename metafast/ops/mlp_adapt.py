@@ -21,7 +21,10 @@ from metafast.ops._dispatch import kernel_available
 
 ACTIVATIONS = ("relu", "tanh")
 LOSSES = ("mse", "cross_entropy")
+# The limits of csrc/mlp_adapt_host.h, stated once for Python.
 MAX_LAYERS = 8
+MAX_WIDTH = 65536
+MAX_STEPS = 1000
 
 
 def mlp_num_params(sizes: Sequence[int]) -> int:
@@ -42,6 +45,8 @@ def _layers(theta: torch.Tensor, sizes: Sequence[int]):
 
 def mlp_forward(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int], activation: str = "relu") -> torch.Tensor:
     """Batched MLP forward: θ [T, P], x [T, N, d_in] -> [T, N, d_out] (batched matmuls)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"metafast::mlp_forward: unsupported activation {activation!r} (supported: {ACTIVATIONS})")
     act = torch.relu if activation == "relu" else torch.tanh
     h = x
     layers = _layers(theta, sizes)
@@ -86,7 +91,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
 
     check(2 <= len(sizes) <= MAX_LAYERS + 1, f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, got {len(sizes)}")
     for i, w in enumerate(sizes):
-        check(1 <= w <= 65536, f"layer width {i} must be in [1, 65536], got {w}")
+        check(1 <= w <= MAX_WIDTH, f"layer width {i} must be in [1, {MAX_WIDTH}], got {w}")
     check(activation in ACTIVATIONS, f"unsupported activation '{activation}' (supported: {ACTIVATIONS})")
     check(loss in LOSSES, f"unsupported loss '{loss}' (supported: {LOSSES})")
     check(params.dtype in (torch.float32, torch.float64), f"params must be float32 or float64, got {params.dtype}")
@@ -108,7 +113,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
           f"support_x must be [tasks, shots, {sizes[0]}], got {list(support_x.shape)}")
     t, k = support_x.shape[:2]
     check(t > 0 and k > 0, f"support_x has an empty task or support set: {list(support_x.shape)}")
-    check(1 <= steps <= 1000, f"steps must be in [1, 1000], got {steps}")
+    check(1 <= steps <= MAX_STEPS, f"steps must be in [1, {MAX_STEPS}], got {steps}")
     if support_weights is not None:
         check(support_weights.shape == (t, k), f"support_weights must be [{t}, {k}] (one weight per support "
                                                f"example), got {list(support_weights.shape)}")
@@ -197,7 +202,8 @@ def mlp_adapt(
     Args:
         params: flat initial parameters [P] shared by all tasks.
         support_x: [T, K, d_in]; support_y: [T, K, d_out] (MSE) or [T, K] int64 (cross-entropy).
-        sizes: layer widths [d_in, ..., d_out]; steps: inner steps; lr: scalar inner rate,
+        sizes: layer widths [d_in, ..., d_out]; steps: inner steps; lr: scalar inner rate
+            (a number, or a one-element tensor, differentiated when it requires grad),
             or lrs [P]: per-parameter rates (Meta-SGD).
         first_order: the backward ignores second derivatives (first-order MAML).
         query_x, query_y: optional query set [T, Q, d_in] / targets; the query
@@ -221,7 +227,18 @@ def mlp_adapt(
     sizes = as_layer_sizes(sizes)
     if isinstance(steps, bool) or int(steps) != steps:
         raise ValueError(f"metafast::mlp_adapt: steps must be an integer, got {steps!r}")
-    steps, lr = int(steps), float(lr)
+    steps = int(steps)
+    if isinstance(lr, torch.Tensor) and lrs is None and lr.requires_grad and torch.is_grad_enabled():
+        # A learnable scalar rate: the per-parameter rates lr·1 are exactly the same
+        # update, and their gradient sums back into lr through the expand.
+        if lr.numel() != 1:
+            raise ValueError(f"metafast::mlp_adapt: lr must be a number or a one-element tensor, got shape "
+                             f"{list(lr.shape)}")
+        lrs, lr = lr.reshape(()).to(params).expand(params.shape).contiguous(), 0.0
+    elif isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError(f"metafast::mlp_adapt: lr must be a number or a one-element tensor, got shape "
+                         f"{list(lr.shape)}")
+    lr = float(lr)
     for name, y in (("support_y", support_y), ("query_y", query_y), ("support_weights", support_weights)):
         if y is not None and y.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"metafast::mlp_adapt: gradients with respect to {name} are not supported; "

@@ -1,0 +1,1 @@
+"""MAML algorithms: BatchedMAML (a whole meta-batch at once, several backends)."""

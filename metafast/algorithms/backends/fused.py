@@ -1,0 +1,124 @@
+"""The "fused" backend: the metafast::mlp_adapt op (the whole inner loop of every
+task in one kernel launch) for plain Linear + ReLU/Tanh stacks, and for the
+Linear head of ANIL (adapt="head").
+
+It serves a model only when the model's forward provably is the MLP the kernel
+computes (model_facts.fused_mlp_reason / fused_head_reason); ``backend="auto"``
+also asks the measured size rules below.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import vmap
+
+from metafast.algorithms import model_facts
+from metafast.algorithms.backends.base import Backend
+from metafast.nn.mlp import mlp_spec
+from metafast.ops import mlp_adapt
+from metafast.ops._dispatch import kernel_unavailable_reason
+from metafast.ops.mlp_adapt import MAX_STEPS
+
+# On the CPU the fused kernel (task packs, or one task per thread for larger
+# nets) beats batched BLAS while the per-task work is small; above this many
+# parameter·example products per task "auto" prefers the torch backend.
+# Measured (benchmarks/README.md, "auto"): fused 5.5x at 17,610 (sinusoid),
+# 1.06x at 323,280, 1.18x at 273,625, 0.96x at 850,020, 0.74x at 1.2 million.
+CPU_FUSED_MAX_WORK = 800_000
+# On CUDA one thread block runs one task, so a task's work is bounded by one
+# SM's throughput while vmap's batched GEMMs use every SM: the fused kernel
+# can only win while a task's work is small enough for launch overhead (which
+# it removes) to dominate. Not measured yet (no GPU run): a conservative
+# bound from that model, 8x below the CPU's, which keeps the sinusoid (17,610)
+# fused and sends the Omniglot MLP (1.2 million) to vmap. benchmarks/README.md.
+CUDA_FUSED_MAX_WORK = 100_000
+# Under no_grad the op's [T, steps, P] trajectory (kept for a backward) is
+# not needed: tasks run in chunks whose trajectory fits this many bytes.
+NO_GRAD_TRAJECTORY_BYTES = 64 << 20
+
+
+class FusedBackend(Backend):
+    name = "fused"
+
+    def unavailable(self, meta, support_x, steps):
+        if meta.loss_name is None:
+            return "a custom loss callable (the fused kernel computes 'mse' and 'cross_entropy')"
+        if steps > MAX_STEPS:
+            return f"{steps} inner steps (the fused kernel runs at most {MAX_STEPS})"
+        reason = kernel_unavailable_reason(support_x.device)
+        if reason is not None:
+            return reason
+        dtype = meta.model_tensor().dtype
+        if dtype not in (torch.float32, torch.float64):
+            return f"dtype {dtype} (the fused kernel serves float32 and float64)"
+        if meta.adapt_mode == "head":
+            return model_facts.fused_head_reason(meta.model, meta.head_name, meta.head, meta.adapt_names)
+        spec = mlp_spec(meta.model)
+        if isinstance(spec, str):
+            return spec
+        reason = model_facts.fused_mlp_reason(meta.model, meta.adapt_names)
+        if reason is None and support_x.dim() != 3:
+            reason = f"support_x of shape {tuple(support_x.shape)} (the fused MLP takes [tasks, shots, features])"
+        return reason
+
+    def slower_reason(self, meta, support_x) -> str | None:
+        """Why "auto" expects another backend to be faster here (None: fused is)."""
+        work = sum(p.numel() for p in self._adapted(meta)) * support_x.shape[1]
+        limit = CUDA_FUSED_MAX_WORK if support_x.is_cuda else CPU_FUSED_MAX_WORK
+        if work > limit:
+            return (f"on {support_x.device.type.upper()}, batched BLAS is expected to be faster for this model size "
+                    f"({work:,} parameter-examples per task > {limit:,}); pass backend='fused' to force the kernel")
+        return None
+
+    def _adapted(self, meta):
+        named = dict(meta.model.named_parameters())
+        return [named[n] for n in meta.adapt_names]
+
+    def _features(self, meta):
+        """The body of an ANIL model: x -> the head's input."""
+        if isinstance(meta.model, torch.nn.Sequential):
+            return lambda x: meta.model[:-1](x)
+        return meta.model.features
+
+    def _call(self, meta, support_x, support_y, steps, query_x=None, query_y=None, weights=None):
+        rates = meta.rates(meta.adapt_names)
+        lrs = None if rates is None else torch.cat([r.reshape(-1) for r in rates])
+        if meta.adapt_mode == "head":
+            features = self._features(meta)
+            support_x = vmap(features, randomness="different")(support_x)
+            query_x = None if query_x is None else vmap(features, randomness="different")(query_x)
+            sizes, activation = [meta.head.in_features, meta.head.out_features], "relu"
+        else:
+            sizes, activation = mlp_spec(meta.model)
+        flat = torch.cat([p.reshape(-1) for p in self._adapted(meta)])
+        args = dict(lr=meta.inner_lr, lrs=lrs, activation=activation, loss=meta.loss_name,
+                    first_order=meta.first_order, check_labels=False)  # BatchedMAML checked them (or was told not to)
+        if torch.is_grad_enabled():
+            return mlp_adapt(flat, support_x, support_y, sizes, steps, query_x=query_x, query_y=query_y,
+                             support_weights=weights, **args)
+        chunk = max(1, NO_GRAD_TRAJECTORY_BYTES // (steps * flat.numel() * flat.element_size()))
+        pieces = [mlp_adapt(flat, support_x[i:i + chunk], support_y[i:i + chunk], sizes, steps,
+                            query_x=None if query_x is None else query_x[i:i + chunk],
+                            query_y=None if query_y is None else query_y[i:i + chunk],
+                            support_weights=None if weights is None else weights[i:i + chunk], **args)
+                  for i in range(0, support_x.shape[0], chunk)]
+        return tuple(torch.cat(parts) for parts in zip(*pieces))
+
+    def _unflatten(self, meta, flat):
+        out, offset = {}, 0
+        for n, p in zip(meta.adapt_names, self._adapted(meta)):
+            out[n] = flat[:, offset: offset + p.numel()].reshape(flat.shape[0], *p.shape)
+            offset += p.numel()
+        return out
+
+    def adapt(self, meta, support_x, support_y, steps, weights=None):
+        flat, support_losses = self._call(meta, support_x, support_y, steps, weights=weights)
+        return self._unflatten(meta, flat), support_losses
+
+    def predict(self, meta, params, x):
+        from metafast.algorithms.backends.vmap import VmapBackend
+        return VmapBackend().predict(meta, params, x)
+
+    def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
+        _, support_losses, query_output, query_losses = self._call(
+            meta, support_x, support_y, meta.inner_steps, query_x, query_y, weights)
+        return support_losses, query_output, query_losses.mean()

@@ -1,0 +1,115 @@
+"""The "torch" backend: any model torch.func.functional_call can run, vmapped over tasks.
+
+Per-task parameters are batched tensors [T, *shape]; vmap turns per-task
+convolution weights into grouped convolutions. Dropout draws per-task masks
+(``randomness="different"``). Two formulations: for plain Linear + ReLU/Tanh
+stacks on the CPU, vmap over an inner loop of torch.func.grad (measured 10-25%
+faster there than the batched autograd.grad loop on the Omniglot MLP); every
+other model keeps the autograd.grad loop, because second-order vmap(grad) is
+wrong through nn.LayerNorm in torch 2.14 (meta-gradient errors of 1e-2).
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from metafast.algorithms import model_facts
+from metafast.algorithms.backends.base import Backend
+from metafast.nn.mlp import mlp_spec
+from metafast.ops import sgd_update
+
+
+class VmapBackend(Backend):
+    name = "torch"
+
+    def unavailable(self, meta, support_x, steps):
+        shared = model_facts.shared_module_paths(meta.model)
+        if shared is not None:
+            return ("the model registers one module under two names (%s and %s), which torch.func.functional_call "
+                    "cannot run; use backend='loop', or register the module once and call it twice" % shared)
+        stats = model_facts.running_stats_reason(meta.model)
+        if stats is not None:
+            return (f"{stats}, which vmap cannot do per task; use backend='loop' (running statistics updated task "
+                    "after task, as learn2learn does), or track_running_stats=False, or model.eval()")
+        return None
+
+    def _fixed(self, meta, names):
+        named = dict(meta.model.named_parameters())
+        return {**{n: p for n, p in named.items() if n not in names}, **dict(meta.model.named_buffers())}
+
+    def _task_loss(self, meta, names):
+        fixed = self._fixed(meta, names)
+
+        def task_loss(params, x, y, w):
+            return meta.support_loss(functional_call(meta.model, {**fixed, **dict(zip(names, params))}, (x,)), y, w)
+
+        return task_loss
+
+    def adapt(self, meta, support_x, support_y, steps, weights=None):
+        names = meta.adapt_names
+        if not support_x.is_cuda and meta.adapt_mode == "all" and not isinstance(mlp_spec(meta.model), str) \
+                and model_facts.fused_mlp_reason(meta.model, names) is None:
+            params, losses = self._adapt_func(meta, names, support_x, support_y, steps, weights)
+        else:
+            params, losses = self._adapt_autograd(meta, names, support_x, support_y, steps, weights)
+        if not torch.is_grad_enabled():
+            params, losses = [p.detach() for p in params], losses.detach()
+        return dict(zip(names, params)), losses
+
+    def _adapt_autograd(self, meta, names, support_x, support_y, steps, weights):
+        named = dict(meta.model.named_parameters())
+        tasks = support_x.shape[0]
+        grad_wanted = torch.is_grad_enabled()
+        batched_loss = vmap(self._task_loss(meta, names), in_dims=(0, 0, 0, None if weights is None else 0),
+                            randomness="different")
+        rates = meta.rates(names)
+        losses = []
+        with torch.enable_grad():
+            params = [named[n].expand(tasks, *named[n].shape) for n in names]
+            params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+            for _ in range(steps):
+                step_losses = batched_loss(params, support_x, support_y, weights)
+                losses.append(step_losses)
+                grads = torch.autograd.grad(step_losses.sum(), params, retain_graph=True, allow_unused=True,
+                                            create_graph=grad_wanted and not meta.first_order)
+                params = self._step(meta, names, params, grads, rates, support_x.is_cuda)
+        return params, torch.stack(losses, 1)
+
+    @staticmethod
+    def _step(meta, names, params, grads, rates, on_cuda):
+        """One inner update; an unused parameter (no gradient) keeps its value."""
+        used = meta.used_gradients(names, grads)
+        new = list(params)
+        if used:
+            ps, gs = [params[i] for i in used], [grads[i] for i in used]
+            # One multi-tensor launch on the GPU; plain arithmetic on the CPU.
+            updated = sgd_update(ps, gs, meta.inner_lr, None if rates is None else [rates[i] for i in used],
+                                 use_kernel=None if on_cuda else False)
+            for i, q in zip(used, updated):
+                new[i] = q
+        return new
+
+    def _adapt_func(self, meta, names, support_x, support_y, steps, weights):
+        named = dict(meta.model.named_parameters())
+        first_order, lr, rates = meta.first_order, meta.inner_lr, meta.rates(names)
+        task_loss = self._task_loss(meta, names)
+
+        def adapt_task(params, x, y, w):
+            losses = []
+            for _ in range(steps):
+                grads, loss = grad_and_value(task_loss)(params, x, y, w)
+                if first_order:
+                    grads = [g.detach() for g in grads]
+                if rates is None:  # p + (−lr)·g: bit-identical to p − lr·g, one backward node fewer
+                    params = [p + (-lr) * g for p, g in zip(params, grads)]
+                else:
+                    params = [p - r * g for p, r, g in zip(params, rates, grads)]
+                losses.append(loss)
+            return params, torch.stack(losses)
+
+        return vmap(adapt_task, in_dims=(None, 0, 0, None if weights is None else 0))(
+            [named[n] for n in names], support_x, support_y, weights)
+
+    def predict(self, meta, params, x):
+        fixed = self._fixed(meta, params)
+        return vmap(lambda p, xt: functional_call(meta.model, {**fixed, **p}, (xt,)), randomness="different")(params, x)
