@@ -39,7 +39,8 @@ def test_episode_content(counts):
     T, N, K, Q = 50, 3, 1, 2
     ep = ds.sample(T, N, K, Q, generator=torch.Generator().manual_seed(0))
     assert ep.support_x.shape == (T, N * K, 3, 6, 6) and ep.query_x.shape == (T, N * Q, 3, 6, 6)
-    assert torch.equal(ep.support_y[0], torch.arange(3)) and torch.equal(ep.query_y[0], torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert torch.equal(ep.support_y[0], torch.arange(3))
+    assert torch.equal(ep.query_y[0], torch.tensor([0, 0, 1, 1, 2, 2]))
     sc, si = _decode_ids(ep.support_x)
     qc, qi = _decode_ids(ep.query_x)
     items = set()

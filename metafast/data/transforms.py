@@ -56,8 +56,9 @@ def random_crop_flip(
         left = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=gdev).to(x.device)
         rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
         cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
-        x = x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-              rows, cols]
+        bi = torch.arange(b, device=x.device)[:, None, None, None]
+        ci = torch.arange(c, device=x.device)[None, :, None, None]
+        x = x[bi, ci, rows, cols]
     if flip:
         coin = torch.rand(b, generator=generator, device=gdev).to(x.device) < 0.5
         x = torch.where(coin[:, None, None, None], x.flip(-1), x)
