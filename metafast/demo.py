@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from metafast.devices import resolve_device
 from metafast.stats import mean_ci95, moving_average
+from metafast.training import files
+from metafast.training.args import INT_MAX, CLIError
 
 #: Seed of the held-out test tasks; fixed, and never used for training.
 TEST_SEED = 20_170_703
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"meta-training iterations (the paper used {PAPER_ITERATIONS:,})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run; auto picks cuda when a GPU is available")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training tasks")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and the training tasks")
     p.add_argument("--out", default=os.path.join(".", "runs", "demo"),
                    help="directory for sinusoid.png, results.json and model.pt")
     p.add_argument("--backend", choices=("auto", "torch", "fused"), default="auto",
@@ -93,6 +95,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= INT_MAX:  # what torch.manual_seed takes, and a JSON-safe integer
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63-1], got {text}")
     return value
 
 
@@ -255,8 +264,10 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        files.write_rendered(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         return _main(argv)
+    except CLIError as exc:  # a write error (disk full): one line
+        print(f"metafast demo: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         torch.set_num_threads(threads)  # the demo may lower it; leave callers (tests) as they were
 
@@ -373,7 +387,7 @@ def _main(argv: Sequence[str] | None) -> int:
     plot_path = os.path.join(args.out, "sinusoid.png")
     json_path = os.path.join(args.out, "results.json")
     model_path = os.path.join(args.out, "model.pt")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, model_path)
+    files.save_torch(model_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     stride = max(1, args.iterations // 2000)
     curve_it = list(range(1, args.iterations + 1, stride))
@@ -383,6 +397,8 @@ def _main(argv: Sequence[str] | None) -> int:
                  f"({backend_used}); median test MSE K={args.test_shots}: "
                  + ", ".join(f"{s} step{'s' if s > 1 else ''} {_fmt(maml_res[str(s)]['median'])}" for s in EVAL_STEPS))
         _plot(plot_path, test, model, eval_meta, adapted, untrained, curve_it, curve_loss, title)
+    else:  # a plot of an earlier run would sit beside this run's results
+        files.remove_outputs([Path(plot_path)])
 
     try:
         build = metafast.build_info()
@@ -418,8 +434,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "files": {"plot": None if args.no_plot else plot_path, "json": json_path, "model": model_path},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with open(json_path, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+    files.write_json(json_path, payload)  # non-finite numbers as null, others as their str
     print()
     if not args.no_plot:
         print(f"wrote {plot_path}")

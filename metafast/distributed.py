@@ -21,6 +21,7 @@ per rank). DDP needs a meta-gradient that is one ordinary backward, which
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -34,12 +35,25 @@ from torch import nn
 
 from metafast.devices import resolve_device
 
-__all__ = ["Context", "SetupError", "session", "launched", "env_rank", "all_reduce_gradients",
-           "broadcast_parameters", "spawn"]
+__all__ = ["Context", "SetupError", "Terminated", "exit_status", "session", "launched", "env_rank",
+           "all_reduce_gradients", "broadcast_parameters", "spawn"]
 
 
 class SetupError(ValueError):
     """A user error raised alike on every rank (rank 0 reports it)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, Slurm, Docker) in one process, raised where it lands as Ctrl-C's
+    KeyboardInterrupt is, so that the handler that saves an interrupted run saves this one too."""
+
+
+def exit_status(stop) -> int:
+    """The conventional exit status, 128 + the signal number, of a run stopped by ``stop``: a
+    KeyboardInterrupt (:class:`Terminated` for SIGTERM), or the flags [SIGINT seen, SIGTERM seen]
+    of :meth:`Context.deferred_interrupts`, summed over ranks (SIGTERM wins: the job is ending)."""
+    term = isinstance(stop, Terminated) if isinstance(stop, BaseException) else stop[1] > 0
+    return 128 + int(signal.SIGTERM if term else signal.SIGINT)
 
 
 def launched() -> bool:
@@ -156,20 +170,32 @@ class Context:
         return result
 
     @contextlib.contextmanager
-    def deferred_interrupts(self) -> Iterator[Callable[[], bool]]:
-        """Distributed: Ctrl-C (SIGINT) only sets a flag, which the caller shares with the other
-        ranks at its next collective, so that all ranks stop after the same iteration. (torchrun
-        delivers SIGINT to every rank, from the terminal and again from its agent, at different
-        points of their work.) In one process, or off the main thread, nothing changes."""
-        if not self.distributed or threading.current_thread() is not threading.main_thread():
-            yield lambda: False
+    def deferred_interrupts(self) -> Iterator[Callable[[], list[float]]]:
+        """Ctrl-C (SIGINT) and SIGTERM in the block. Distributed, they only set flags, which the
+        caller shares with the other ranks at its next collective, so that all ranks stop after the
+        same iteration (torchrun delivers either signal to every rank at different points of their
+        work: SIGINT from the terminal and again from its agent, SIGTERM from its agent when it is
+        itself terminated). In one process SIGINT raises KeyboardInterrupt as always and SIGTERM
+        raises :class:`Terminated`. Yields a function that returns the flags [SIGINT seen, SIGTERM
+        seen] as 0.0 / 1.0 (always zeros in one process). Off the main thread nothing changes."""
+        seen = {signal.SIGINT: 0.0, signal.SIGTERM: 0.0}
+        if threading.current_thread() is not threading.main_thread():
+            yield lambda: [0.0, 0.0]
             return
-        hits = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+
+        def defer(signum, frame):
+            seen[signum] = 1.0
+
+        def terminate(signum, frame):
+            raise Terminated()
+
+        handlers = {signal.SIGINT: defer, signal.SIGTERM: defer} if self.distributed else {signal.SIGTERM: terminate}
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
-            yield lambda: bool(hits)
+            yield lambda: [seen[signal.SIGINT], seen[signal.SIGTERM]]
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():  # None: a handler not set from Python, i.e. the default
+                signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
 def _device_for_rank(name: str, local_rank: int) -> torch.device:
@@ -205,12 +231,33 @@ def session(device: str = "auto") -> Iterator[Context]:
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                                 device_id=dev if dev.type == "cuda" else None)
+    together = False  # whether every rank leaves the block at the same point
     try:
         yield Context(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=dev,
                       backend=str(dist.get_backend()))
+        together = True
+    except SetupError:  # agreed: raised on every rank at the same collective
+        together = True
+        raise
     finally:
         if owned:
-            dist.destroy_process_group()
+            _leave(together)
+
+
+def _leave(together: bool) -> None:
+    """Leave the process group in order, on every exit path. When all ranks got here together, a
+    barrier first: no rank tears down its connections while another still works or writes (rank 0
+    writes the results while the others would already be leaving). Then the objects that hold the
+    group (DDP's reducer sits in reference cycles) are collected while the interpreter is fully
+    alive: a gloo group destroyed during interpreter shutdown, with its worker threads still
+    joinable, aborts the process ("terminate called without an active exception")."""
+    try:
+        if together:
+            dist.barrier()
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
 
 
 # ------------------------------------------------------------------ the learn2learn-style API

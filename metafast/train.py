@@ -13,7 +13,9 @@ the meta-test characters.  The defaults reproduce the MAML paper's setup:
 
 A run writes to ``--out``: ``checkpoint.pt`` (model, Meta-SGD rates, optimizer,
 iteration, arguments, history, random state; ``--resume`` continues from it),
-``curves.png`` (training curves) and ``results.json``. Ctrl-C saves the state
+``curves.png`` (training curves) and ``results.json``, each replaced atomically; a new run in a
+folder that holds another run's outputs needs ``--overwrite``, which deletes them first. Ctrl-C
+(exit status 130) and SIGTERM (143: kill, timeout, Slurm, Docker) save the state
 after the last completed iteration, so that an interrupted and resumed run is
 bit-identical to an uninterrupted one; a non-finite meta-loss or meta-gradient
 stops the run before it reaches the weights.
@@ -36,11 +38,12 @@ import torch
 
 from metafast import distributed
 from metafast.devices import resolve_device
-from metafast.training import checkpoint, evaluation
-from metafast.training.args import (PER_MACHINE, CLIError, default_out, eval_parser, merge_resumed, resolve_defaults,
-                                    run_command, setting, train_parser, validate)
+from metafast.training import checkpoint, evaluation, files
+from metafast.training.args import (EVAL_INTS, PER_MACHINE, CLIError, check_ints, default_out, eval_parser,
+                                    merge_resumed, resolve_defaults, run_command, setting, train_parser, validate)
+from metafast.training.files import write_json
 from metafast.training.plots import plot_curves
-from metafast.training.results import eval_results, train_results, versions, write_json
+from metafast.training.results import eval_results, train_results, versions
 
 __all__ = ["main_train", "main_eval"]
 
@@ -82,6 +85,12 @@ def _build(a, device: torch.device):
 
 
 # --------------------------------------------------------------------------- train
+# what a run writes to --out (a new run there needs --overwrite, which removes them), and the
+# temporary files a killed run may leave (files.write_bytes's; checkpoint.pt.tmp of earlier versions)
+OUTPUTS = (checkpoint.NAME, "results.json", "curves.png")
+LEFTOVERS = tuple(f".{name}.*.tmp" for name in OUTPUTS) + (checkpoint.NAME + ".tmp",)
+
+
 def _new_history() -> dict:
     return {"iteration": [], "loss": [], "accuracy": [], "val_iteration": [], "val_accuracy": [], "val_ci95": []}
 
@@ -91,8 +100,7 @@ def _prepare(a: argparse.Namespace, argv: list[str], world_size: int) -> tuple[a
     if a.out is None:
         a.out = default_out(a)
     out = Path(a.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file, not a folder; pass a folder for the run's outputs")
+    files.check_out(out)
     ck_path = out / checkpoint.NAME
     ck = None
     if ck_path.exists() and a.resume:
@@ -110,10 +118,9 @@ def _prepare(a: argparse.Namespace, argv: list[str], world_size: int) -> tuple[a
     validate(a, world_size)
     if ck is not None and int(ck["iteration"]) > a.iterations:
         raise CLIError(f"the checkpoint is at iteration {int(ck['iteration'])}, beyond --iterations {a.iterations}")
-    try:  # now, so that a bad --out fails before training, not after
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"cannot create the output folder {out}: {e.strerror or e}") from e
+    if ck is None:  # a new run: never beside another run's files
+        files.start_afresh(out, a.overwrite, OUTPUTS, leftovers=LEFTOVERS)
+    files.make_out(out)  # now, so that a bad --out fails before training, not after
     return a, ck
 
 
@@ -174,12 +181,14 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
     mine = share.stop - share.start
 
     def save(iteration: int) -> None:
-        if main:
-            checkpoint.save(ck_path, {
-                "format": checkpoint.FORMAT, "iteration": iteration, "args": vars(a), "model": model.state_dict(),
-                "meta": meta.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                "history": history, "train_seconds": elapsed, "world_size": ctx.world_size, "versions": versions(),
-            })
+        with ctx.agreement():  # a write error on rank 0 (disk full) stops every rank, not rank 0 alone
+            if main:
+                checkpoint.save(ck_path, {
+                    "format": checkpoint.FORMAT, "iteration": iteration, "args": vars(a),
+                    "model": model.state_dict(), "meta": meta.state_dict(), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "history": history, "train_seconds": elapsed,
+                    "world_size": ctx.world_size, "versions": versions(),
+                })
 
     def validate_at(iteration: int) -> None:
         if a.val_tasks == 0:
@@ -218,13 +227,13 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
                dynamic_ncols=True)
     t0 = time.perf_counter()
     saved = state()
-    stopped = False
-    with ctx.deferred_interrupts() as interrupt_requested:
+    stop = 0  # the exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)
+    with ctx.deferred_interrupts() as signals:
         try:
             for it in range(start, a.iterations):
-                # Ctrl-C can land anywhere (after the episode is drawn, mid opt.step(), before the history
-                # is updated): rolling back to the state before the iteration makes every stop resumable
-                # bit-identically.
+                # Ctrl-C or SIGTERM can land anywhere (after the episode is drawn, mid opt.step(), before the
+                # history is updated): rolling back to the state before the iteration makes every stop
+                # resumable bit-identically.
                 saved = state()
                 # every rank draws the whole meta-batch (the same generator state) and keeps its share
                 episode = train_ds.sample(a.meta_batch, a.ways, a.shots, a.queries, generator=gen)
@@ -234,10 +243,11 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
                 # A finite loss can hide NaN adapted weights; their meta-gradient cannot.
                 grads = [p.grad for p in meta.parameters() if p.grad is not None]
                 finite = torch.stack([t.detach().isfinite().all() for t in (o.loss, o.support_losses, *grads)]).all()
-                # one collective (and one device sync) per iteration: loss and accuracy sums, failure, Ctrl-C
-                local = torch.stack([o.loss.detach().double() * mine, o.accuracy.detach().double() * mine,
-                                     (~finite).double(), o.loss.new_tensor(interrupt_requested(), dtype=torch.float64)])
-                loss_sum, acc_sum, failed, interrupted = ctx.sum(local).tolist()
+                # one collective (and one device sync) per iteration: loss and accuracy sums, failure, signals
+                sums = torch.stack([o.loss.detach().double() * mine, o.accuracy.detach().double() * mine,
+                                    (~finite).double()])
+                local = torch.cat([sums, sums.new_tensor(signals())])
+                loss_sum, acc_sum, failed, *seen = ctx.sum(local).tolist()
                 loss, acc = loss_sum / a.meta_batch, acc_sum / a.meta_batch
                 if failed:
                     raise CLIError(f"at iteration {it + 1} the meta-loss ({loss:.4g}) or its gradient is not finite; "
@@ -255,20 +265,24 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
                     validate_at(it + 1)
                     save(it + 1)
                     t0 = time.perf_counter()
-                if interrupted:  # every rank stops after this same iteration
-                    stopped = True
+                if any(seen):  # every rank stops after this same iteration
+                    stop = distributed.exit_status(seen)
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # one process: Ctrl-C, or SIGTERM as distributed.Terminated
             roll_back(saved)
-            stopped = True
+            stop = distributed.exit_status(e)
+        late = signals()
     bar.close()
-    if stopped:
+    if not stop and ctx.distributed:  # a signal after the last iteration's collective stops the run too
+        seen = ctx.sum(torch.tensor(late, dtype=torch.float64)).tolist()
+        stop = distributed.exit_status(seen) if any(seen) else 0
+    if stop:
         done = history["iteration"][-1] if history["iteration"] else 0
         elapsed += time.perf_counter() - t0
         save(done)
         if main:
             print(f"\ninterrupted: saved iteration {done} to {ck_path}; continue with --resume", file=sys.stderr)
-        return 130
+        return stop
     if start < a.iterations:
         elapsed += time.perf_counter() - t0
 
@@ -281,24 +295,22 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
                                    a.meta_batch, quiet=a.quiet, desc="test", ctx=ctx)
         print(f"test accuracy, {setting(a)}, {test['tasks']} tasks, {test['steps']} inner steps: "
               f"{evaluation.fmt(test)}   ({evaluation.paper_line(a.ways, a.shots, a.meta_sgd)})")
-    if main:
-        plot_curves(history, out / "curves.png", f"{setting(a)} on Omniglot, Conv-4 ({a.hidden} channels)")
-        write_json(out / "results.json", train_results(a, history, elapsed, device, meta.backend_used, ctx, test))
-        print(f"wrote {ck_path}, {out / 'curves.png'}, {out / 'results.json'}")
+    with ctx.agreement():  # a write error on rank 0 is reported on every rank
+        if main:
+            plot_curves(history, out / "curves.png", f"{setting(a)} on Omniglot, Conv-4 ({a.hidden} channels)")
+            write_json(out / "results.json", train_results(a, history, elapsed, device, meta.backend_used, ctx, test))
+            print(f"wrote {ck_path}, {out / 'curves.png'}, {out / 'results.json'}")
     return 0
 
 
 # --------------------------------------------------------------------------- eval
 def _eval(a: argparse.Namespace) -> int:
+    check_ints(a, EVAL_INTS)
     ck = checkpoint.load(Path(a.checkpoint).expanduser())
     run = argparse.Namespace(**ck["args"])
     device = resolve_device(a.device)
-    if a.test_tasks < 1:
-        raise CLIError(f"--test-tasks must be at least 1, got {a.test_tasks}")
     steps = a.test_steps if a.test_steps is not None else run.test_steps
-    if steps < 1:
-        raise CLIError(f"--test-steps must be at least 1, got {steps}")
-    batch = a.meta_batch or run.meta_batch
+    batch = a.meta_batch if a.meta_batch is not None else run.meta_batch
     data_dir = a.data_dir or run.data_dir
     cache_dir = a.cache_dir if a.cache_dir is not None else run.cache_dir
     ds = _load_split(data_dir, a.split, cache_dir, run.split_seed, device, a.quiet)

@@ -267,19 +267,20 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, tiny, monkeypatch, cap
 def test_nan_meta_gradient_with_a_finite_loss_stops_before_the_update(tmp_path, tiny, monkeypatch, capsys):
     # What the fused kernel did with NaN weights: a finite loss over a NaN meta-gradient. The torch
     # backend (Conv-4) gets one here from a gradient hook at iteration 2.
-    build = train._build
+    # The hook poisons the gradients of the second training iteration, whichever backend runs it
+    # (the loop backend calls the hook once per task).
+    build, draw, draws = train._build, TinySplit.sample, {"train": 0}
+
+    def counted(self, *a, **k):
+        draws[self.split] = draws.get(self.split, 0) + 1
+        return draw(self, *a, **k)
 
     def poisoned(a, device):
         model, meta = build(a, device)
-        calls = {"n": 0}
-
-        def hook(grad):
-            calls["n"] += 1
-            return grad * float("nan") if calls["n"] == 2 else grad
-
-        model.head.weight.register_hook(hook)
+        model.head.weight.register_hook(lambda grad: grad * float("nan") if draws["train"] == 2 else grad)
         return model, meta
 
+    monkeypatch.setattr(TinySplit, "sample", counted)
     monkeypatch.setattr(train, "_build", poisoned)
     out = tmp_path / "run"
     assert main_train([*SYN, "--iterations", "4", "--val-every", "1", "--out", str(out)]) == 1

@@ -20,27 +20,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from metafast import distributed
 from metafast._optional import MissingExtraError, require
 from metafast.devices import resolve_device
 from metafast.rl.envs import Navigation2D
 from metafast.rl.evaluate import adaptation_returns, mean_ci95
 from metafast.rl.maml_rl import MetaRL, MetaRLConfig
 from metafast.rl.policies import GaussianMLPPolicy
+from metafast.training import checkpoint, files
+from metafast.training.args import INT_MAX, TEST_SEED, CLIError, check_ints, check_types, run_command
 
 __all__ = ["main_train", "main_eval", "is_rl_checkpoint", "ENVS"]
 
 FORMAT = "metafast-rl-navigation-v1"  # every RL checkpoint (args["env"] names the task family; navigation if absent)
-CHECKPOINT = "checkpoint.pt"
-TEST_SEED = 2_000_003  # held-out goals and sampling noise of evaluations, independent of --seed
+CHECKPOINT = checkpoint.NAME
 # what defines a run: taken from the checkpoint on --resume
 _STRUCTURAL = ("hidden", "activation", "pretrain", "first_order", "outer", "meta_batch", "trajectories", "inner_lr",
                "gamma", "gae_lambda", "max_kl", "cg_iters", "cg_damping", "ls_max_steps", "ls_backtrack_ratio",
@@ -56,10 +56,6 @@ ENVS = {
     "half-cheetah-dir": (("MAML-RL on the MAML paper's half-cheetah forward/backward directions (defaults: the "
                           "reference port's halfcheetah-dir.yaml; needs the `mujoco` extra)."), 40, 100),
 }
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 1."""
 
 
 def _train_parser(env: str = "navigation") -> argparse.ArgumentParser:
@@ -129,20 +125,6 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    try:
-        return resolve_device(name)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-
-
-def _threads(n) -> None:
-    if n is not None:
-        if n < 1:
-            raise CLIError(f"--threads must be at least 1, got {n}")
-        torch.set_num_threads(n)
-
-
 def _config(a) -> MetaRLConfig:
     try:
         return MetaRLConfig(trajectories=a.trajectories, meta_batch=a.meta_batch, inner_lr=a.inner_lr,
@@ -183,37 +165,64 @@ def _build(args: dict, device: torch.device):
     return env, policy.to(device=device, dtype=getattr(torch, args["dtype"]))
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------- checkpoints
+_WHAT = "a checkpoint of `train navigation` or `train half-cheetah-*`"
+# what eval and --resume read from a checkpoint
+_KEYS = ("iteration", "args", "policy", "generator", "history", "elapsed_s", "optimizer")
+# the type of each stored argument (hidden: a list of ints, checked apart)
+_TYPES = {**{k: int for k in ("meta_batch", "trajectories", "cg_iters", "ls_max_steps", "ppo_epochs", "max_steps",
+                              "seed")},
+          **{k: float for k in ("inner_lr", "gamma", "gae_lambda", "max_kl", "cg_damping", "ls_backtrack_ratio",
+                                "meta_lr", "ppo_clip")},
+          "pretrain": bool, "first_order": bool, "activation": str, "outer": str, "dtype": str, "env": str}
+_CHOICES = {"activation": ("tanh", "relu"), "dtype": ("float32", "float64"), "env": tuple(ENVS)}
 
 
-def _load(path: str) -> tuple[dict, Path]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT
-    if not p.is_file():
-        raise CLIError(f"no checkpoint at {p}")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CLIError(f"{p} is not a checkpoint of `train navigation` or `train half-cheetah-*` (format {FORMAT})")
+def _check_stored(args: dict, path: Path) -> None:
+    """A checkpoint's arguments describe a run that `train` would accept."""
+    check_types(args, _TYPES, path)
+    for k, allowed in _CHOICES.items():
+        if k in args and args[k] not in allowed:
+            raise CLIError(f"checkpoint {path} is invalid: its argument {k} is {args[k]!r}, not one of {allowed}")
+    hidden = args["hidden"]
+    if not isinstance(hidden, (list, tuple)) or not all(type(h) is int for h in hidden):
+        raise CLIError(f"checkpoint {path} is invalid: its argument hidden is {hidden!r}, not a list of ints")
+    run = argparse.Namespace(**args)
+    try:
+        check_ints(run, {k: v for k, v in _TRAIN_INTS.items() if k in args})
+        _check_hidden(run.hidden)
+        _config(run)
+    except CLIError as e:
+        raise CLIError(f"checkpoint {path} is invalid: its arguments fail the check of `train`: {e}") from None
+
+
+def _read(path) -> tuple[dict, Path]:
+    return checkpoint.read(path, FORMAT, _WHAT)
+
+
+def _load(path) -> tuple[dict, Path]:
+    """A complete RL checkpoint with valid arguments, and its path."""
+    state, p = _read(path)
+    checkpoint.check_complete(state, p, _KEYS, _STRUCTURAL)
+    _check_stored(state["args"], p)
     return state, p
 
 
+def _load_policy(state: dict, path: Path, device: torch.device):
+    env, policy = _build(state["args"], device)
+    with checkpoint.restoring(f"checkpoint {path} does not fit the policy its arguments describe"):
+        policy.load_state_dict(state["policy"])
+    return env, policy
+
+
 def is_rl_checkpoint(path: str) -> bool:
-    """Whether ``path`` (a file or run folder) holds a checkpoint of `train navigation` / `half-cheetah-*`."""
+    """Whether ``path`` (a file or run folder) holds a checkpoint of `train navigation` / `half-cheetah-*`
+    (complete or not: eval then says what is wrong with it)."""
     try:
-        _load(path)
+        _read(path)
         return True
     except Exception:  # noqa: BLE001 - anything unreadable is not ours
         return False
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def evaluate_policies(env, policies: dict, tasks: int, steps: int, trajectories: int, lr: float, gamma: float,
@@ -243,50 +252,82 @@ def format_table(table: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- train
+# the smallest value of each integer option (all are at most INT_MAX, see metafast.training.args)
+_TRAIN_INTS = {"iterations": 1, "meta_batch": 1, "trajectories": 1, "cg_iters": 1, "ls_max_steps": 1,
+               "ppo_epochs": 1, "max_steps": 1, "eval_tasks": 0, "eval_steps": 1, "checkpoint_every": 1, "seed": 0,
+               "threads": 1}
+_EVAL_INTS = {"tasks": 2, "steps": 0, "trajectories": 1, "seed": 0, "threads": 1}
+# what a run writes to --out, and eval into the run folder by default: a new run there needs
+# --overwrite, which removes them; and the temporary files a killed run may leave (files.write_bytes's,
+# and checkpoint.tmp / results.tmp of earlier versions)
+_OUTPUTS = (CHECKPOINT, "results.json", "returns.png", "trajectories.png", "eval.json")
+_EVAL_PLOTS = ("eval_trajectories_*.png",)
+_LEFTOVERS = tuple(f".{n}.*.tmp" for n in _OUTPUTS + _EVAL_PLOTS) + ("checkpoint.tmp", "results.tmp", "eval.tmp")
+
+
+def _check_hidden(hidden) -> None:
+    if not all(1 <= h <= INT_MAX for h in hidden):
+        raise CLIError(f"--hidden widths must be positive, got {hidden}")
+
+
 def _validate_train(a) -> None:
-    checks = [(a.iterations >= 1, f"--iterations must be at least 1, got {a.iterations}"),
-              (a.max_steps >= 1, f"--max-steps must be at least 1, got {a.max_steps}"),
-              (a.eval_tasks >= 0, f"--eval-tasks must be >= 0, got {a.eval_tasks}"),
-              (a.eval_steps >= 1, f"--eval-steps must be at least 1, got {a.eval_steps}"),
-              (a.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {a.checkpoint_every}"),
-              (all(h >= 1 for h in a.hidden), f"--hidden widths must be positive, got {a.hidden}")]
-    for ok, msg in checks:
-        if not ok:
-            raise CLIError(msg)
+    check_ints(a, _TRAIN_INTS)
+    _check_hidden(a.hidden)
     if a.resume and a.overwrite:
         raise CLIError("--resume and --overwrite contradict each other")
 
 
-def _train(a) -> int:
-    _validate_train(a)
-    _threads(a.threads)
-    device = _device(a.device)
-    out = Path(a.out or (f"runs/{a.env}-pretrained" if a.pretrain else f"runs/{a.env}"))
+def _resume(a, path: Path) -> dict:
+    """The checkpoint to continue; the run's own definition replaces this command line's."""
+    state, _ = _load(path)
+    if _env_name(state["args"]) != a.env:
+        raise CLIError(f"{path} is a `train {_env_name(state['args'])}` run, not `train {a.env}`")
+    for k in _STRUCTURAL:
+        setattr(a, k, state["args"][k])
+    return state
+
+
+def _prepare(a) -> tuple[Path, dict | None]:
+    """The output folder and the checkpoint to continue (None: a new run)."""
+    out = Path(a.out or (f"runs/{a.env}-pretrained" if a.pretrain else f"runs/{a.env}")).expanduser()
+    files.check_out(out)
     ckpt_path = out / CHECKPOINT
-    state = None
-    if ckpt_path.exists():
-        if a.resume:
-            state, _ = _load(str(ckpt_path))
-            if _env_name(state["args"]) != a.env:
-                raise CLIError(f"{ckpt_path} is a `train {_env_name(state['args'])}` run, not `train {a.env}`")
-            for k in _STRUCTURAL:  # the run's own definition wins
-                setattr(a, k, state["args"][k])
-        elif not a.overwrite:
-            raise CLIError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite to start afresh")
-    config = _config(a)
-    env, policy = _build(vars(a), device)  # before creating --out: a missing `mujoco` extra fails here
-    out.mkdir(parents=True, exist_ok=True)
-    meta = MetaRL(env, policy, config)
-    gen = torch.Generator(device=device).manual_seed(a.seed + 1)
-    history, start, elapsed = [], 0, 0.0
-    if state is not None:
+    if ckpt_path.exists() and a.resume:
+        return out, _resume(a, ckpt_path)
+    if ckpt_path.exists() and not a.overwrite:
+        raise CLIError(f"{ckpt_path} exists: pass --resume to continue it or --overwrite to start afresh")
+    return out, None
+
+
+def _restore(state: dict, path: Path, policy, meta, gen) -> tuple[list, int, float]:
+    with checkpoint.restoring(f"checkpoint {path} does not fit the run its arguments describe"):
         policy.load_state_dict(state["policy"])
         if meta.optimizer is not None:
             meta.optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
-        history, start, elapsed = state["history"], state["iteration"], state["elapsed_s"]
+    history, start, elapsed = state["history"], state["iteration"], state["elapsed_s"]
+    if not isinstance(history, list) or len(history) != start or not isinstance(elapsed, (int, float)):
+        raise CLIError(f"checkpoint {path} is inconsistent: its history does not end at its iteration {start}")
+    return history, start, float(elapsed)
 
-    def snapshot():  # the state after the last completed iteration (Ctrl-C may land mid-iteration)
+
+def _train(a) -> int:
+    _validate_train(a)
+    device = resolve_device(a.device)
+    out, state = _prepare(a)
+    ckpt_path = out / CHECKPOINT
+    config = _config(a)
+    env, policy = _build(vars(a), device)  # before touching --out: a missing `mujoco` extra fails here
+    if state is None:  # a new run: never beside another run's files
+        files.start_afresh(out, a.overwrite, _OUTPUTS, _EVAL_PLOTS, _LEFTOVERS)
+    files.make_out(out)
+    meta = MetaRL(env, policy, config)
+    gen = torch.Generator(device=device).manual_seed(a.seed + 1)
+    history, start, elapsed = [], 0, 0.0
+    if state is not None:
+        history, start, elapsed = _restore(state, ckpt_path, policy, meta, gen)
+
+    def snapshot():  # the state after the last completed iteration (a signal may land mid-iteration)
         return {"format": FORMAT, "iteration": len(history), "args": dict(vars(a)), "config": config.to_dict(),
                 "policy": {k: v.clone() for k, v in policy.state_dict().items()}, "generator": gen.get_state(),
                 "history": list(history), "elapsed_s": elapsed,
@@ -300,33 +341,39 @@ def _train(a) -> int:
     tqdm = require("tqdm", "the progress bar").tqdm
     bar = tqdm(range(start, a.iterations), initial=start, total=a.iterations, disable=a.quiet, unit="it",
                dynamic_ncols=True)
-    last = snapshot()
-    try:
-        for iteration in bar:
-            t0 = time.perf_counter()
-            logs = meta.step(gen)
-            if not all(torch.isfinite(p).all() for p in policy.parameters()):
-                raise CLIError(f"non-finite policy parameters after iteration {iteration + 1}; lower --max-kl "
-                               "or --meta-lr")
-            elapsed += time.perf_counter() - t0
-            history.append({"iteration": iteration + 1, **logs, "time_s": elapsed})
-            last = snapshot()
-            bar.set_postfix(before=f"{logs['train_return']:.1f}", after=f"{logs['valid_return']:.1f}")
-            if (iteration + 1) % a.checkpoint_every == 0:
-                _save(ckpt_path, last)
-    except KeyboardInterrupt:
-        _save(ckpt_path, last)
+    last, stop = snapshot(), 0
+    with distributed.Context().deferred_interrupts():  # SIGTERM raises distributed.Terminated, like Ctrl-C
+        try:
+            for iteration in bar:
+                t0 = time.perf_counter()
+                logs = meta.step(gen)
+                if not all(torch.isfinite(p).all() for p in policy.parameters()):
+                    raise CLIError(f"non-finite policy parameters after iteration {iteration + 1}; lower --max-kl "
+                                   "or --meta-lr")
+                elapsed += time.perf_counter() - t0
+                history.append({"iteration": iteration + 1, **logs, "time_s": elapsed})
+                last = snapshot()
+                bar.set_postfix(before=f"{logs['train_return']:.1f}", after=f"{logs['valid_return']:.1f}")
+                if (iteration + 1) % a.checkpoint_every == 0:
+                    checkpoint.save(ckpt_path, last)
+        except KeyboardInterrupt as e:
+            stop = distributed.exit_status(e)
+        finally:
+            bar.close()
+    checkpoint.save(ckpt_path, last)
+    if stop:
         print(f"\ninterrupted: saved iteration {last['iteration']} to {ckpt_path}; continue with --resume",
               file=sys.stderr)
-        return 130
-    finally:
-        bar.close()
-    _save(ckpt_path, last)
-    iteration = last["iteration"]
+        return stop
+    _finish(a, out, env, policy, config, history, elapsed, device, label)
+    return 0
 
+
+def _finish(a, out: Path, env, policy, config, history: list, elapsed: float, device, label: str) -> None:
+    """results.json, returns.png and, with --eval-tasks, the evaluation (trajectories.png for navigation)."""
     from metafast.rl.plots import plot_returns, plot_trajectories
-    plot_returns(history, str(out / "returns.png"), label)
-    results = {"args": vars(a), "config": config.to_dict(), "iterations": iteration, "train_time_s": elapsed,
+    files.write_rendered(out / "returns.png", lambda f: plot_returns(history, f, label))
+    results = {"args": vars(a), "config": config.to_dict(), "iterations": len(history), "train_time_s": elapsed,
                "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "history": history}
     if a.eval_tasks:
@@ -337,47 +384,48 @@ def _train(a) -> int:
                                               a.gae_lambda, TEST_SEED, device)
         ours = eps[label.lower()]
         if a.env == "navigation":
-            plot_trajectories(goals, ours[0], ours[1], str(out / "trajectories.png"),
-                              title=f"{label}: held-out goals, before (gray) and after one step (blue)")
+            files.write_rendered(out / "trajectories.png", lambda f: plot_trajectories(
+                goals, ours[0], ours[1], f, title=f"{label}: held-out goals, before (gray) and after one step (blue)"))
         results["evaluation"] = {"tasks": a.eval_tasks, "steps": a.eval_steps, "trajectories": a.trajectories,
                                  "inner_lr": a.inner_lr, "seed": TEST_SEED, "returns": table,
                                  "time_s": time.perf_counter() - t0}
         print(format_table(table))
-    _write_json(out / "results.json", results)
+    files.write_json(out / "results.json", results)
     if not a.quiet:
-        print(f"trained {iteration} iterations in {elapsed:.0f} s; wrote {out}/results.json, returns.png"
+        print(f"trained {len(history)} iterations in {elapsed:.0f} s; wrote {out}/results.json, returns.png"
               + (", trajectories.png" if a.eval_tasks and a.env == "navigation" else ""))
-    return 0
 
 
 # ----------------------------------------------------------------------------- eval
-def _eval(a) -> int:
-    _threads(a.threads)
-    device = _device(a.device)
-    if a.tasks < 2 or a.steps < 0:
-        raise CLIError(f"--tasks must be at least 2 and --steps >= 0, got {a.tasks} and {a.steps}")
-    state, path = _load(a.checkpoint)
+def _policies(a, state: dict, path: Path, device) -> tuple[object, dict]:
+    """The environment, and the policies to compare by label: the checkpoint's, --baseline's, random."""
     args = state["args"]
-    env, policy = _build(args, device)
-    policy.load_state_dict(state["policy"])
+    env, policy = _load_policy(state, path, device)
     policies = {("pretrained" if args["pretrain"] else "maml"): policy}
     for other in a.baseline:
         s, p = _load(other)
         if _env_name(s["args"]) != _env_name(args):
             raise CLIError(f"--baseline {other} is a `train {_env_name(s['args'])}` run, but {path} is a "
                            f"`train {_env_name(args)}` run")
-        _, pol = _build(s["args"], device)
-        pol.load_state_dict(s["policy"])
+        _, pol = _load_policy(s, p, device)
         name = "pretrained" if s["args"]["pretrain"] else "maml"
         policies[name if name not in policies else p.parent.name] = pol
     if not a.no_random:
         policies["random"] = _build(args, device)[1]
+    return env, policies
+
+
+def _eval(a) -> int:
+    check_ints(a, _EVAL_INTS)
+    device = resolve_device(a.device)
+    state, path = _load(a.checkpoint)
+    args = state["args"]
+    env, policies = _policies(a, state, path, device)
     trajectories = a.trajectories or args["trajectories"]
     lr = a.inner_lr if a.inner_lr is not None else args["inner_lr"]
     later = lr if a.later_lr is None else a.later_lr
-    if trajectories < 1 or not all(r > 0 and math.isfinite(r) for r in (lr, later)):
-        raise CLIError(f"--trajectories must be positive and --inner-lr, --later-lr positive numbers, got "
-                       f"{trajectories}, {lr}, {later}")
+    if not all(r > 0 and math.isfinite(r) for r in (lr, later)):
+        raise CLIError(f"--inner-lr and --later-lr must be positive numbers, got {lr}, {later}")
     t0 = time.perf_counter()
     table, eps, goals = evaluate_policies(env, policies, a.tasks, a.steps, trajectories, lr, args["gamma"],
                                           args["gae_lambda"], a.seed, device, later)
@@ -387,33 +435,21 @@ def _eval(a) -> int:
     payload = {"checkpoint": str(path), "iteration": state["iteration"], "tasks": a.tasks, "steps": a.steps,
                "trajectories": trajectories, "inner_lr": lr, "later_lr": later, "seed": a.seed, "returns": table,
                "time_s": seconds, "device": str(device), "torch": torch.__version__}
-    _write_json(out, payload)
+    files.write_json(out, payload)
     if a.steps >= 1 and _env_name(args) == "navigation":
         from metafast.rl.plots import plot_trajectories
         for label, e in eps.items():
-            plot_trajectories(goals, e[0], e[1], str(out.parent / f"eval_trajectories_{label}.png"),
-                              title=f"{label}: before (gray) and after one step (blue)")
+            files.write_rendered(out.parent / f"eval_trajectories_{label}.png", lambda f: plot_trajectories(
+                goals, e[0], e[1], f, title=f"{label}: before (gray) and after one step (blue)"))
     if not a.quiet:
         print(f"evaluated {len(policies)} policies on {a.tasks} held-out tasks in {seconds:.1f} s; wrote {out}")
     return 0
 
 
-def _run(parser, fn, argv) -> int:
-    try:
-        a = parser.parse_args(list(argv))
-    except SystemExit as e:  # --help or a usage error, already printed
-        return int(e.code) if isinstance(e.code, int) else 2
-    try:
-        return fn(a)
-    except CLIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
 def main_train(argv, env: str = "navigation") -> int:
     """``train ENV ARGS`` (argv without ENV), ENV one of ENVS."""
-    return _run(_train_parser(env), _train, argv)
+    return run_command(_train_parser(env), argv, _train)
 
 
 def main_eval(argv) -> int:
-    return _run(_eval_parser(), _eval, argv)
+    return run_command(_eval_parser(), argv, _eval)

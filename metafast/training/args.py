@@ -115,14 +115,14 @@ def run_command(parser: argparse.ArgumentParser, argv, command) -> int:
 def _session(a: argparse.Namespace):
     """Thread count and warning filters for one command, restored afterwards."""
     threads = torch.get_num_threads()
+    check_ints(a, {"threads": 1})
     if a.threads is not None:
-        if a.threads < 1:
-            raise CLIError(f"--threads must be at least 1, got {a.threads}")
         torch.set_num_threads(a.threads)
     try:
         with warnings.catch_warnings():
-            # Conv-4 always runs on BatchedMAML's torch backend unless ANIL: no need to warn
-            warnings.filterwarnings("ignore", message="BatchedMAML: using the torch backend", category=RuntimeWarning)
+            # Conv-4 always runs on BatchedMAML's torch (or loop) backend unless ANIL: no need to warn
+            warnings.filterwarnings("ignore", message="BatchedMAML: using the (torch|loop) backend",
+                                    category=RuntimeWarning)
             yield
     finally:
         torch.set_num_threads(threads)
@@ -147,31 +147,76 @@ def resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
     return a
 
 
+# the smallest value of each integer option of `train omniglot`; every integer option is also at
+# most INT_MAX (what torch's seeds and sizes hold), so that none overflows later with a traceback
+TRAIN_INTS = {"ways": 2, "shots": 1, "queries": 1, "inner_steps": 1, "test_steps": 1, "meta_batch": 1,
+              "iterations": 1, "hidden": 1, "val_every": 1, "val_tasks": 0, "test_tasks": 0, "seed": 0,
+              "split_seed": 0, "threads": 1}
+EVAL_INTS = {"test_tasks": 1, "test_steps": 1, "meta_batch": 1, "seed": 0, "threads": 1}
+INT_MAX = 2 ** 63 - 1
+
+
+def check_ints(a: argparse.Namespace, minimum: dict[str, int]) -> None:
+    """Every integer option named in ``minimum`` is in [minimum, INT_MAX]; None (a default still to
+    be filled in) passes."""
+    for dest, low in minimum.items():
+        value = getattr(a, dest, None)
+        if value is None:
+            continue
+        if value < low or value > INT_MAX:
+            bound = f"at least {low}" if value < low else "at most 2**63-1"
+            raise CLIError(f"--{dest.replace('_', '-')} must be {bound}, got {value}")
+
+
 def validate(a: argparse.Namespace, world_size: int = 1) -> None:
+    check_ints(a, TRAIN_INTS)
     checks = [
-        (a.ways >= 2, f"--ways must be at least 2, got {a.ways}"),
-        (a.shots >= 1, f"--shots must be at least 1, got {a.shots}"),
-        (a.queries >= 1, f"--queries must be at least 1, got {a.queries}"),
         (a.shots + a.queries <= 20,
          f"--shots + --queries = {a.shots + a.queries} exceeds the 20 drawings of an Omniglot character"),
-        (a.inner_steps >= 1, f"--inner-steps must be at least 1, got {a.inner_steps}"),
-        (a.test_steps >= 1, f"--test-steps must be at least 1, got {a.test_steps}"),
         (a.inner_lr > 0 and math.isfinite(a.inner_lr), f"--inner-lr must be positive, got {a.inner_lr}"),
         (a.meta_lr > 0 and math.isfinite(a.meta_lr), f"--meta-lr must be positive, got {a.meta_lr}"),
-        (a.meta_batch >= 1, f"--meta-batch must be at least 1, got {a.meta_batch}"),
         (a.meta_batch >= world_size,
          f"--meta-batch {a.meta_batch} is smaller than the {world_size} processes: each process adapts at least "
          f"one task of every meta-batch; use a meta-batch of at least {world_size} or fewer processes"),
-        (a.iterations >= 1, f"--iterations must be at least 1, got {a.iterations}"),
-        (a.hidden >= 1, f"--hidden must be at least 1, got {a.hidden}"),
-        (a.val_every >= 1, f"--val-every must be at least 1, got {a.val_every}"),
-        (a.val_tasks >= 0 and a.test_tasks >= 0, "--val-tasks and --test-tasks must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise CLIError(msg)
     if a.ways > 400:  # the val split has 100 characters x 4 rotations
         raise CLIError(f"--ways {a.ways} exceeds the 400 classes of the validation split")
+
+
+# the type of each argument a checkpoint stores that eval and --resume use
+_STORED_TYPES = {**{k: int for k in ("ways", "shots", "queries", "inner_steps", "meta_batch", "hidden", "seed",
+                                     "split_seed", "test_steps", "iterations", "val_every", "val_tasks",
+                                     "test_tasks")},
+                 "inner_lr": float, "meta_lr": float, "first_order": bool, "meta_sgd": bool, "anil": bool,
+                 "backend": str, "data_dir": str, "cache_dir": (str, type(None))}
+
+
+def check_types(stored: dict, types: dict, path) -> None:
+    """A checkpoint's stored arguments have the types the run gave them (bools are not ints, ints
+    pass as floats); ``path`` names the checkpoint in the error."""
+    for k, want in types.items():
+        if k not in stored:
+            continue  # completeness is checked by the loader
+        v = stored[k]
+        kinds = want if isinstance(want, tuple) else (want,)
+        ok = any(isinstance(v, t) and (t is bool or not isinstance(v, bool)) or (t is float and type(v) is int)
+                 for t in kinds)
+        if not ok:
+            raise CLIError(f"checkpoint {path} is invalid: its argument {k} is {v!r}, not "
+                           f"{' or '.join(getattr(t, '__name__', str(t)) for t in kinds)}")
+
+
+def check_stored_args(stored: dict, path) -> None:
+    """A checkpoint's arguments describe a run that `train` would accept."""
+    check_types(stored, _STORED_TYPES, path)
+    run = argparse.Namespace(**{**{k: None for k in TRAIN_INTS}, **stored})
+    try:
+        validate(run)
+    except CLIError as e:
+        raise CLIError(f"checkpoint {path} is invalid: its arguments fail the check of `train`: {e}") from None
 
 
 def _given(argv: list[str], dest: str) -> bool:

@@ -1,13 +1,18 @@
-"""Checkpoints of a training run: written atomically, read with every problem as one CLIError."""
+"""Checkpoints of a training run: written atomically, read with every problem as one CLIError.
+
+:func:`read` and :func:`restoring` serve every command (Omniglot and RL); :func:`load` and
+:func:`restore` are the Omniglot run's."""
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
-from metafast.training.args import STRUCTURAL, CLIError, setting
+from metafast.training import files
+from metafast.training.args import STRUCTURAL, CLIError, check_stored_args, setting
 
 NAME = "checkpoint.pt"
 FORMAT = "metafast-omniglot-v1"
@@ -17,29 +22,40 @@ _RUN_ARGS = STRUCTURAL + ("backend", "test_steps", "data_dir", "cache_dir")
 
 
 def save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    files.save_torch(path, state)
 
 
-def load(path: Path) -> dict:
+def read(path: Path | str, fmt: str, what: str) -> tuple[dict, Path]:
+    """The checkpoint of format ``fmt`` at ``path`` (a file or the run folder holding NAME), and
+    its path; ``what`` names the kind in the error when it is another file."""
+    path = Path(path).expanduser()
     if path.is_dir():
         path = path / NAME
     if not path.is_file():
-        raise CLIError(f"checkpoint {path} does not exist (a run writes {NAME} in its --out folder)")
+        raise CLIError(f"no checkpoint at {path}: the file does not exist (a run writes {NAME} in its --out folder)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CLIError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a checkpoint "
                        f"({type(e).__name__})") from e
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CLIError(f"{path} is not a metafast Omniglot checkpoint (format {FORMAT})")
-    missing = [k for k in _KEYS if k not in ck]
+    if not isinstance(ck, dict) or ck.get("format") != fmt:
+        raise CLIError(f"{path} is not {what} (format {fmt})")
+    return ck, path
+
+
+def check_complete(ck: dict, path: Path, keys: Iterable[str], arg_keys: Iterable[str]) -> None:
+    missing = [k for k in keys if k not in ck]
     if not missing:
         args = ck["args"] if isinstance(ck["args"], dict) else {}
-        missing = [f"args.{k}" for k in _RUN_ARGS if k not in args]
+        missing = [f"args.{k}" for k in arg_keys if k not in args]
     if missing:
         raise CLIError(f"checkpoint {path} is incomplete: it lacks {', '.join(missing)}")
+
+
+def load(path: Path) -> dict:
+    ck, path = read(path, FORMAT, "a metafast Omniglot checkpoint")
+    check_complete(ck, path, _KEYS, _RUN_ARGS)
+    check_stored_args(ck["args"], path)
     ck["path"] = path
     return ck
 
@@ -55,16 +71,23 @@ def check_world_size(ck: dict, world_size: int) -> None:
                        f"that depends on it, so another count would not continue the run bit for bit")
 
 
+@contextlib.contextmanager
+def restoring(what: str):
+    """Loading states in the block: a mismatch (wrong shapes, keys, types) is a CLIError ``what: detail``."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."  # state_dict errors list every key
+        raise CLIError(f"{what}: {detail}") from e
+
+
 def restore(ck: dict, a: argparse.Namespace, meta, opt=None, gen=None) -> None:
     """Load a checkpoint's states; a mismatch with its own arguments is a CLIError."""
-    try:
+    with restoring(f"checkpoint {ck['path']} does not fit the run its arguments describe ({setting(a)}, "
+                   f"{a.hidden} channels)"):
         meta.load_state_dict(ck["meta"])
         if opt is not None:
             opt.load_state_dict(ck["optimizer"])
         if gen is not None:
             gen.set_state(ck["generator"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        detail = " ".join(str(e).split()) or type(e).__name__
-        detail = detail if len(detail) <= 300 else detail[:300] + " ..."  # state_dict errors list every key
-        raise CLIError(f"checkpoint {ck['path']} does not fit the run its arguments describe ({setting(a)}, "
-                       f"{a.hidden} channels): {detail}") from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metafast.stats import moving_average
+from metafast.training import files
 
 
 def plot_curves(history: dict, path: Path, title: str) -> None:
@@ -30,5 +31,7 @@ def plot_curves(history: dict, path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        files.write_rendered(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

@@ -1,10 +1,8 @@
-"""``results.json`` of a training run and of ``eval --json``."""
+"""``results.json`` of a training run and of ``eval --json`` (written by :func:`metafast.training.files.write_json`)."""
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-from pathlib import Path
 
 import torch
 
@@ -49,7 +47,3 @@ def eval_results(checkpoint: str, ck: dict, split: str, run: argparse.Namespace,
     return {"checkpoint": checkpoint, "iteration": ck["iteration"], "split": split, "setting": setting(run), **r,
             "paper": PAPER_ACCURACY.get((run.ways, run.shots))}
 
-
-def write_json(path: Path | str, payload: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
