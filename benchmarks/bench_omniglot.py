@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # results go under ROOT/benchmarks/results
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
-import metafast  # noqa: E402
+metafast = common.import_metafast()  # the installed package (the source tree only when none is installed)
 from metafast import reference  # noqa: E402
 from metafast.nn.conv4 import Conv4  # noqa: E402
 

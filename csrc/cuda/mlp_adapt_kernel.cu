@@ -4,6 +4,10 @@
 // all inner steps; no host synchronisation inside. A task's scratch (gradient,
 // HVP, activations) lives in shared memory when it fits (the sinusoid MLP in
 // float32 needs 40 KB), else in a global buffer.
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "cuda/launchers.h"
 #include "kernels/mlp_adapt.h"
 
@@ -36,22 +40,46 @@ __global__ void __launch_bounds__(kThreads) mlp_adapt_backward_kernel(const MlpA
   mlp_adapt_backward_task<T>(BlockLanes{}, a, int(blockIdx.x), task_workspace(a.p.workspace, a.p.workspace_stride, shared));
 }
 
+constexpr size_t kDefaultSharedBytes = 48 * 1024;  // always allowed without opting in
+
+// The dynamic shared memory `kernel` may use on the current device. The
+// opt-in limit is raised once per device and kernel, never per launch: two
+// host threads setting different limits could otherwise interleave with each
+// other's launches, and the larger launch would fail.
+inline size_t shared_memory_limit(const void* kernel) {
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> limits;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return kDefaultSharedBytes;
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [entry, first] = limits.try_emplace({kernel, device}, kDefaultSharedBytes);
+  if (first) {
+    int optin = 0;
+    cudaFuncAttributes attributes{};
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+        cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess &&
+        size_t(optin) > attributes.sharedSizeBytes + kDefaultSharedBytes) {
+      const int dynamic = optin - int(attributes.sharedSizeBytes);
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dynamic) == cudaSuccess) {
+        entry->second = size_t(dynamic);
+      }
+    }
+    (void)cudaGetLastError();  // our own failed query: the 48 KB default (or global memory) serves instead
+  }
+  return entry->second;
+}
+
 // Bytes of shared memory to use for a workspace of `bytes` (0: use global).
 // An earlier pending error is reported, not swallowed, so that clearing our
-// own failed attribute call below can only clear our own error.
+// own failed attribute calls can only clear our own error.
 template <typename Kernel>
 size_t shared_bytes_for(Kernel kernel, size_t bytes, const char* what) {
   check_launch(what, "an earlier CUDA call failed");
-  if (bytes <= 48 * 1024) return bytes;  // always allowed
-  int device = 0, optin = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
-      bytes > size_t(optin) ||
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)) != cudaSuccess) {
-    (void)cudaGetLastError();  // our own failed query: the global workspace serves instead
-    return 0;
-  }
-  return bytes;
+  if (bytes <= kDefaultSharedBytes) return bytes;
+  return bytes <= shared_memory_limit(reinterpret_cast<const void*>(kernel)) ? bytes : 0;
 }
 
 template <typename Args, typename Kernel>

@@ -9,10 +9,11 @@ A new backend is one module here and one entry in BACKENDS; "auto" tries
 AUTO_ORDER in turn (see metafast.algorithms.batched.choose_backend).
 """
 from metafast.algorithms.backends.base import Backend
+from metafast.algorithms.backends.compiled import CompiledBackend
 from metafast.algorithms.backends.fused import FusedBackend
 from metafast.algorithms.backends.loop import LoopBackend
 from metafast.algorithms.backends.vmap import VmapBackend
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (FusedBackend(), VmapBackend(), LoopBackend())}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (FusedBackend(), VmapBackend(), LoopBackend(), CompiledBackend())}
 
-__all__ = ["Backend", "BACKENDS", "FusedBackend", "LoopBackend", "VmapBackend"]
+__all__ = ["Backend", "BACKENDS", "CompiledBackend", "FusedBackend", "LoopBackend", "VmapBackend"]
