@@ -26,6 +26,7 @@ def pytest_configure(config):
     # (CI runs a copy of tests/ against the installed wheel).
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
     config.addinivalue_line("markers", "slow: longer end-to-end runs")
+    config.addinivalue_line("markers", "kernels: the compiled ops' tests (CI runs them beside other torch versions)")
 
 
 def pytest_collection_modifyitems(config, items):

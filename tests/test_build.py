@@ -11,6 +11,8 @@ import torch
 
 import metafast
 
+pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
+
 
 def test_build_info_fields():
     info = metafast.build_info()

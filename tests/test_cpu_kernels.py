@@ -16,6 +16,8 @@ from test_mlp_adapt import (
 import metafast
 from metafast.ops import mlp_adapt, mlp_adapt_torch
 
+pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
+
 KERNELS = ["packed", "per-task"]
 ISAS = ["native", "avx2", "baseline"]  # METAFAST_CPU_ISA can only lower the CPU's own level
 

@@ -10,6 +10,8 @@ from metafast.ops import mlp_adapt, mlp_adapt_torch, mlp_num_params
 from metafast.reference import adapt_task
 from conftest import DEVICES, max_rel_err, random_mlp_task, requires_extension
 
+pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
+
 TOL = 1e-10
 
 

@@ -6,6 +6,8 @@ import metafast
 from metafast.ops import sgd_update
 from conftest import DEVICES, requires_extension
 
+pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
+
 
 def _lists(dtype=torch.float64, tasks=None, lrs=False, device="cpu"):
     torch.manual_seed(0)

@@ -12,6 +12,8 @@ import metafast
 from metafast.ops import mlp_adapt, mlp_adapt_torch
 from metafast.reference import meta_loss
 
+pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
+
 CPU_PATHS = ["packed", "per-task"]
 
 
