@@ -30,8 +30,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
-
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "tests" / "cpp"
 CXX = shutil.which("g++")
