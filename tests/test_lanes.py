@@ -1,6 +1,6 @@
 """The GPU's parallel decomposition, tested on the CPU (tests/cpp/lanes_test.cpp).
 
-The per-task algorithms of csrc/kernels/mlp_adapt.h run on the CPU with one
+The per-task algorithms of csrc/kernels/mlp/task.h run on the CPU with one
 lane and on the GPU with a thread block's 256 lanes. lanes_test runs them with
 N CPU threads as lanes (sync() a barrier) and compares every output and
 gradient with the one-lane run in float64; built once more with
@@ -200,7 +200,7 @@ def _ptr(t):
 
 
 def kernel_run(lib, c):
-    """Forward + backward of csrc/kernels/mlp_adapt.h (SerialLanes) on case c."""
+    """Forward + backward of csrc/kernels/mlp/task.h (SerialLanes) on case c."""
     x, qx = c["x"], c["qx"]
     T, K, _ = x.shape
     Q = qx.shape[1] if qx is not None else 0

@@ -1,10 +1,10 @@
-// The lanes test: runs the per-task algorithms of csrc/kernels/mlp_adapt.h with
+// The lanes test: runs the per-task algorithms of csrc/kernels/mlp/task.h with
 // N CPU threads per task as its lanes (lane() = thread index, count() = N,
 // sync() = a barrier, leader() = lane 0, kSerial = false), so the code the GPU
 // takes when lanes are many (the register-blocked parallel layers, every
 // lanes.sync()) runs on the CPU, and compares every output and gradient with
 // the one-lane SerialLanes run (the CPU's per-task path) in float64. It also
-// runs the CPU's task packs (csrc/kernels/task_pack.h: the same algorithm with
+// runs the CPU's task packs (csrc/kernels/core/task_pack.h: the same algorithm with
 // T = TaskPack<double, W>, one task per SIMD lane) with W = 2 and 8, so that
 // packs that are full, partial and several per call are compared too.
 //
@@ -30,7 +30,7 @@
 //                  matches the serial run; exit status 0 (the verdict is
 //                  ThreadSanitizer's, whose reports make it 66)
 //
-// Includes only csrc/kernels/*.h, the standard library and, on Linux, the
+// Includes only csrc/kernels/**/*.h, the standard library and, on Linux, the
 // futex system call for the barrier: no torch.
 #include <algorithm>
 #include <atomic>
@@ -53,8 +53,8 @@
 #include <unistd.h>
 #endif
 
-#include "kernels/mlp_adapt.h"
-#include "kernels/task_pack.h"
+#include "kernels/mlp/task.h"
+#include "kernels/core/task_pack.h"
 
 using namespace metafast;
 
@@ -140,7 +140,7 @@ long run_on_threads(int N, long drop_sync, F f) {
 }
 
 // ---------------------------------------------------------------------------
-// A problem, filled as csrc/mlp_adapt_host.h fills MlpLayout / MlpProblem /
+// A problem, filled as csrc/ops/mlp_adapt/host.h fills MlpLayout / MlpProblem /
 // the argument structs, with every array owned here.
 // ---------------------------------------------------------------------------
 using Vec = std::vector<double>;

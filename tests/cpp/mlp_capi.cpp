@@ -1,6 +1,6 @@
-// A C entry point to the float64 per-task algorithms of csrc/kernels/mlp_adapt.h
+// A C entry point to the float64 per-task algorithms of csrc/kernels/mlp/task.h
 // run with SerialLanes (the CPU's per-task path) or in task packs of 2 or 8
-// (kernels/task_pack.h, the CPU's path for small nets; mf_test_set_pack_width),
+// (kernels/core/task_pack.h, the CPU's path for small nets; mf_test_set_pack_width),
 // built by tests/test_lanes.py
 // as a shared library and called through ctypes, so that the kernels'
 // NaN semantics can be compared with PyTorch's eager autograd without
@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "kernels/mlp_adapt.h"
-#include "kernels/task_pack.h"
+#include "kernels/mlp/task.h"
+#include "kernels/core/task_pack.h"
 
 using namespace metafast;
 

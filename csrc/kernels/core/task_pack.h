@@ -2,7 +2,7 @@
 //
 // A TaskPack<S, W> holds one scalar of each of W tasks (one task per SIMD
 // lane). Every task of a meta-batch runs the same shapes and the same
-// instruction stream, so the per-task algorithm of kernels/mlp_adapt.h, run
+// instruction stream, so the per-task algorithm of kernels/mlp/task.h, run
 // with T = TaskPack (and PackLanes, below), adapts W tasks at once, each vector
 // instruction doing one scalar step of every task: no horizontal sums, no
 // shuffles, and full vectors whatever the layer widths (1-40-40-1 included).
@@ -21,9 +21,9 @@
 // results discarded).
 //
 // GCC/Clang vector extensions; host only. The CPU kernel makes a pack one
-// vector register of the ISA level it runs (csrc/cpu/mlp_adapt.cpp).
+// vector register of the ISA level it runs (csrc/ops/mlp_adapt/cpu.cpp).
 #pragma once
-#include "kernels/mlp_adapt.h"
+#include "kernels/mlp/task.h"
 
 namespace metafast {
 
@@ -202,7 +202,7 @@ struct ScratchCarver {
 };
 
 // ---------------------------------------------------------------------------
-// The forward and backward of kernels/mlp_adapt.h on packs of W tasks.
+// The forward and backward of kernels/mlp/task.h on packs of W tasks.
 // `scratch`: scratch_bytes() bytes, 64-byte aligned, per concurrent pack.
 // ---------------------------------------------------------------------------
 template <typename S, int W>

@@ -1,5 +1,5 @@
 // CUDA kernels of metafast::mlp_adapt: one thread block per task runs the
-// per-task algorithm of kernels/mlp_adapt.h (the code the CPU kernel runs),
+// per-task algorithm of kernels/mlp/task.h (the code the CPU kernel runs),
 // its lanes being the block's threads. One launch for the whole meta-batch and
 // all inner steps; no host synchronisation inside. A task's scratch (gradient,
 // HVP, activations) lives in shared memory when it fits (the sinusoid MLP in
@@ -8,8 +8,9 @@
 #include <mutex>
 #include <utility>
 
-#include "cuda/launchers.h"
-#include "kernels/mlp_adapt.h"
+#include "common/cuda_check.h"
+#include "ops/mlp_adapt/launch.h"
+#include "kernels/mlp/task.h"
 
 namespace metafast {
 namespace {

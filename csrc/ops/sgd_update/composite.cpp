@@ -4,7 +4,7 @@
 // Tensors on a device without a metafast kernel get an error naming it.
 #include <torch/csrc/stable/library.h>
 
-#include "sgd_update_host.h"
+#include "ops/sgd_update/host.h"
 
 namespace metafast {
 namespace {

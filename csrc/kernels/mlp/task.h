@@ -17,7 +17,7 @@
 // as PyTorch does (see maml_math.h); a class label outside [0, d_out) gives
 // that example a NaN loss and NaN gradients and is never used as an index.
 #pragma once
-#include "kernels/maml_math.h"
+#include "kernels/core/maml_math.h"
 
 namespace metafast {
 

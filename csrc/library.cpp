@@ -1,5 +1,5 @@
 // Every metafast op schema, declared once, and the Python module metafast._C
-// whose import registers them (kernels: csrc/cpu/*, csrc/cuda/*; autograd and
+// whose import registers them (kernels: csrc/ops/<op>/; autograd and
 // fake kernels: metafast/ops/*.py). Built on the LibTorch stable ABI and the
 // Python limited API, so one binary serves every torch >= 2.11 and Python >= 3.10.
 #include <Python.h>

@@ -1,7 +1,7 @@
 // CPU kernels of metafast::mlp_adapt and mlp_adapt_backward: the per-task
-// algorithm of kernels/mlp_adapt.h on torch's threads, in one of two
+// algorithm of kernels/mlp/task.h on torch's threads, in one of two
 // decompositions:
-//  - task packs (kernels/task_pack.h): one vector register of tasks (16
+//  - task packs (kernels/core/task_pack.h): one vector register of tasks (16
 //    float32 or 8 float64 with AVX-512) run together, one task per SIMD lane,
 //    packs spread over the threads. Full vectors whatever the layer widths:
 //    small nets.
@@ -16,8 +16,8 @@
 #include <memory>
 #include <type_traits>
 
-#include "kernels/task_pack.h"
-#include "mlp_adapt_host.h"
+#include "kernels/core/task_pack.h"
+#include "ops/mlp_adapt/host.h"
 
 namespace metafast {
 namespace {

@@ -3,9 +3,9 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
-#include "cuda/launchers.h"
-#include "cuda/stream.h"
-#include "sgd_update_host.h"
+#include "ops/sgd_update/launch.h"
+#include "common/cuda_stream.h"
+#include "ops/sgd_update/host.h"
 
 namespace metafast {
 namespace {

@@ -3,9 +3,9 @@
 // synchronisation, so a whole meta-iteration can be captured in a CUDA graph.
 #include <torch/csrc/stable/library.h>
 
-#include "cuda/launchers.h"
-#include "cuda/stream.h"
-#include "mlp_adapt_host.h"
+#include "ops/mlp_adapt/launch.h"
+#include "common/cuda_stream.h"
+#include "ops/mlp_adapt/host.h"
 
 namespace metafast {
 namespace {

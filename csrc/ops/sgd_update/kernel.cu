@@ -3,11 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <stdexcept>
-#include <string>
-
-#include "cuda/launchers.h"
-#include "kernels/maml_math.h"
+#include "common/cuda_check.h"
+#include "ops/sgd_update/launch.h"
+#include "kernels/core/maml_math.h"
 
 namespace metafast {
 namespace {
@@ -58,10 +56,5 @@ void launch_sgd_update(StorageType type, const SgdUpdateBatch& batch, int64_t ma
   check_launch("metafast::sgd_update", "kernel launch failed");
 }
 
-void check_launch(const char* what, const char* context) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + context + ": " + cudaGetErrorString(err));
-}
 
 }  // namespace metafast

@@ -7,7 +7,7 @@
 #include <optional>
 #include <vector>
 
-#include "checks.h"
+#include "common/checks.h"
 
 namespace metafast {
 

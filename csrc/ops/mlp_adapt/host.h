@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "checks.h"
-#include "kernels/mlp_adapt.h"
+#include "common/checks.h"
+#include "kernels/mlp/task.h"
 
 namespace metafast {
 

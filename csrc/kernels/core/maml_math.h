@@ -2,7 +2,7 @@
 // activations and their first/second derivatives, per-example loss gradients
 // and their directional derivatives (Hessian-vector pieces), the update rule.
 #pragma once
-#include "kernels/portability.h"
+#include "kernels/core/portability.h"
 
 namespace metafast {
 

@@ -4,8 +4,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
-#include "kernels/maml_math.h"
-#include "sgd_update_host.h"
+#include "kernels/core/maml_math.h"
+#include "ops/sgd_update/host.h"
 
 namespace metafast {
 namespace {
