@@ -19,6 +19,9 @@ Variants (one row each):
   metafast-fused    metafast.BatchedMAML(backend="fused") (skipped with a note when the extension is absent)
   metafast-auto     metafast.BatchedMAML(backend="auto"); the table notes which backend it picked
   compile-vmap      (CUDA, first order only) torch.compile of the vmap variant's meta-loss
+  compile-func      torch.compile(torch.func.grad_and_value(vmap meta-loss)): the whole meta-gradient,
+                    second order included, in one compiled call (the strongest stock baseline)
+  metafast-compile  metafast.BatchedMAML(backend="compile")
   cudagraph-torch   (CUDA) the metafast-torch step (forward + backward) captured in one CUDA graph
 
 Before anything is timed, every variant's meta-gradient is compared with the
@@ -310,6 +313,45 @@ def build_compile_vmap(model, b: Batch, cfg: Config):
     return step, {}
 
 
+def build_compile_func(model, b: Batch, cfg: Config):
+    """torch.func's meta-gradient compiled whole; the gradients are written into
+    p.grad as a backward would (the first call compiles, 20-60 s)."""
+    params = dict(model.named_parameters())
+    compiled = torch.compile(torch.func.grad_and_value(_functional_meta_loss(model, cfg)))
+
+    def step():
+        grads, _ = compiled({n: p.detach() for n, p in params.items()}, b.sx, b.sy, b.qx, b.qy)
+        for n, p in params.items():
+            p.grad = grads[n]
+
+    try:
+        step()
+    except Exception as exc:
+        raise Skip(f"n/a: torch.compile failed: {_short(exc)}") from exc
+    return step, {}
+
+
+def _functional_meta_loss(model, cfg: Config):
+    """vmap_meta_loss with the parameters as an argument (what grad differentiates)."""
+    loss_fn = _task_loss_fn(cfg.loss)
+
+    def task_loss(params, x, y):
+        return loss_fn(functional_call(model, params, (x,)), y)
+
+    def one_task(params, sx, sy, qx, qy):
+        for _ in range(cfg.steps):
+            g = grad(task_loss)(params, sx, sy)
+            if cfg.first_order:
+                g = {k: v.detach() for k, v in g.items()}
+            params = {k: params[k] - cfg.inner_lr * g[k] for k in params}
+        return task_loss(params, qx, qy)
+
+    def meta_loss(params, sx, sy, qx, qy):
+        return vmap(one_task, in_dims=(None, 0, 0, 0, 0))(params, sx, sy, qx, qy).mean()
+
+    return meta_loss
+
+
 def build_cudagraph_torch(model, b: Batch, cfg: Config):
     """Whole-step capture: BatchedMAML(backend="torch") forward + backward in one CUDA graph.
 
@@ -358,6 +400,8 @@ VARIANTS: dict[str, Callable] = {
     "metafast-fused": build_metafast("fused"),
     "metafast-auto": build_metafast("auto"),
     "compile-vmap": build_compile_vmap,
+    "compile-func": build_compile_func,
+    "metafast-compile": build_metafast("compile"),
     "cudagraph-torch": build_cudagraph_torch,
 }
 

@@ -16,7 +16,15 @@ from metafast.reference import meta_loss
 from conftest import max_rel_err, random_mlp_task, requires_extension
 
 TOL = 1e-10
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_models():
+    """Models built in float64 in this module only."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _compare(model, backend="auto", adapt="all", head=None, first_order=False, steps=2, loss="mse", sizes=(3, 1),

@@ -61,11 +61,21 @@ class BatchedMAML(nn.Module):
     else ``model.head``, else the last layer of a plain nn.Sequential.
     ``allow_unused``: a parameter the support loss does not use keeps its
     value (else that is an error naming it), as learn2learn's flag.
+    ``adapt`` may also list the parameter names that adapt (MAML++ adapts the
+    weights but not the batch-norm parameters).
+
+    MAML++ (Antoniou et al., 2019), each part switchable: ``per_step_rates``
+    (LSLR: a learned rate per parameter tensor and inner step, initialised to
+    inner_lr); ``forward(..., step_weights=w)`` (MSL: the query loss after
+    every step, weighted by w [inner_steps]); per-step batch norm
+    (metafast.nn.PerStepBatchNorm2d: BNWB / BNRS); derivative-order annealing
+    is setting ``first_order`` between iterations.
     """
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
                  meta_sgd: bool = False, loss="mse", backend: str = "auto", adapt: str = "all",
-                 check_inputs: bool | None = None, head: str | None = None, allow_unused: bool = False):
+                 check_inputs: bool | None = None, head: str | None = None, allow_unused: bool = False,
+                 per_step_rates: bool = False):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"BatchedMAML: model must be an nn.Module, got {type(model).__name__}")
@@ -73,8 +83,18 @@ class BatchedMAML(nn.Module):
             raise ValueError("BatchedMAML: the model has no parameters to adapt")
         if backend not in BACKEND_NAMES:
             raise ValueError(f"BatchedMAML: unknown backend {backend!r} (expected one of {BACKEND_NAMES})")
-        if adapt not in ("all", "head"):
-            raise ValueError(f"BatchedMAML: adapt must be 'all' or 'head' (ANIL), got {adapt!r}")
+        named = dict(model.named_parameters())
+        if isinstance(adapt, (list, tuple)):
+            unknown = [n for n in adapt if n not in named]
+            if unknown or not adapt:
+                raise ValueError(f"BatchedMAML: adapt lists {unknown or 'no'} parameters the model does not have "
+                                 f"(parameters: {list(named)[:8]})")
+        elif adapt not in ("all", "head"):
+            raise ValueError(f"BatchedMAML: adapt must be 'all', 'head' (ANIL) or a list of parameter names, got "
+                             f"{adapt!r}")
+        if meta_sgd and per_step_rates:
+            raise ValueError("BatchedMAML: meta_sgd (a rate per parameter element) and per_step_rates (a rate per "
+                             "parameter tensor and step) are two different rules; choose one")
         if head is not None and adapt != "head":
             raise ValueError("BatchedMAML: head= names the layer that adapts with adapt='head'; pass adapt='head'")
         inner_lr = check_rate(inner_lr, "BatchedMAML: inner_lr")
@@ -87,7 +107,7 @@ class BatchedMAML(nn.Module):
         self.first_order = bool(first_order)
         self.loss_name, self.loss_fn = resolve_loss(loss)
         self.backend = backend
-        self.adapt_mode = adapt
+        self.adapt_mode = adapt if isinstance(adapt, str) else "names"
         self.check_inputs = check_inputs
         self.allow_unused = bool(allow_unused)
         if adapt == "head":
@@ -96,15 +116,21 @@ class BatchedMAML(nn.Module):
             self._adaptable = [prefix + n for n, _ in self.head.named_parameters()]
         else:
             self.head_name, self.head = None, None
-            self._adaptable = [n for n, _ in model.named_parameters()]
+            self._adaptable = [n for n in named if self.adapt_mode == "all" or n in adapt]
         if not self.adapt_names:
             raise ValueError("BatchedMAML: every parameter that would adapt is frozen (requires_grad=False)")
         self.meta_sgd = bool(meta_sgd)
-        named = dict(model.named_parameters())
         self.inner_lrs = (
             nn.ParameterList([nn.Parameter(torch.full_like(named[n].detach(), self.inner_lr)) for n in self._adaptable])
             if meta_sgd else None
         )
+        ref = named[self._adaptable[0]]
+        self.step_lrs = (
+            nn.ParameterList([nn.Parameter(torch.full((self.inner_steps,), self.inner_lr, dtype=ref.dtype,
+                                                      device=ref.device)) for _ in self._adaptable])
+            if per_step_rates else None
+        )
+        self.step_weights = None  # the current call's MSL weights (set by forward)
         self._warned = False
         self._output_shapes: dict = {}
         self._values_checked_on_cuda = False
@@ -117,12 +143,34 @@ class BatchedMAML(nn.Module):
         named = dict(self.model.named_parameters())
         return [n for n in self._adaptable if named[n].requires_grad]
 
-    def rates(self, names) -> list[torch.Tensor] | None:
-        """Meta-SGD's rates for ``names`` (None: the scalar inner_lr)."""
+    def rates(self, names, step: int = 0) -> list[torch.Tensor] | None:
+        """The inner rates of ``names`` at inner step ``step``: Meta-SGD's per-element
+        rates, MAML++'s per-step rates, or None (the scalar inner_lr)."""
+        if self.step_lrs is not None:
+            by_name = dict(zip(self._adaptable, self.step_lrs))
+            if step >= self.inner_steps:
+                raise ValueError(f"BatchedMAML: per_step_rates were learned for {self.inner_steps} steps; step "
+                                 f"{step + 1} has no rate")
+            return [by_name[n][step] for n in names]
         if self.inner_lrs is None:
             return None
         by_name = dict(zip(self._adaptable, self.inner_lrs))
         return [by_name[n] for n in names]
+
+    def _check_step_weights(self, w):
+        """MSL weights: [inner_steps] finite non-negative numbers, as a tensor of the model's dtype."""
+        if w is None:
+            return None
+        ref = self.model_tensor()
+        w = torch.as_tensor(w, dtype=ref.dtype, device=ref.device)
+        if w.shape != (self.inner_steps,):
+            raise ValueError(f"BatchedMAML: step_weights must hold one weight per inner step ({self.inner_steps}), "
+                             f"got shape {tuple(w.shape)}")
+        if w.requires_grad:
+            raise ValueError("BatchedMAML: step_weights are a schedule, not differentiated; detach them")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"BatchedMAML: step_weights must be finite and non-negative, got {w.tolist()}")
+        return w
 
     def used_gradients(self, names, grads) -> list[int]:
         """Indices of the parameters with a gradient; an unused one is an error
@@ -206,16 +254,23 @@ class BatchedMAML(nn.Module):
             return vmap_backend.predict(self, params, x)
         return BACKENDS["loop"].predict(self, params, x)
 
-    def forward(self, support_x, support_y, query_x, query_y, support_weights=None) -> MetaOutput:
+    def forward(self, support_x, support_y, query_x, query_y, support_weights=None,
+                step_weights=None) -> MetaOutput:
         """The meta-batch's query loss after adaptation. ``support_weights``
         [T, K] (optional) weighs each support example's inner loss: a task's
         support loss is Σ_k w_k·ℓ_k / K (all ones: the plain mean; 0 masks a
-        padded example; negative allowed). Data, not differentiated."""
+        padded example; negative allowed). Data, not differentiated.
+        ``step_weights`` [inner_steps] (MAML++'s multi-step loss): the loss is
+        Σ_s w_s·(mean query loss after step s); ``query_output`` is the last step's."""
         batched_checks.check_call(self, support_x, support_y, query_x, query_y, support_weights)
-        backend = self._select_backend(support_x, self.inner_steps)
-        self.backend_used = backend.name
-        support_losses, query_output, loss = backend.run(self, support_x, support_y, query_x, query_y,
-                                                         support_weights)
+        self.step_weights = self._check_step_weights(step_weights)
+        try:
+            backend = self._select_backend(support_x, self.inner_steps)
+            self.backend_used = backend.name
+            support_losses, query_output, loss = backend.run(self, support_x, support_y, query_x, query_y,
+                                                             support_weights)
+        finally:
+            self.step_weights = None
         accuracy = None
         if self.loss_name == "cross_entropy":
             accuracy = (query_output.detach().argmax(-1) == query_y).float().mean()

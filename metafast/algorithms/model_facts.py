@@ -67,7 +67,7 @@ def running_stats_reason(model: nn.Module) -> str | None:
     """A batch norm in training mode that updates running statistics (an in-place
     write into a buffer shared by every task, which vmap refuses), or None."""
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats:
+        if m.training and getattr(m, "track_running_stats", False) is True:
             return f"{name or type(m).__name__} ({type(m).__name__}) updates running statistics in training mode"
     return None
 
@@ -143,7 +143,8 @@ def _all_parameters_adapted(module: nn.Module, adapt_names) -> str | None:
         return "the model ties parameters (%s and %s)" % tied
     frozen = [n for n, p in module.named_parameters() if n not in adapt_names]
     if frozen:
-        return f"frozen parameters ({', '.join(frozen[:3])}) stay fixed, which the fused kernel does not model"
+        return (f"parameters that stay fixed in the inner loop ({', '.join(frozen[:3])}: frozen, or not listed in "
+                "adapt), which the fused kernel does not model")
     return None
 
 

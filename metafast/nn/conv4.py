@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metafast.nn.per_step import PerStepBatchNorm2d
+
 __all__ = ["Conv4"]
 
 
@@ -38,6 +40,10 @@ class Conv4(nn.Module):
         in_channels: 1 for Omniglot, 3 for miniImageNet.
         pooling: ``"stride"`` or ``"max"``.
         eps: batch-norm epsilon.
+        per_step_bn: MAML++'s per-step batch-norm weights and biases (BNWB) for
+            this many inner steps (metafast.nn.PerStepBatchNorm2d); None: one set.
+        per_step_running_stats: with per_step_bn, also running statistics per
+            step (BNRS), used in eval mode.
     """
 
     def __init__(
@@ -47,6 +53,8 @@ class Conv4(nn.Module):
         in_channels: int = 1,
         pooling: str = "stride",
         eps: float = 1e-5,
+        per_step_bn: int | None = None,
+        per_step_running_stats: bool = False,
     ):
         super().__init__()
         if pooling not in ("stride", "max"):
@@ -60,9 +68,11 @@ class Conv4(nn.Module):
         stride = 2 if pooling == "stride" else 1
         blocks = []
         for i in range(4):
+            norm = (nn.BatchNorm2d(hidden, eps=eps, affine=True, track_running_stats=False) if per_step_bn is None
+                    else PerStepBatchNorm2d(hidden, per_step_bn, eps=eps, track_running_stats=per_step_running_stats))
             layers = [
                 nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(hidden, eps=eps, affine=True, track_running_stats=False),
+                norm,
                 nn.ReLU(),
             ]
             if pooling == "max":

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
 from metafast.algorithms.backends.vmap import VmapBackend
+from metafast.nn.per_step import inner_step
 
 
 class CompileWarning(UserWarning):
@@ -85,36 +86,49 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y if bias is None else y + bias
 
 
-def _meta_function(meta, adapt_names, trainable_names, steps, weighted):
-    """f(trainable, rates, constant, sx, sy, qx, qy, w) -> mean query loss, per-task
-    query outputs and support losses; pure, for torch.func and torch.compile."""
+def _meta_function(meta, adapt_names, trainable_names, steps, weighted, per_step, multi_step):
+    """f(trainable, rates, constant, sx, sy, qx, qy, w, step_weights) -> mean query
+    loss, per-task query outputs and support losses; pure, for torch.func and
+    torch.compile. ``rates``: None, {name: per-element rates} (Meta-SGD) or,
+    with ``per_step``, {name: [steps]} (MAML++'s LSLR); ``multi_step``: the query
+    loss after every step weighted by step_weights (MSL)."""
     model, first_order, lr = meta.model, meta.first_order, meta.inner_lr
-    loss_fn, loss_name = meta.loss_fn, meta.loss_name
+    loss_fn = meta.loss_fn
 
     def support_loss(params, x, y, w):
         out = functional_call(model, params, (x,))
         return meta.support_loss(out, y, w if weighted else None)
 
-    def task(trainable, rates, constant, sx, sy, qx, qy, w):
+    def rate(rates, name, step):
+        if rates is None:
+            return None
+        return rates[name][step] if per_step else rates[name]
+
+    def task(trainable, rates, constant, sx, sy, qx, qy, w, step_weights):
         fixed = {**constant, **{n: t for n, t in trainable.items() if n not in adapt_names}}
         adapted = {n: trainable[n] for n in adapt_names}
-        losses = []
-        for _ in range(steps):
-            grads, loss = grad_and_value(lambda p: support_loss({**fixed, **p}, sx, sy, w))(adapted)
+        losses, query_loss = [], 0.0
+        for step in range(steps):
+            with inner_step(step):
+                grads, loss = grad_and_value(lambda p: support_loss({**fixed, **p}, sx, sy, w))(adapted)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
-            adapted = {n: (p + (-lr) * grads[n] if rates is None else p - rates[n] * grads[n])
+            adapted = {n: (p + (-lr) * grads[n] if rates is None else p - rate(rates, n, step) * grads[n])
                        for n, p in adapted.items()}
             losses.append(loss)
-        query_output = functional_call(model, {**fixed, **adapted}, (qx,))
-        meta._require_tensor_output(query_output)
-        return loss_fn(query_output, qy), (query_output, torch.stack(losses))
+            if multi_step or step == steps - 1:
+                with inner_step(step):
+                    query_output = functional_call(model, {**fixed, **adapted}, (qx,))
+                meta._require_tensor_output(query_output)
+                step_loss = loss_fn(query_output, qy)
+                query_loss = query_loss + (step_weights[step] * step_loss if multi_step else step_loss)
+        return query_loss, (query_output, torch.stack(losses))
 
-    def mean_loss(trainable, rates, constant, sx, sy, qx, qy, w):
-        in_dims = (None, None, None, 0, 0, 0, 0, 0 if weighted else None)
+    def mean_loss(trainable, rates, constant, sx, sy, qx, qy, w, step_weights):
+        in_dims = (None, None, None, 0, 0, 0, 0, 0 if weighted else None, None)
         with _DecomposedNorms():
             losses, aux = vmap(task, in_dims=in_dims, randomness="different")(trainable, rates, constant, sx, sy,
-                                                                               qx, qy, w)
+                                                                               qx, qy, w, step_weights)
         return losses.mean(), aux
 
     return mean_loss
@@ -170,12 +184,16 @@ class CompiledBackend(Backend):
         for n in adapt_names:  # adapted but not differentiated (no_grad): a constant starting point
             if n not in trainable:
                 trainable[n] = constant.pop(n)
-        rate_list = meta.rates(adapt_names)
+        per_step = meta.step_lrs is not None
+        if per_step:
+            rate_list = [dict(zip(meta._adaptable, meta.step_lrs))[n] for n in adapt_names]
+        else:
+            rate_list = meta.rates(adapt_names)
         rates = None if rate_list is None else {n: r.detach() for n, r in zip(adapt_names, rate_list)}
-        weighted = weights is not None
-        key = (tuple(adapt_names), tuple(sorted(trainable)), meta.inner_steps, weighted, rates is None, want_grad,
-               support_x.device.type)
-        f = _meta_function(meta, adapt_names, list(trainable), meta.inner_steps, weighted)
+        weighted, multi_step = weights is not None, meta.step_weights is not None
+        key = (tuple(adapt_names), tuple(sorted(trainable)), meta.inner_steps, weighted, rates is None, per_step,
+               multi_step, meta.first_order, meta.inner_lr, want_grad, support_x.device.type)
+        f = _meta_function(meta, adapt_names, list(trainable), meta.inner_steps, weighted, per_step, multi_step)
         differentiate = [n for n in trainable if named[n].requires_grad] if want_grad else []
         diff_rates = want_grad and rates is not None
 
@@ -188,7 +206,8 @@ class CompiledBackend(Backend):
         compiled = self._compiled(meta, key, build)
         start = time.perf_counter()
         first = not meta.__dict__.get("_compile_reported", set()).__contains__(key)
-        result = compiled(trainable, rates, constant, support_x, support_y, query_x, query_y, weights)
+        result = compiled(trainable, rates, constant, support_x, support_y, query_x, query_y, weights,
+                          meta.step_weights)
         if first:
             meta.compile_seconds = time.perf_counter() - start
             meta.__dict__.setdefault("_compile_reported", set()).add(key)

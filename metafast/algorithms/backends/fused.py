@@ -14,6 +14,7 @@ from torch.func import vmap
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
 from metafast.nn.mlp import mlp_spec
+from metafast.nn.per_step import has_per_step_layers
 from metafast.ops import mlp_adapt
 from metafast.ops._dispatch import kernel_unavailable_reason
 from metafast.ops.mlp_adapt import MAX_STEPS
@@ -44,6 +45,10 @@ class FusedBackend(Backend):
             return "a custom loss callable (the fused kernel computes 'mse' and 'cross_entropy')"
         if steps > MAX_STEPS:
             return f"{steps} inner steps (the fused kernel runs at most {MAX_STEPS})"
+        if meta.step_lrs is not None or meta.step_weights is not None:
+            return "MAML++'s per-step rates or multi-step loss (not in the fused kernel yet)"
+        if has_per_step_layers(meta.model):
+            return "per-step layers (MAML++'s per-step batch norm)"
         reason = kernel_unavailable_reason(support_x.device)
         if reason is not None:
             return reason

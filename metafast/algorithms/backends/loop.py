@@ -15,6 +15,7 @@ import torch
 
 from metafast.algorithms.backends.base import Backend
 from metafast.maml import _parameter_slots, clone_module
+from metafast.nn.per_step import inner_step
 
 
 class _Substitution:
@@ -27,64 +28,64 @@ class _Substitution:
         named = dict(model.named_parameters())
         self.slots = [by_id[id(named[n])] for n in names]
 
-    def set(self, tensors):
+    def __call__(self, tensors, x, step):
         for registries, t in zip(self.slots, tensors):
             for registry, name in registries:
                 registry[name] = t
-
-    def __call__(self, tensors, x):
-        self.set(tensors)
-        return self.tree(x)
+        with inner_step(step):
+            return self.tree(x)
 
 
 class LoopBackend(Backend):
     name = "loop"
 
-    def _adapt_task(self, meta, sub, names, rates, x, y, w, steps, create_graph):
+    def _task(self, meta, sub, names, x, y, w, steps, create_graph, query=None):
+        """One task: (adapted parameters, support losses [steps], last query output,
+        query loss: the last step's, or MAML++'s weighted sum over steps)."""
         named = dict(meta.model.named_parameters())
         params = [named[n] for n in names]
-        losses = []
-        for _ in range(steps):
-            loss = meta.support_loss(sub(params, x), y, w)
+        losses, query_output, query_loss = [], None, 0.0
+        for step in range(steps):
+            loss = meta.support_loss(sub(params, x, step), y, w)
             losses.append(loss)
             grads = torch.autograd.grad(loss, params, create_graph=create_graph, retain_graph=True,
                                         allow_unused=True)
-            used = meta.used_gradients(names, grads)
-            params = [params[i] if i not in used else
-                      params[i] + (-meta.inner_lr) * grads[i] if rates is None else params[i] - rates[i] * grads[i]
-                      for i in range(len(params))]
-        return params, torch.stack(losses)
+            used, rates = set(meta.used_gradients(names, grads)), meta.rates(names, step)
+            params = [p if i not in used else p + (-meta.inner_lr) * grads[i] if rates is None else
+                      p - rates[i] * grads[i] for i, p in enumerate(params)]
+            weights = meta.step_weights
+            if query is not None and (weights is not None or step == steps - 1):
+                query_output = sub(params, query[0], step)
+                task_loss = meta.loss_fn(query_output, query[1])
+                query_loss = query_loss + (task_loss if weights is None else weights[step] * task_loss)
+        return params, torch.stack(losses), query_output, query_loss
 
-    def _tasks(self, meta, support_x, support_y, steps, weights):
-        """Per task: (adapted parameters, support losses), and the substitution tree."""
-        names, rates = meta.adapt_names, meta.rates(meta.adapt_names)
+    def _tasks(self, meta, support_x, support_y, steps, weights, query_x=None, query_y=None):
+        names = meta.adapt_names
         sub = _Substitution(meta.model, names)
         grad_wanted = torch.is_grad_enabled()
-        out = []
         with torch.enable_grad():
-            for t in range(support_x.shape[0]):
-                out.append(self._adapt_task(meta, sub, names, rates, support_x[t], support_y[t],
-                                            None if weights is None else weights[t], steps,
-                                            grad_wanted and not meta.first_order))
+            out = [self._task(meta, sub, names, support_x[t], support_y[t], None if weights is None else weights[t],
+                              steps, grad_wanted and not meta.first_order,
+                              None if query_x is None else (query_x[t], query_y[t]))
+                   for t in range(support_x.shape[0])]
         if not grad_wanted:
-            out = [([p.detach() for p in params], losses.detach()) for params, losses in out]
-        return names, sub, out
+            out = [tuple(v.detach() if isinstance(v, torch.Tensor) else [p.detach() for p in v]
+                         if isinstance(v, list) else v for v in task) for task in out]
+        return names, out
 
     def adapt(self, meta, support_x, support_y, steps, weights=None):
-        names, _, out = self._tasks(meta, support_x, support_y, steps, weights)
+        names, out = self._tasks(meta, support_x, support_y, steps, weights)
         params = {n: torch.stack([task[0][i] for task in out]) for i, n in enumerate(names)}
         return params, torch.stack([task[1] for task in out])
 
     def predict(self, meta, params, x):
         names = list(params)
         sub = _Substitution(meta.model, names)
-        return torch.stack([sub([params[n][t] for n in names], x[t]) for t in range(x.shape[0])])
+        last = meta.inner_steps - 1  # per-step layers: the query forward after the last step
+        return torch.stack([sub([params[n][t] for n in names], x[t], last) for t in range(x.shape[0])])
 
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
-        names, sub, out = self._tasks(meta, support_x, support_y, meta.inner_steps, weights)
-        outputs = [sub(params, query_x[t]) for t, (params, _) in enumerate(out)]
-        loss = sum(meta.loss_fn(o, query_y[t]) for t, o in enumerate(outputs)) / len(outputs)
-        query_output = torch.stack(outputs)
-        if not torch.is_grad_enabled():
-            query_output, loss = query_output.detach(), loss.detach()
-        return torch.stack([losses for _, losses in out]), query_output, loss
+        _, out = self._tasks(meta, support_x, support_y, meta.inner_steps, weights, query_x, query_y)
+        loss = sum(task[3] for task in out) / len(out)
+        return torch.stack([task[1] for task in out]), torch.stack([task[2] for task in out]), loss

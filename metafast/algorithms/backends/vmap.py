@@ -16,6 +16,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
 from metafast.nn.mlp import mlp_spec
+from metafast.nn.per_step import inner_step
 from metafast.ops import sgd_update
 
 
@@ -47,33 +48,53 @@ class VmapBackend(Backend):
 
     def adapt(self, meta, support_x, support_y, steps, weights=None):
         names = meta.adapt_names
-        if not support_x.is_cuda and meta.adapt_mode == "all" and not isinstance(mlp_spec(meta.model), str) \
-                and model_facts.fused_mlp_reason(meta.model, names) is None:
+        if self._plain_mlp(meta, support_x):
             params, losses = self._adapt_func(meta, names, support_x, support_y, steps, weights)
         else:
-            params, losses = self._adapt_autograd(meta, names, support_x, support_y, steps, weights)
+            params, losses, _ = self._adapt_autograd(meta, names, support_x, support_y, steps, weights)
         if not torch.is_grad_enabled():
             params, losses = [p.detach() for p in params], losses.detach()
         return dict(zip(names, params)), losses
 
-    def _adapt_autograd(self, meta, names, support_x, support_y, steps, weights):
+    @staticmethod
+    def _plain_mlp(meta, support_x) -> bool:
+        """The torch.func.grad formulation: plain MLPs on the CPU with one rate rule for every step."""
+        return (not support_x.is_cuda and meta.adapt_mode == "all" and meta.step_lrs is None
+                and not isinstance(mlp_spec(meta.model), str)
+                and model_facts.fused_mlp_reason(meta.model, meta.adapt_names) is None)
+
+    def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
+        if meta.step_weights is None:
+            return super().run(meta, support_x, support_y, query_x, query_y, weights)
+        # MAML++'s multi-step loss: the query loss after every step.
+        params, support_losses, query = self._adapt_autograd(meta, meta.adapt_names, support_x, support_y,
+                                                             meta.inner_steps, weights, (query_x, query_y))
+        query_output, loss = query
+        if not torch.is_grad_enabled():
+            support_losses, query_output, loss = support_losses.detach(), query_output.detach(), loss.detach()
+        return support_losses, query_output, loss
+
+    def _adapt_autograd(self, meta, names, support_x, support_y, steps, weights, query=None):
         named = dict(meta.model.named_parameters())
         tasks = support_x.shape[0]
         grad_wanted = torch.is_grad_enabled()
         batched_loss = vmap(self._task_loss(meta, names), in_dims=(0, 0, 0, None if weights is None else 0),
                             randomness="different")
-        rates = meta.rates(names)
-        losses = []
+        losses, query_output, query_loss = [], None, 0.0
         with torch.enable_grad():
             params = [named[n].expand(tasks, *named[n].shape) for n in names]
             params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
-            for _ in range(steps):
-                step_losses = batched_loss(params, support_x, support_y, weights)
+            for step in range(steps):
+                with inner_step(step):
+                    step_losses = batched_loss(params, support_x, support_y, weights)
                 losses.append(step_losses)
                 grads = torch.autograd.grad(step_losses.sum(), params, retain_graph=True, allow_unused=True,
                                             create_graph=grad_wanted and not meta.first_order)
-                params = self._step(meta, names, params, grads, rates, support_x.is_cuda)
-        return params, torch.stack(losses, 1)
+                params = self._step(meta, names, params, grads, meta.rates(names, step), support_x.is_cuda)
+                if query is not None:
+                    query_output = self._predict_at(meta, dict(zip(names, params)), query[0], step)
+                    query_loss = query_loss + meta.step_weights[step] * meta.mean_query_loss(query_output, query[1])
+        return params, torch.stack(losses, 1), (query_output, query_loss)
 
     @staticmethod
     def _step(meta, names, params, grads, rates, on_cuda):
@@ -82,16 +103,18 @@ class VmapBackend(Backend):
         new = list(params)
         if used:
             ps, gs = [params[i] for i in used], [grads[i] for i in used]
-            # One multi-tensor launch on the GPU; plain arithmetic on the CPU.
-            updated = sgd_update(ps, gs, meta.inner_lr, None if rates is None else [rates[i] for i in used],
-                                 use_kernel=None if on_cuda else False)
+            if rates is not None and meta.step_lrs is not None:  # MAML++: one scalar rate per tensor and step
+                updated = [p - rates[i] * g for i, p, g in zip(used, ps, gs)]
+            else:  # one multi-tensor launch on the GPU; plain arithmetic on the CPU
+                updated = sgd_update(ps, gs, meta.inner_lr, None if rates is None else [rates[i] for i in used],
+                                     use_kernel=None if on_cuda else False)
             for i, q in zip(used, updated):
                 new[i] = q
         return new
 
     def _adapt_func(self, meta, names, support_x, support_y, steps, weights):
         named = dict(meta.model.named_parameters())
-        first_order, lr, rates = meta.first_order, meta.inner_lr, meta.rates(names)
+        first_order, lr, rates = meta.first_order, meta.inner_lr, meta.rates(names)  # one rule for every step
         task_loss = self._task_loss(meta, names)
 
         def adapt_task(params, x, y, w):
@@ -111,5 +134,10 @@ class VmapBackend(Backend):
             [named[n] for n in names], support_x, support_y, weights)
 
     def predict(self, meta, params, x):
+        return self._predict_at(meta, params, x, meta.inner_steps - 1)  # after the last step
+
+    def _predict_at(self, meta, params, x, step):
         fixed = self._fixed(meta, params)
-        return vmap(lambda p, xt: functional_call(meta.model, {**fixed, **p}, (xt,)), randomness="different")(params, x)
+        with inner_step(step):
+            return vmap(lambda p, xt: functional_call(meta.model, {**fixed, **p}, (xt,)), randomness="different")(
+                params, x)
