@@ -140,67 +140,40 @@ struct PackScratch {
   }
 };
 
-// Packs (or tasks) spread over torch's threads, one at a time per thread, for
-// the forward or the backward call `call`. The per-task path's workspace
-// [T, W] is allocated only when it runs.
-template <typename T, typename Call>
-void run(Call& call, double lr, const Tensor& params) {
-  Tensor workspace = task_workspace(call.c, params, false);
-  auto a = call.template args<T>(lr, workspace);
-  with_cpu_kernels([&](auto kernels) {
-    using K = decltype(kernels);
-    const size_t bytes = K::template Packed<T>::scratch_bytes(a);
-    if (use_task_packs(bytes)) {
-      const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
-      torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
-        PackScratch scratch(bytes);
-        K::packs(a, b, e, scratch.data);
-      });
-    } else {
-      workspace = task_workspace(call.c, params, true);
-      a.p.workspace = workspace.mutable_data_ptr<T>();
-      torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::tasks(a, b, e); });
-    }
-  });
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_cpu(
-    Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
-    OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
-    bool first_order, OptTensor support_weights) {
-  MF_CHECK(params.is_cpu(), "metafast::mlp_adapt (CPU): params must be on the CPU");
-  auto f = prepare_forward(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-                           support_weights);
-  check_labels_on_host(f.c, f.in.y, f.in.qy);
-  if (params.scalar_type() == ScalarType::Float)
-    run<float>(f, lr, params);
-  else
-    run<double>(f, lr, params);
-  return {f.adapted, f.losses, f.query_output, f.query_losses, f.trajectory};
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_cpu(
-    Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
-    Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
-    OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
-    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
-  MF_CHECK(params.is_cpu(), "metafast::mlp_adapt_backward (CPU): params must be on the CPU");
-  auto b = prepare_backward(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory,
-                            params, lrs, lr, support_x, support_y, query_x, query_y, sizes, activation, loss,
-                            first_order, lrs_grad, x_grad, query_x_grad, support_weights);
-  check_labels_on_host(b.c, b.in.y, b.in.qy);
-  if (params.scalar_type() == ScalarType::Float)
-    run<float>(b, lr, params);
-  else
-    run<double>(b, lr, params);
-  return {b.grad_init, b.grad_lrs, b.grad_x, b.grad_qx};
-}
+// The CPU backend of the op body (run_mlp_adapt, ops/mlp_adapt/host.h): packs
+// (or tasks) spread over torch's threads, one at a time per thread, for the
+// forward or the backward call `call`. The per-task path's workspace [T, W] is
+// allocated only when it runs.
+struct MlpAdaptCpu {
+  using Device = CpuDevice;
+  template <typename T, typename Call>
+  static void run(Call& call) {
+    check_labels_on_host(call.c, call.in.y, call.in.qy);
+    Tensor workspace = task_workspace(call.c, call.in.init, false);
+    auto a = call.template args<T>(workspace);
+    with_cpu_kernels([&](auto kernels) {
+      using K = decltype(kernels);
+      const size_t bytes = K::template Packed<T>::scratch_bytes(a);
+      if (use_task_packs(bytes)) {
+        const int64_t packs = (a.p.tasks + K::template pack<T>() - 1) / K::template pack<T>();
+        torch::stable::parallel_for(0, packs, 1, [&](int64_t b, int64_t e) {
+          PackScratch scratch(bytes);
+          K::packs(a, b, e, scratch.data);
+        });
+      } else {
+        workspace = task_workspace(call.c, call.in.init, true);
+        a.p.workspace = workspace.mutable_data_ptr<T>();
+        torch::stable::parallel_for(0, a.p.tasks, 1, [&](int64_t b, int64_t e) { K::tasks(a, b, e); });
+      }
+    });
+  }
+};
 
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) {
-  m.impl("mlp_adapt", TORCH_BOX(&mlp_adapt_cpu));
-  m.impl("mlp_adapt_backward", TORCH_BOX(&mlp_adapt_backward_cpu));
+  m.impl("mlp_adapt", TORCH_BOX(&mlp_adapt_op<MlpAdaptCpu>));
+  m.impl("mlp_adapt_backward", TORCH_BOX(&mlp_adapt_backward_op<MlpAdaptCpu>));
 }
 
 }  // namespace metafast

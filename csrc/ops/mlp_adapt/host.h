@@ -1,21 +1,57 @@
-// Host-side API checks and setup shared by the CPU and CUDA implementations of
-// metafast::mlp_adapt / mlp_adapt_backward (flash-attention style: a thin C++
-// layer that validates shapes, dtypes and devices, then calls the kernel).
-// These checks are the truth for the ops; the fake kernels mirror them.
+// metafast::mlp_adapt / mlp_adapt_backward on the host, shared by the CPU and
+// CUDA kernels (ops/mlp_adapt/cpu.cpp, cuda.cpp), flash-attention style: the
+// entry point turns the schema's arguments into one params struct
+// (MlpAdaptParams, MlpAdaptBackwardParams), once; from it the checks validate
+// shapes, dtypes and devices and the call (MlpAdaptForward, MlpAdaptBackward)
+// makes the inputs contiguous, allocates the outputs and fills the kernel's
+// argument struct; one op body (run_mlp_adapt) does device check, guard and
+// dtype dispatch for both ops on every device. These checks are the truth for
+// the ops; the fake kernels (metafast/ops/mlp_adapt.py) mirror them.
 #pragma once
 #include <torch/csrc/stable/ops.h>
 
 #include <cmath>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/device.h"
+#include "common/dispatch.h"
 #include "kernels/mlp/task.h"
 
 namespace metafast {
 
 using OptTensor = std::optional<Tensor>;
+
+// The arguments of metafast::mlp_adapt, as its schema (library.cpp) names them.
+struct MlpAdaptParams {
+  Tensor params;
+  OptTensor lrs;
+  double lr;
+  Tensor support_x, support_y;
+  OptTensor query_x, query_y;
+  std::vector<int64_t> sizes;
+  int64_t steps;
+  std::string activation, loss;
+  bool first_order;
+  OptTensor support_weights;
+  // The tensor whose device and dtype pick the kernel.
+  const Tensor& key() const { return params; }
+};
+
+// The arguments of metafast::mlp_adapt_backward: the upstream gradients, the
+// forward's saved outputs, the forward's own arguments (steps: the
+// trajectory's) and which gradients to compute.
+struct MlpAdaptBackwardParams {
+  Tensor grad_adapted;
+  OptTensor grad_losses, grad_query_output, grad_query_losses;  // absent: no such term
+  Tensor adapted, trajectory;
+  MlpAdaptParams forward;
+  bool lrs_grad, x_grad, query_x_grad;
+  const Tensor& key() const { return forward.params; }
+};
 
 struct MlpAdaptConfig {
   MlpLayout layout;
@@ -27,10 +63,11 @@ struct MlpAdaptConfig {
   int classes() const { return layout.sizes[layout.num_layers]; }
 };
 
-// The tensors of one call, made contiguous.
-struct MlpAdaptTensors {
+// The inputs of one call, made contiguous.
+struct MlpAdaptInputs {
   Tensor init, x, y;
   OptTensor lrs, qx, qy, weights;
+  double lr;
 };
 
 // Upstream gradients and saved outputs of a backward call (contiguous).
@@ -95,9 +132,13 @@ inline int64_t widest(const std::vector<int64_t>& sizes) {
 }
 
 // Validates every input; returns the layout and problem sizes.
-inline MlpAdaptConfig check_mlp_adapt_inputs(const Tensor& params, const OptTensor& lrs, double lr, const Tensor& x,
-                                             const Tensor& y, const std::vector<int64_t>& sizes, int64_t steps,
-                                             const std::string& activation, const std::string& loss) {
+inline MlpAdaptConfig check_mlp_adapt_inputs(const MlpAdaptParams& p) {
+  const Tensor &params = p.params, &x = p.support_x, &y = p.support_y;
+  const OptTensor& lrs = p.lrs;
+  const double lr = p.lr;
+  const std::vector<int64_t>& sizes = p.sizes;
+  const int64_t steps = p.steps;
+  const std::string &activation = p.activation, &loss = p.loss;
   MlpAdaptConfig c;
   c.layout = make_mlp_layout(sizes);
   c.act = parse_activation(activation);
@@ -131,8 +172,10 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const Tensor& params, const OptTens
 }
 
 // Adds the optional query set (both tensors or neither) to the checks.
-inline void check_query_inputs(MlpAdaptConfig& c, const Tensor& params, const OptTensor& qx, const OptTensor& qy,
-                               const std::vector<int64_t>& sizes) {
+inline void check_query_inputs(MlpAdaptConfig& c, const MlpAdaptParams& p) {
+  const Tensor& params = p.params;
+  const OptTensor &qx = p.query_x, &qy = p.query_y;
+  const std::vector<int64_t>& sizes = p.sizes;
   MF_CHECK(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
   if (!qx.has_value()) return;
   check_same(*qx, params, "query_x");
@@ -145,7 +188,9 @@ inline void check_query_inputs(MlpAdaptConfig& c, const Tensor& params, const Op
 }
 
 // Per-example support loss weights: [T, K], params' dtype and device.
-inline void check_support_weights(const MlpAdaptConfig& c, const Tensor& params, const OptTensor& w) {
+inline void check_support_weights(const MlpAdaptConfig& c, const MlpAdaptParams& p) {
+  const Tensor& params = p.params;
+  const OptTensor& w = p.support_weights;
   if (!w) return;
   check_same(*w, params, "support_weights");
   MF_CHECK(has_sizes(*w, {c.tasks, c.shots}), "metafast::mlp_adapt: support_weights must be [", c.tasks, ", ",
@@ -200,7 +245,7 @@ template <typename T>
 T* mut_ptr_or_null(Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<T>() : nullptr; }
 
 template <typename T>
-MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors& in, Tensor& workspace) {
+MlpProblem<T> problem(const MlpAdaptConfig& c, const MlpAdaptInputs& in, Tensor& workspace) {
   MlpProblem<T> p;
   p.layout = c.layout;
   p.act = c.act;
@@ -209,7 +254,7 @@ MlpProblem<T> problem(const MlpAdaptConfig& c, double lr, const MlpAdaptTensors&
   p.shots = c.shots;
   p.queries = c.queries;
   p.steps = c.steps;
-  p.lr = T(lr);
+  p.lr = T(in.lr);
   p.lrs = ptr_or_null<T>(in.lrs);
   p.x = in.x.const_data_ptr<T>();
   const bool mse = c.loss == Loss::MSE;
@@ -228,17 +273,53 @@ inline OptTensor contiguous_or_none(const OptTensor& t) {
   return t ? OptTensor(torch::stable::contiguous(*t)) : std::nullopt;
 }
 
-// Everything a forward launch needs: validated config, inputs, outputs. The
-// per-task workspace is allocated by the device file (the GPU may not need it).
-struct MlpAdaptForwardCall {
+// The validated shape and the contiguous inputs of either call.
+inline MlpAdaptConfig check_inputs(const MlpAdaptParams& p) {
+  MlpAdaptConfig c = check_mlp_adapt_inputs(p);
+  check_query_inputs(c, p);
+  check_support_weights(c, p);
+  return c;
+}
+inline MlpAdaptInputs contiguous_inputs(const MlpAdaptParams& p) {
+  return {torch::stable::contiguous(p.params),    torch::stable::contiguous(p.support_x),
+          torch::stable::contiguous(p.support_y), contiguous_or_none(p.lrs),
+          contiguous_or_none(p.query_x),          contiguous_or_none(p.query_y),
+          contiguous_or_none(p.support_weights),  p.lr};
+}
+
+// The per-task workspace [T, W] in global memory, or an empty tensor when not needed.
+inline Tensor task_workspace(const MlpAdaptConfig& c, const Tensor& like, bool needed) {
+  return torch::stable::new_empty(like, {needed ? int64_t(c.tasks) : 0, needed ? c.workspace_per_task() : 0});
+}
+
+// A forward call: validated shape, inputs and outputs, and the kernel's
+// arguments from them. The per-task workspace is allocated by the device's
+// backend (the GPU may not need it).
+struct MlpAdaptForward {
+  static constexpr const char* kOp = "metafast::mlp_adapt";
+  using Params = MlpAdaptParams;
+  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+  template <typename T>
+  using Args = MlpAdaptForwardArgs<T>;
+
   MlpAdaptConfig c;
-  MlpAdaptTensors in;
+  MlpAdaptInputs in;
   Tensor adapted, losses, query_output, query_losses, trajectory;
 
+  explicit MlpAdaptForward(const MlpAdaptParams& p) : c(check_inputs(p)), in(contiguous_inputs(p)) {
+    const Tensor& params = p.params;
+    const int64_t T = c.tasks, P = c.layout.num_params, Q = c.queries;
+    adapted = torch::stable::new_empty(params, {T, P});
+    losses = torch::stable::new_empty(params, {T, c.steps});
+    query_output = Q ? torch::stable::new_empty(params, {T, Q, p.sizes.back()}) : torch::stable::new_empty(params, {0});
+    query_losses = torch::stable::new_empty(params, {Q ? T : 0});
+    trajectory = torch::stable::new_empty(params, {T, c.steps, P});
+  }
+
   template <typename T>
-  MlpAdaptForwardArgs<T> args(double lr, Tensor& workspace) {
-    MlpAdaptForwardArgs<T> a;
-    a.p = problem<T>(c, lr, in, workspace);
+  Args<T> args(Tensor& workspace) {
+    Args<T> a;
+    a.p = problem<T>(c, in, workspace);
     a.init = in.init.const_data_ptr<T>();
     a.adapted = adapted.mutable_data_ptr<T>();
     a.losses = losses.mutable_data_ptr<T>();
@@ -247,41 +328,45 @@ struct MlpAdaptForwardCall {
     a.trajectory = trajectory.mutable_data_ptr<T>();
     return a;
   }
+  Outputs outputs() const { return {adapted, losses, query_output, query_losses, trajectory}; }
 };
 
-inline MlpAdaptForwardCall prepare_forward(const Tensor& params, const OptTensor& lrs, double lr,
-                                           const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
-                                           const OptTensor& query_y, const std::vector<int64_t>& sizes, int64_t steps,
-                                           const std::string& activation, const std::string& loss,
-                                           const OptTensor& support_weights) {
-  MlpAdaptForwardCall f;
-  f.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss);
-  check_query_inputs(f.c, params, query_x, query_y, sizes);
-  check_support_weights(f.c, params, support_weights);
-  f.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
-          torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
-          contiguous_or_none(query_y), contiguous_or_none(support_weights)};
-  const int64_t T = f.c.tasks, P = f.c.layout.num_params, Q = f.c.queries;
-  f.adapted = torch::stable::new_empty(params, {T, P});
-  f.losses = torch::stable::new_empty(params, {T, f.c.steps});
-  f.query_output = Q ? torch::stable::new_empty(params, {T, Q, sizes.back()}) : torch::stable::new_empty(params, {0});
-  f.query_losses = torch::stable::new_empty(params, {Q ? T : 0});
-  f.trajectory = torch::stable::new_empty(params, {T, f.c.steps, P});
-  return f;
-}
+// A backward call, likewise.
+struct MlpAdaptBackward {
+  static constexpr const char* kOp = "metafast::mlp_adapt_backward";
+  using Params = MlpAdaptBackwardParams;
+  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+  template <typename T>
+  using Args = MlpAdaptBackwardArgs<T>;
 
-// Everything a backward launch needs.
-struct MlpAdaptBackwardCall {
   MlpAdaptConfig c;
-  MlpAdaptTensors in;
+  MlpAdaptInputs in;
   MlpAdaptGrads g;
   bool second_order;
   Tensor grad_init, grad_lrs, grad_x, grad_qx;
 
+  explicit MlpAdaptBackward(const MlpAdaptBackwardParams& p) : c(check_inputs(p.forward)) {
+    const MlpAdaptParams& f = p.forward;
+    g = {torch::stable::contiguous(p.grad_adapted), torch::stable::contiguous(p.adapted),
+         torch::stable::contiguous(p.trajectory),   contiguous_or_none(p.grad_losses),
+         contiguous_or_none(p.grad_query_output),   contiguous_or_none(p.grad_query_losses)};
+    check_backward_inputs(c, g, f.params);
+    MF_CHECK(!p.lrs_grad || f.lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
+    MF_CHECK(!p.query_x_grad || c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
+    second_order = !f.first_order;
+    in = contiguous_inputs(f);
+    const int64_t T = c.tasks, P = c.layout.num_params, d0 = f.sizes[0];
+    const bool lg = p.lrs_grad, xg = p.x_grad, qg = p.query_x_grad;
+    grad_init = torch::stable::new_empty(f.params, {T, P});
+    grad_lrs = torch::stable::new_empty(f.params, {lg ? T : 0, lg ? P : 0});
+    grad_x = torch::stable::new_empty(f.params, {xg ? T : 0, xg ? c.shots : 0, xg ? d0 : 0});
+    grad_qx = torch::stable::new_empty(f.params, {qg ? T : 0, qg ? c.queries : 0, qg ? d0 : 0});
+  }
+
   template <typename T>
-  MlpAdaptBackwardArgs<T> args(double lr, Tensor& workspace) {
-    MlpAdaptBackwardArgs<T> a;
-    a.p = problem<T>(c, lr, in, workspace);
+  Args<T> args(Tensor& workspace) {
+    Args<T> a;
+    a.p = problem<T>(c, in, workspace);
     a.second_order = second_order;
     a.grad_adapted = g.grad_adapted.const_data_ptr<T>();
     a.grad_losses = ptr_or_null<T>(g.grad_losses);
@@ -295,42 +380,58 @@ struct MlpAdaptBackwardCall {
     a.grad_qx = mut_ptr_or_null<T>(grad_qx);
     return a;
   }
+  Outputs outputs() const { return {grad_init, grad_lrs, grad_x, grad_qx}; }
 };
 
-inline MlpAdaptBackwardCall prepare_backward(
-    const Tensor& grad_adapted, const OptTensor& grad_losses, const OptTensor& grad_query_output,
-    const OptTensor& grad_query_losses, const Tensor& adapted, const Tensor& trajectory, const Tensor& params,
-    const OptTensor& lrs, double lr, const Tensor& support_x, const Tensor& support_y, const OptTensor& query_x,
-    const OptTensor& query_y, const std::vector<int64_t>& sizes, const std::string& activation,
-    const std::string& loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad,
-    const OptTensor& support_weights) {
-  MlpAdaptBackwardCall b;
-  b.c = check_mlp_adapt_inputs(params, lrs, lr, support_x, support_y, sizes,
-                               trajectory.dim() == 3 ? trajectory.size(1) : 0, activation, loss);
-  check_query_inputs(b.c, params, query_x, query_y, sizes);
-  check_support_weights(b.c, params, support_weights);
-  b.g = {torch::stable::contiguous(grad_adapted), torch::stable::contiguous(adapted),
-         torch::stable::contiguous(trajectory), contiguous_or_none(grad_losses), contiguous_or_none(grad_query_output),
-         contiguous_or_none(grad_query_losses)};
-  check_backward_inputs(b.c, b.g, params);
-  MF_CHECK(!lrs_grad || lrs.has_value(), "metafast::mlp_adapt_backward: lrs_grad needs lrs");
-  MF_CHECK(!query_x_grad || b.c.queries > 0, "metafast::mlp_adapt_backward: query_x_grad needs a query set");
-  b.second_order = !first_order;
-  b.in = {torch::stable::contiguous(params), torch::stable::contiguous(support_x),
-          torch::stable::contiguous(support_y), contiguous_or_none(lrs), contiguous_or_none(query_x),
-          contiguous_or_none(query_y), contiguous_or_none(support_weights)};
-  const int64_t T = b.c.tasks, P = b.c.layout.num_params, d0 = sizes[0];
-  b.grad_init = torch::stable::new_empty(params, {T, P});
-  b.grad_lrs = torch::stable::new_empty(params, {lrs_grad ? T : 0, lrs_grad ? P : 0});
-  b.grad_x = torch::stable::new_empty(params, {x_grad ? T : 0, x_grad ? b.c.shots : 0, x_grad ? d0 : 0});
-  b.grad_qx = torch::stable::new_empty(params, {query_x_grad ? T : 0, query_x_grad ? b.c.queries : 0,
-                                                query_x_grad ? d0 : 0});
-  return b;
+// The op body of both calls on every device: device check and guard, the
+// checks, inputs and outputs (Call's constructor), then Backend::run<T>(call)
+// in the params' dtype. Backend (ops/mlp_adapt/cpu.cpp, cuda.cpp): a Device
+// (common/device.h) and run<T>, which allocates the workspace it needs and
+// runs the kernel on call.args<T>(workspace).
+template <typename Backend, typename Call>
+typename Call::Outputs run_mlp_adapt(const typename Call::Params& p) {
+  check_device<typename Backend::Device>(p.key(), Call::kOp, "params");
+  const typename Backend::Device::Guard guard(p.key());
+  Call call(p);
+  dispatch_float(p.key().scalar_type(), Call::kOp, [&](auto t) { Backend::template run<decltype(t)>(call); });
+  return call.outputs();
 }
 
-// The global per-task workspace [T, W], or an empty tensor when not needed.
-inline Tensor task_workspace(const MlpAdaptConfig& c, const Tensor& like, bool needed) {
-  return torch::stable::new_empty(like, {needed ? int64_t(c.tasks) : 0, needed ? c.workspace_per_task() : 0});
+// The entry points the schemas bind (TORCH_BOX(&mlp_adapt_op<Backend>)): the
+// schema's arguments become one params struct here, once.
+template <typename Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_op(
+    Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
+    OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
+    bool first_order, OptTensor support_weights) {
+  const MlpAdaptParams p{std::move(params), std::move(lrs),       lr,    std::move(support_x),
+                         std::move(support_y), std::move(query_x), std::move(query_y), std::move(sizes),
+                         steps,                std::move(activation), std::move(loss), first_order,
+                         std::move(support_weights)};
+  return run_mlp_adapt<Backend, MlpAdaptForward>(p);
+}
+
+template <typename Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_op(
+    Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
+    Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
+    OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
+    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
+  const int64_t steps = trajectory.dim() == 3 ? trajectory.size(1) : 0;  // checked against [1, 1000]
+  const MlpAdaptBackwardParams p{
+      std::move(grad_adapted),
+      std::move(grad_losses),
+      std::move(grad_query_output),
+      std::move(grad_query_losses),
+      std::move(adapted),
+      std::move(trajectory),
+      {std::move(params), std::move(lrs), lr, std::move(support_x), std::move(support_y), std::move(query_x),
+       std::move(query_y), std::move(sizes), steps, std::move(activation), std::move(loss), first_order,
+       std::move(support_weights)},
+      lrs_grad,
+      x_grad,
+      query_x_grad};
+  return run_mlp_adapt<Backend, MlpAdaptBackward>(p);
 }
 
 }  // namespace metafast

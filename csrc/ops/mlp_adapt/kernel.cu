@@ -6,6 +6,7 @@
 // float32 needs 40 KB), else in a global buffer.
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #include "common/cuda_check.h"
@@ -91,31 +92,34 @@ void launch(Kernel kernel, const Args& a, size_t smem, cudaStream_t s, const cha
 
 }  // namespace
 
+// The kernel of a call, by its argument type.
 template <typename T>
-size_t mlp_adapt_forward_shared_bytes(int64_t workspace_elems) {
-  return shared_bytes_for(mlp_adapt_forward_kernel<T>, size_t(workspace_elems) * sizeof(T), "metafast::mlp_adapt");
-}
+auto kernel_of(const MlpAdaptForwardArgs<T>*) { return mlp_adapt_forward_kernel<T>; }
 template <typename T>
-size_t mlp_adapt_backward_shared_bytes(int64_t workspace_elems) {
-  return shared_bytes_for(mlp_adapt_backward_kernel<T>, size_t(workspace_elems) * sizeof(T),
-                          "metafast::mlp_adapt_backward");
-}
-template size_t mlp_adapt_forward_shared_bytes<float>(int64_t);
-template size_t mlp_adapt_forward_shared_bytes<double>(int64_t);
-template size_t mlp_adapt_backward_shared_bytes<float>(int64_t);
-template size_t mlp_adapt_backward_shared_bytes<double>(int64_t);
+auto kernel_of(const MlpAdaptBackwardArgs<T>*) { return mlp_adapt_backward_kernel<T>; }
+template <typename T>
+const char* op_name(const MlpAdaptForwardArgs<T>*) { return "metafast::mlp_adapt"; }
+template <typename T>
+const char* op_name(const MlpAdaptBackwardArgs<T>*) { return "metafast::mlp_adapt_backward"; }
 
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<float>& a, size_t smem, cudaStream_t s) {
-  launch(mlp_adapt_forward_kernel<float>, a, smem, s, "metafast::mlp_adapt");
+template <typename Args>
+size_t mlp_adapt_shared_bytes(int64_t workspace_elems) {
+  using T = std::remove_const_t<std::remove_pointer_t<decltype(Args{}.p.x)>>;
+  return shared_bytes_for(kernel_of(static_cast<const Args*>(nullptr)), size_t(workspace_elems) * sizeof(T),
+                          op_name(static_cast<const Args*>(nullptr)));
 }
-void launch_mlp_adapt_forward(const MlpAdaptForwardArgs<double>& a, size_t smem, cudaStream_t s) {
-  launch(mlp_adapt_forward_kernel<double>, a, smem, s, "metafast::mlp_adapt");
+template <typename Args>
+void launch_mlp_adapt(const Args& a, size_t smem, cudaStream_t s) {
+  launch(kernel_of(&a), a, smem, s, op_name(&a));
 }
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<float>& a, size_t smem, cudaStream_t s) {
-  launch(mlp_adapt_backward_kernel<float>, a, smem, s, "metafast::mlp_adapt_backward");
-}
-void launch_mlp_adapt_backward(const MlpAdaptBackwardArgs<double>& a, size_t smem, cudaStream_t s) {
-  launch(mlp_adapt_backward_kernel<double>, a, smem, s, "metafast::mlp_adapt_backward");
-}
+
+#define MF_INSTANTIATE(ARGS)                                     \
+  template size_t mlp_adapt_shared_bytes<ARGS>(int64_t);        \
+  template void launch_mlp_adapt<ARGS>(const ARGS&, size_t, cudaStream_t);
+MF_INSTANTIATE(MlpAdaptForwardArgs<float>)
+MF_INSTANTIATE(MlpAdaptForwardArgs<double>)
+MF_INSTANTIATE(MlpAdaptBackwardArgs<float>)
+MF_INSTANTIATE(MlpAdaptBackwardArgs<double>)
+#undef MF_INSTANTIATE
 
 }  // namespace metafast

@@ -11,7 +11,7 @@ namespace {
 
 std::vector<Tensor> sgd_update_no_kernel(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
                                          std::optional<std::vector<Tensor>> lrs) {
-  const auto entries = check_sgd_update_inputs(params, grads, lr, lrs);
+  const auto entries = check_sgd_update_inputs({std::move(params), std::move(grads), lr, std::move(lrs)});
   if (!entries.empty())
     throw_value_error("metafast::sgd_update: no kernel for tensors on ", entries[0].param.device(),
                       " (metafast has CPU and CUDA kernels)");

@@ -1,9 +1,8 @@
 // CPU kernel of metafast::sgd_update: θ' = θ − α·g for every entry of a list.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
 
+#include "common/dispatch.h"
 #include "kernels/core/maml_math.h"
 #include "ops/sgd_update/host.h"
 
@@ -16,8 +15,7 @@ template <> struct OpMath<c10::Half> { using type = float; };
 template <> struct OpMath<c10::BFloat16> { using type = float; };
 
 template <typename S>
-void update_entry(const SgdUpdateEntry& e, const Tensor& p, const Tensor& g, const std::optional<Tensor>& r,
-                  Tensor& o, double lr) {
+void update_entry(const Tensor& p, const Tensor& g, const std::optional<Tensor>& r, Tensor& o, double lr) {
   using O = typename OpMath<S>::type;
   const S* pp = p.const_data_ptr<S>();
   const S* gp = g.const_data_ptr<S>();
@@ -35,30 +33,25 @@ void update_entry(const SgdUpdateEntry& e, const Tensor& p, const Tensor& g, con
   });
 }
 
-std::vector<Tensor> sgd_update_cpu(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
-                                   std::optional<std::vector<Tensor>> lrs) {
-  const auto entries = check_sgd_update_inputs(params, grads, lr, lrs);
-  std::vector<Tensor> out;
-  out.reserve(entries.size());
-  for (const auto& e : entries) {
-    MF_CHECK(e.param.is_cpu(), "metafast::sgd_update (CPU): tensors must be on the CPU");
-    const Tensor p = torch::stable::contiguous(e.param), g = torch::stable::contiguous(e.grad);
-    const std::optional<Tensor> r = e.lr ? std::optional<Tensor>(torch::stable::contiguous(*e.lr)) : std::nullopt;
-    Tensor o = torch::stable::new_empty(e.param, e.out_shape);
-    switch (e.param.scalar_type()) {
-      case ScalarType::Float: update_entry<float>(e, p, g, r, o, lr); break;
-      case ScalarType::Double: update_entry<double>(e, p, g, r, o, lr); break;
-      case ScalarType::Half: update_entry<c10::Half>(e, p, g, r, o, lr); break;
-      case ScalarType::BFloat16: update_entry<c10::BFloat16>(e, p, g, r, o, lr); break;
-      default: throw_value_error("metafast::sgd_update: unsupported dtype ", e.param.scalar_type());
+struct SgdUpdateCpu {
+  using Device = CpuDevice;
+  static std::vector<Tensor> run(const std::vector<SgdUpdateEntry>& entries, double lr) {
+    std::vector<Tensor> out;
+    out.reserve(entries.size());
+    for (const auto& e : entries) {
+      const Tensor p = torch::stable::contiguous(e.param), g = torch::stable::contiguous(e.grad);
+      const std::optional<Tensor> r = e.lr ? std::optional<Tensor>(torch::stable::contiguous(*e.lr)) : std::nullopt;
+      Tensor o = torch::stable::new_empty(e.param, e.out_shape);
+      dispatch_float_and_16bit(e.param.scalar_type(), "metafast::sgd_update",
+                               [&](auto s) { update_entry<decltype(s)>(p, g, r, o, lr); });
+      out.push_back(std::move(o));
     }
-    out.push_back(std::move(o));
+    return out;
   }
-  return out;
-}
+};
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_cpu)); }
+STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_op<SgdUpdateCpu>)); }
 
 }  // namespace metafast

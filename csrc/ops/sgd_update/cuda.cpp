@@ -1,10 +1,10 @@
-// CUDA dispatch of metafast::sgd_update: checks, device guard, current stream,
-// then one multi-tensor launch per dtype and per kSgdMaxTensors entries.
+// CUDA backend of metafast::sgd_update (the op body: ops/sgd_update/host.h):
+// one multi-tensor launch per dtype and per kSgdMaxTensors entries.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
 #include "ops/sgd_update/launch.h"
-#include "common/cuda_stream.h"
+#include "common/cuda_device.h"
 #include "ops/sgd_update/host.h"
 
 namespace metafast {
@@ -20,15 +20,14 @@ StorageType storage_type(ScalarType t) {
   }
 }
 
-std::vector<Tensor> sgd_update_cuda(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
-                                    std::optional<std::vector<Tensor>> lrs) {
-  auto entries = check_sgd_update_inputs(params, grads, lr, lrs);
+struct SgdUpdateCuda {
+  using Device = CudaDevice;
+  static std::vector<Tensor> run(std::vector<SgdUpdateEntry>& entries, double lr);
+};
+
+std::vector<Tensor> SgdUpdateCuda::run(std::vector<SgdUpdateEntry>& entries, double lr) {
+  const cudaStream_t stream = CudaDevice::stream(entries[0].param);
   std::vector<Tensor> out;
-  if (entries.empty()) return out;
-  MF_CHECK(entries[0].param.is_cuda(), "metafast::sgd_update (CUDA): tensors must be on a CUDA device");
-  const auto device = entries[0].param.get_device_index();
-  const torch::stable::accelerator::DeviceGuard guard(device);
-  const cudaStream_t stream = current_cuda_stream(device);
   for (auto& e : entries) {  // contiguous copies stay alive in `entries` until launched
     e.param = torch::stable::contiguous(e.param);
     e.grad = torch::stable::contiguous(e.grad);
@@ -67,6 +66,6 @@ std::vector<Tensor> sgd_update_cuda(std::vector<Tensor> params, std::vector<Tens
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(metafast, CUDA, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_cuda)); }
+STABLE_TORCH_LIBRARY_IMPL(metafast, CUDA, m) { m.impl("sgd_update", TORCH_BOX(&sgd_update_op<SgdUpdateCuda>)); }
 
 }  // namespace metafast

@@ -1,15 +1,25 @@
-// Host-side checks shared by the CPU and CUDA implementations of
-// metafast::sgd_update. Shape rule (no general broadcasting): the output has
-// the shape of grads[i]; params[i] and lrs[i] have that shape or that shape
-// without its leading task dimension (shared by every task).
+// metafast::sgd_update on the host: its arguments as one struct, the checks
+// and the op body shared by the CPU and CUDA kernels (ops/sgd_update/cpu.cpp,
+// cuda.cpp) and the composite one (composite.cpp). Shape rule (no general
+// broadcasting): the output has the shape of grads[i]; params[i] and lrs[i]
+// have that shape or that shape without its leading task dimension (shared by
+// every task).
 #pragma once
 #include <cmath>
 #include <optional>
 #include <vector>
 
 #include "common/checks.h"
+#include "common/device.h"
 
 namespace metafast {
+
+// The arguments of metafast::sgd_update, as its schema (library.cpp) names them.
+struct SgdUpdateParams {
+  std::vector<Tensor> params, grads;
+  double lr;
+  std::optional<std::vector<Tensor>> lrs;
+};
 
 struct SgdUpdateEntry {
   Tensor param, grad;
@@ -26,9 +36,11 @@ inline bool is_task_slice(IntArrayRef t, IntArrayRef full) {
   return same_sizes(t, full) || (full.size() > 0 && same_sizes(t, IntArrayRef(full.data() + 1, full.size() - 1)));
 }
 
-inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(const std::vector<Tensor>& params,
-                                                           const std::vector<Tensor>& grads, double lr,
-                                                           const std::optional<std::vector<Tensor>>& lrs) {
+inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(const SgdUpdateParams& p) {
+  const auto& params = p.params;
+  const auto& grads = p.grads;
+  const auto& lrs = p.lrs;
+  const double lr = p.lr;
   MF_CHECK(params.size() == grads.size(), "metafast::sgd_update: got ", params.size(), " params but ", grads.size(),
            " grads");
   if (lrs.has_value())
@@ -67,6 +79,20 @@ inline std::vector<SgdUpdateEntry> check_sgd_update_inputs(const std::vector<Ten
     entries.push_back(std::move(e));
   }
   return entries;
+}
+
+// The op on a device: the checks, then Backend::run(entries, lr) (the
+// outputs) under Backend::Device's guard. The schema's arguments become one
+// SgdUpdateParams here, once.
+template <typename Backend>
+std::vector<Tensor> sgd_update_op(std::vector<Tensor> params, std::vector<Tensor> grads, double lr,
+                                  std::optional<std::vector<Tensor>> lrs) {
+  const SgdUpdateParams p{std::move(params), std::move(grads), lr, std::move(lrs)};
+  std::vector<SgdUpdateEntry> entries = check_sgd_update_inputs(p);
+  if (entries.empty()) return {};
+  check_device<typename Backend::Device>(entries[0].param, "metafast::sgd_update", "tensors");
+  const typename Backend::Device::Guard guard(entries[0].param);
+  return Backend::run(entries, p.lr);
 }
 
 }  // namespace metafast
