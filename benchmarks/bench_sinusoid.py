@@ -173,25 +173,8 @@ def _task_loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 def vmap_meta_loss(model, cfg: Config) -> Callable[..., torch.Tensor]:
     """The torch.func formulation: vmap over tasks of a differentiable inner loop."""
-    loss_fn = _task_loss_fn(cfg.loss)
-
-    def task_loss(params, x, y):
-        return loss_fn(functional_call(model, params, (x,)), y)
-
-    def one_task(params, sx, sy, qx, qy):
-        for _ in range(cfg.steps):
-            g = grad(task_loss)(params, sx, sy)
-            if cfg.first_order:
-                g = {k: v.detach() for k, v in g.items()}
-            params = {k: params[k] - cfg.inner_lr * g[k] for k in params}
-        return task_loss(params, qx, qy)
-
-    batched = vmap(one_task, in_dims=(None, 0, 0, 0, 0))
-
-    def meta_loss(sx, sy, qx, qy):
-        return batched(dict(model.named_parameters()), sx, sy, qx, qy).mean()
-
-    return meta_loss
+    meta_loss = functional_meta_loss(model, cfg)
+    return lambda sx, sy, qx, qy: meta_loss(dict(model.named_parameters()), sx, sy, qx, qy)
 
 
 def build_vmap(model, b: Batch, cfg: Config):
@@ -317,7 +300,7 @@ def build_compile_func(model, b: Batch, cfg: Config):
     """torch.func's meta-gradient compiled whole; the gradients are written into
     p.grad as a backward would (the first call compiles, 20-60 s)."""
     params = dict(model.named_parameters())
-    compiled = torch.compile(torch.func.grad_and_value(_functional_meta_loss(model, cfg)))
+    compiled = torch.compile(torch.func.grad_and_value(functional_meta_loss(model, cfg)))
 
     def step():
         grads, _ = compiled({n: p.detach() for n, p in params.items()}, b.sx, b.sy, b.qx, b.qy)
@@ -331,8 +314,9 @@ def build_compile_func(model, b: Batch, cfg: Config):
     return step, {}
 
 
-def _functional_meta_loss(model, cfg: Config):
-    """vmap_meta_loss with the parameters as an argument (what grad differentiates)."""
+def functional_meta_loss(model, cfg: Config):
+    """f(params, sx, sy, qx, qy): the mean query loss of vmap over tasks of an inner
+    loop of torch.func.grad, the parameters an argument (what grad differentiates)."""
     loss_fn = _task_loss_fn(cfg.loss)
 
     def task_loss(params, x, y):

@@ -5,45 +5,14 @@ updates go through the fused multi-tensor op ``metafast::sgd_update``.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from metafast._validate import check_rate
+from metafast.functional import sgd_step
 from metafast.ops import sgd_update
-
-
-def positive_int(value, what: str) -> int:
-    """``value`` as an int >= 1; anything else (None, bool, float, < 1) is an error naming ``what``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a positive integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{what} must be a positive integer, got {n}")
-    return n
-
-
-def check_rate(value, what: str) -> float | torch.Tensor:
-    """A learning rate: a finite real number (returned as a float) or a finite one-element
-    floating tensor (returned as is: it may be a parameter, and stays differentiable)."""
-    if isinstance(value, torch.Tensor):
-        if not value.dtype.is_floating_point or value.numel() != 1:
-            raise TypeError(f"{what} must be a one-element floating-point tensor, got {value.dtype} of shape "
-                            f"{tuple(value.shape)}")
-        if value.device.type != "meta" and not math.isfinite(value.item()):
-            raise ValueError(f"{what} must be finite, got {value.item()}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a finite number or a one-element tensor, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be finite, got {value}")
-    return float(value)
 
 
 def clone_module(module: nn.Module, memo: dict | None = None, clone_tensors: bool = True) -> nn.Module:
@@ -175,10 +144,7 @@ def _apply_update(slots, params, grads, lr, lrs=None) -> None:
     if isinstance(lr, torch.Tensor) or ps[0].device.type == "cpu":
         # Plain arithmetic: it differentiates a tensor rate, and on the CPU (where a
         # launch costs nothing) its autograd nodes are cheaper than the custom op's.
-        # p + (−r)·g for a number r, bit-identical to p − r·g: an add's backward
-        # passes the gradient through where a subtraction's negates it, a node
-        # fewer in every backward through the step.
-        new = [p + (-r) * g if isinstance(r, float) else p - r * g for p, g, r in zip(ps, gs, rates)]
+        new = [sgd_step(p, g, r) for p, g, r in zip(ps, gs, rates)]
     else:  # one multi-tensor launch for every parameter
         new = sgd_update(ps, gs, lr, None if lrs is None else rates)
     for i, q in zip(idx, new):

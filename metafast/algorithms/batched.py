@@ -22,7 +22,7 @@ from torch.func import vmap
 from metafast.algorithms import batched_checks, model_facts
 from metafast.algorithms.backends import BACKENDS
 from metafast.losses import resolve_loss, weighted_loss
-from metafast.maml import check_rate, positive_int
+from metafast._validate import check_rate, positive_int
 from metafast.ops.mlp_adapt import task_losses
 
 BACKEND_NAMES = ("auto", *BACKENDS)

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from metafast import _extension
+from metafast.functional import sgd_step
 from metafast.ops._dispatch import kernel_available
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -71,11 +72,7 @@ def _reduce_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def _torch_sgd_update(params, grads, lr, lrs):
     """Pure-PyTorch formula (the same rule, differentiable by autograd, also
     with respect to a tensor lr)."""
-    if lrs is None and isinstance(lr, float):  # p + (−lr)·g: bit-identical, one backward node fewer
-        return [p + (-lr) * g for p, g in zip(params, grads)]
-    if lrs is None:
-        return [p - lr * g for p, g in zip(params, grads)]
-    return [p - r * g for p, g, r in zip(params, grads, lrs)]
+    return [sgd_step(p, g, lr if lrs is None else lrs[i]) for i, (p, g) in enumerate(zip(params, grads))]
 
 
 def sgd_update(

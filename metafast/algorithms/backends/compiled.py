@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
 from metafast.algorithms.backends.vmap import VmapBackend
+from metafast.functional import sgd_step
 from metafast.nn.per_step import inner_step
 
 
@@ -113,7 +114,7 @@ def _meta_function(meta, adapt_names, trainable_names, steps, weighted, per_step
                 grads, loss = grad_and_value(lambda p: support_loss({**fixed, **p}, sx, sy, w))(adapted)
             if first_order:
                 grads = {n: g.detach() for n, g in grads.items()}
-            adapted = {n: (p + (-lr) * grads[n] if rates is None else p - rate(rates, n, step) * grads[n])
+            adapted = {n: sgd_step(p, grads[n], lr if rates is None else rate(rates, n, step))
                        for n, p in adapted.items()}
             losses.append(loss)
             if multi_step or step == steps - 1:

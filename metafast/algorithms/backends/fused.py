@@ -13,6 +13,7 @@ from torch.func import vmap
 
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
+from metafast.functional import flat
 from metafast.nn.mlp import mlp_spec
 from metafast.nn.per_step import has_per_step_layers
 from metafast.ops import mlp_adapt
@@ -86,7 +87,7 @@ class FusedBackend(Backend):
 
     def _call(self, meta, support_x, support_y, steps, query_x=None, query_y=None, weights=None):
         rates = meta.rates(meta.adapt_names)
-        lrs = None if rates is None else torch.cat([r.reshape(-1) for r in rates])
+        lrs = None if rates is None else flat(rates)
         if meta.adapt_mode == "head":
             features = self._features(meta)
             support_x = vmap(features, randomness="different")(support_x)
@@ -94,30 +95,30 @@ class FusedBackend(Backend):
             sizes, activation = [meta.head.in_features, meta.head.out_features], "relu"
         else:
             sizes, activation = mlp_spec(meta.model)
-        flat = torch.cat([p.reshape(-1) for p in self._adapted(meta)])
+        params = flat(self._adapted(meta))
         args = dict(lr=meta.inner_lr, lrs=lrs, activation=activation, loss=meta.loss_name,
                     first_order=meta.first_order, check_labels=False)  # BatchedMAML checked them (or was told not to)
         if torch.is_grad_enabled():
-            return mlp_adapt(flat, support_x, support_y, sizes, steps, query_x=query_x, query_y=query_y,
+            return mlp_adapt(params, support_x, support_y, sizes, steps, query_x=query_x, query_y=query_y,
                              support_weights=weights, **args)
-        chunk = max(1, NO_GRAD_TRAJECTORY_BYTES // (steps * flat.numel() * flat.element_size()))
-        pieces = [mlp_adapt(flat, support_x[i:i + chunk], support_y[i:i + chunk], sizes, steps,
+        chunk = max(1, NO_GRAD_TRAJECTORY_BYTES // (steps * params.numel() * params.element_size()))
+        pieces = [mlp_adapt(params, support_x[i:i + chunk], support_y[i:i + chunk], sizes, steps,
                             query_x=None if query_x is None else query_x[i:i + chunk],
                             query_y=None if query_y is None else query_y[i:i + chunk],
                             support_weights=None if weights is None else weights[i:i + chunk], **args)
                   for i in range(0, support_x.shape[0], chunk)]
         return tuple(torch.cat(parts) for parts in zip(*pieces))
 
-    def _unflatten(self, meta, flat):
+    def _unflatten(self, meta, adapted):
         out, offset = {}, 0
         for n, p in zip(meta.adapt_names, self._adapted(meta)):
-            out[n] = flat[:, offset: offset + p.numel()].reshape(flat.shape[0], *p.shape)
+            out[n] = adapted[:, offset: offset + p.numel()].reshape(adapted.shape[0], *p.shape)
             offset += p.numel()
         return out
 
     def adapt(self, meta, support_x, support_y, steps, weights=None):
-        flat, support_losses = self._call(meta, support_x, support_y, steps, weights=weights)
-        return self._unflatten(meta, flat), support_losses
+        adapted, support_losses = self._call(meta, support_x, support_y, steps, weights=weights)
+        return self._unflatten(meta, adapted), support_losses
 
     def predict(self, meta, params, x):
         from metafast.algorithms.backends.vmap import VmapBackend

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from metafast.algorithms.backends.base import Backend
+from metafast.functional import sgd_step
 from metafast.maml import _parameter_slots, clone_module
 from metafast.nn.per_step import inner_step
 
@@ -51,8 +52,8 @@ class LoopBackend(Backend):
             grads = torch.autograd.grad(loss, params, create_graph=create_graph, retain_graph=True,
                                         allow_unused=True)
             used, rates = set(meta.used_gradients(names, grads)), meta.rates(names, step)
-            params = [p if i not in used else p + (-meta.inner_lr) * grads[i] if rates is None else
-                      p - rates[i] * grads[i] for i, p in enumerate(params)]
+            params = [sgd_step(p, grads[i], meta.inner_lr if rates is None else rates[i]) if i in used else p
+                      for i, p in enumerate(params)]
             weights = meta.step_weights
             if query is not None and (weights is not None or step == steps - 1):
                 query_output = sub(params, query[0], step)

@@ -15,6 +15,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
+from metafast.functional import sgd_step
 from metafast.nn.mlp import mlp_spec
 from metafast.nn.per_step import inner_step
 from metafast.ops import sgd_update
@@ -104,7 +105,7 @@ class VmapBackend(Backend):
         if used:
             ps, gs = [params[i] for i in used], [grads[i] for i in used]
             if rates is not None and meta.step_lrs is not None:  # MAML++: one scalar rate per tensor and step
-                updated = [p - rates[i] * g for i, p, g in zip(used, ps, gs)]
+                updated = [sgd_step(p, g, rates[i]) for i, p, g in zip(used, ps, gs)]
             else:  # one multi-tensor launch on the GPU; plain arithmetic on the CPU
                 updated = sgd_update(ps, gs, meta.inner_lr, None if rates is None else [rates[i] for i in used],
                                      use_kernel=None if on_cuda else False)
@@ -123,10 +124,8 @@ class VmapBackend(Backend):
                 grads, loss = grad_and_value(task_loss)(params, x, y, w)
                 if first_order:
                     grads = [g.detach() for g in grads]
-                if rates is None:  # p + (−lr)·g: bit-identical to p − lr·g, one backward node fewer
-                    params = [p + (-lr) * g for p, g in zip(params, grads)]
-                else:
-                    params = [p - r * g for p, r, g in zip(params, rates, grads)]
+                params = [sgd_step(p, g, lr if rates is None else r)
+                          for p, g, r in zip(params, grads, rates or [None] * len(params))]
                 losses.append(loss)
             return params, torch.stack(losses)
 
