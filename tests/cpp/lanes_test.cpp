@@ -4,7 +4,7 @@
 // takes when lanes are many (the register-blocked parallel layers, every
 // lanes.sync()) runs on the CPU, and compares every output and gradient with
 // the one-lane SerialLanes run (the CPU's per-task path) in float64. It also
-// runs the CPU's task packs (csrc/kernels/core/task_pack.h: the same algorithm with
+// runs the CPU's task packs (csrc/kernels/mlp/pack.h: the same algorithm with
 // T = TaskPack<double, W>, one task per SIMD lane) with W = 2 and 8, so that
 // packs that are full, partial and several per call are compared too.
 //
@@ -53,8 +53,9 @@
 #include <unistd.h>
 #endif
 
+#include "kernels/core/drivers.h"
+#include "kernels/mlp/pack.h"
 #include "kernels/mlp/task.h"
-#include "kernels/core/task_pack.h"
 
 using namespace metafast;
 
@@ -140,8 +141,8 @@ long run_on_threads(int N, long drop_sync, F f) {
 }
 
 // ---------------------------------------------------------------------------
-// A problem, filled as csrc/ops/mlp_adapt/host.h fills MlpLayout / MlpProblem /
-// the argument structs, with every array owned here.
+// A problem, made as csrc/ops/mlp_adapt/host.h makes it (mlp_layout,
+// mlp_problem, the argument structs), with every array owned here.
 // ---------------------------------------------------------------------------
 using Vec = std::vector<double>;
 using IVec = std::vector<int64_t>;
@@ -187,27 +188,26 @@ struct Runner {
     stride = mlp_workspace_size(m, std::max(c.shots, c.queries));
   }
   MlpProblem<double> problem(Vec& workspace) const {
-    MlpProblem<double> p;
-    p.layout = m;
-    p.act = c.act;
-    p.loss = c.loss;
-    p.tasks = c.tasks;
-    p.shots = c.shots;
-    p.queries = c.queries;
-    p.steps = c.steps;
-    p.lr = c.lr;
-    p.lrs = c.meta_sgd ? c.lrs.data() : nullptr;
-    p.x = c.x.data();
+    MlpShape shape;
+    shape.layout = m;
+    shape.act = c.act;
+    shape.loss = c.loss;
+    shape.tasks = c.tasks;
+    shape.shots = c.shots;
+    shape.queries = c.queries;
+    shape.steps = c.steps;
     const bool mse = c.loss == Loss::MSE;
-    p.y_float = mse ? c.y_float.data() : nullptr;
-    p.y_class = mse ? nullptr : c.y_class.data();
-    p.support_weights = c.weighted ? c.weights.data() : nullptr;
-    p.qx = c.queries ? c.qx.data() : nullptr;
-    p.qy_float = c.queries && mse ? c.qy_float.data() : nullptr;
-    p.qy_class = c.queries && !mse ? c.qy_class.data() : nullptr;
-    p.workspace = workspace.data();
-    p.workspace_stride = stride;
-    return p;
+    MlpExamples<double> support, query;
+    support.x = c.x.data();
+    support.y_float = mse ? c.y_float.data() : nullptr;
+    support.y_class = mse ? nullptr : c.y_class.data();
+    support.weights = c.weighted ? c.weights.data() : nullptr;
+    if (c.queries) {
+      query.x = c.qx.data();
+      query.y_float = mse ? c.qy_float.data() : nullptr;
+      query.y_class = mse ? nullptr : c.qy_class.data();
+    }
+    return mlp_problem<double>(shape, c.lr, c.meta_sgd ? c.lrs.data() : nullptr, support, query, workspace.data());
   }
 
   // Tasks in packs of W (the CPU kernel's decomposition, kernels/task_pack.h),
@@ -216,10 +216,9 @@ struct Runner {
   static void run_packed(const Args& a) {
     using Packed = PackedMlpAdapt<double, W>;
     std::vector<TaskPack<double, W>> scratch(Packed::scratch_bytes(a) / sizeof(TaskPack<double, W>) + 1);
-    for (int64_t first = 0; first < a.p.tasks; first += W) {
+    for (int64_t g = 0; g < num_packs<Packed>(a.p.tasks); ++g) {
       std::memset(scratch.data(), 0xff, scratch.size() * sizeof(scratch[0]));
-      Packed::run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)),
-                  reinterpret_cast<unsigned char*>(scratch.data()));
+      run_pack<Packed>(a, g, reinterpret_cast<unsigned char*>(scratch.data()));
     }
   }
 
@@ -228,28 +227,20 @@ struct Runner {
   // task packs of that many tasks, else that many threads (the syncs they made
   // are returned).
   template <typename Args>
-  long run_tasks(const Args& a, int lanes, long drop_sync, Vec& ws) const {
-    auto task = [&](const auto& L, int t) {
-      if constexpr (std::is_same_v<Args, MlpAdaptForwardArgs<double>>)
-        mlp_adapt_forward_task<double>(L, a, t, ws.data() + t * stride);
-      else
-        mlp_adapt_backward_task<double>(L, a, t, ws.data() + t * stride);
-    };
+  long run_split(const Args& a, int lanes, long drop_sync) const {
     if (lanes == 0) {
-      for (int t = 0; t < c.tasks; ++t) task(SerialLanes{}, t);
+      run_tasks(SerialLanes{}, a, 0, c.tasks);
     } else if (lanes == -2) {
       run_packed<2>(a);
     } else if (lanes == -8) {
       run_packed<8>(a);
     } else {
-      return run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) {
-        for (int t = 0; t < c.tasks; ++t) task(L, t);
-      });
+      return run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) { run_tasks(L, a, 0, c.tasks); });
     }
     return 0;
   }
 
-  // See run_tasks for `lanes`. The backward runs from `fwd` (the serial
+  // See run_split for `lanes`. The backward runs from `fwd` (the serial
   // forward's saved outputs), so that it is compared on identical inputs.
   Outputs run(int lanes, const Outputs* fwd, long drop_sync = 0) const {
     const int64_t T = c.tasks, P = m.num_params, S = c.steps, Q = c.queries, K = c.shots;
@@ -269,7 +260,7 @@ struct Runner {
     f.query_output = Q ? o.query_output.data() : nullptr;
     f.query_losses = Q ? o.query_losses.data() : nullptr;
     f.trajectory = o.trajectory.data();
-    o.forward_syncs = run_tasks(f, lanes, drop_sync, ws);
+    o.forward_syncs = run_split(f, lanes, drop_sync);
     if (!fwd) fwd = &o;
     std::fill(ws.begin(), ws.end(), kNaN);
     o.grad_init.assign(T * P, kNaN);
@@ -290,7 +281,7 @@ struct Runner {
     b.grad_x = c.want_grad_x ? o.grad_x.data() : nullptr;
     b.grad_qx = c.want_grad_qx ? o.grad_qx.data() : nullptr;
     // A drop past the forward's syncs lands in the backward.
-    o.backward_syncs = run_tasks(b, lanes, drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0, ws);
+    o.backward_syncs = run_split(b, lanes, drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0);
     return o;
   }
 };

@@ -1,6 +1,6 @@
 // A C entry point to the float64 per-task algorithms of csrc/kernels/mlp/task.h
 // run with SerialLanes (the CPU's per-task path) or in task packs of 2 or 8
-// (kernels/core/task_pack.h, the CPU's path for small nets; mf_test_set_pack_width),
+// (kernels/mlp/pack.h, the CPU's path for small nets; mf_test_set_pack_width),
 // built by tests/test_lanes.py
 // as a shared library and called through ctypes, so that the kernels'
 // NaN semantics can be compared with PyTorch's eager autograd without
@@ -12,8 +12,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/core/drivers.h"
+#include "kernels/mlp/pack.h"
 #include "kernels/mlp/task.h"
-#include "kernels/core/task_pack.h"
 
 using namespace metafast;
 
@@ -23,27 +24,24 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
                            int steps, double lr, const double* lrs, const double* weights, const double* x,
                            const double* y_float, const int64_t* y_class, const double* qx, const double* qy_float,
                            const int64_t* qy_class, std::vector<double>& workspace) {
-  MlpProblem<double> p;
-  p.layout = mlp_layout(sizes, n);
-  p.act = Activation(act);
-  p.loss = Loss(loss);
-  p.tasks = tasks;
-  p.shots = shots;
-  p.queries = queries;
-  p.steps = steps;
-  p.lr = lr;
-  p.lrs = lrs;
-  p.support_weights = weights;
-  p.x = x;
-  p.y_float = y_float;
-  p.y_class = y_class;
-  p.qx = qx;
-  p.qy_float = qy_float;
-  p.qy_class = qy_class;
-  p.workspace_stride = mlp_workspace_size(p.layout, p.rows());
-  workspace.assign(size_t(tasks * p.workspace_stride), __builtin_nan(""));
-  p.workspace = workspace.data();
-  return p;
+  MlpShape shape;
+  shape.layout = mlp_layout(sizes, n);
+  shape.act = Activation(act);
+  shape.loss = Loss(loss);
+  shape.tasks = tasks;
+  shape.shots = shots;
+  shape.queries = queries;
+  shape.steps = steps;
+  MlpExamples<double> support, query;
+  support.x = x;
+  support.y_float = y_float;
+  support.y_class = y_class;
+  support.weights = weights;
+  query.x = qx;
+  query.y_float = qy_float;
+  query.y_class = qy_class;
+  workspace.assign(size_t(tasks * shape.workspace_per_task()), __builtin_nan(""));
+  return mlp_problem<double>(shape, lr, lrs, support, query, workspace.data());
 }
 
 int pack_width = 0;  // 0: SerialLanes, one task at a time
@@ -52,8 +50,15 @@ template <int W, typename Args>
 void in_packs(const Args& a) {
   using Packed = PackedMlpAdapt<double, W>;
   std::vector<TaskPack<double, W>> scratch(Packed::scratch_bytes(a) / sizeof(TaskPack<double, W>) + 1);
-  for (int64_t first = 0; first < a.p.tasks; first += W)
-    Packed::run(a, first, int(std::min<int64_t>(W, a.p.tasks - first)), reinterpret_cast<unsigned char*>(scratch.data()));
+  run_packs<Packed>(a, 0, num_packs<Packed>(a.p.tasks), reinterpret_cast<unsigned char*>(scratch.data()));
+}
+
+// Every task, in packs of pack_width or one at a time (SerialLanes).
+template <typename Args>
+void run(const Args& a) {
+  if (pack_width == 2) return in_packs<2>(a);
+  if (pack_width == 8) return in_packs<8>(a);
+  run_tasks(SerialLanes{}, a, 0, a.p.tasks);
 }
 
 }  // namespace
@@ -85,10 +90,7 @@ void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks
   a.query_output = query_output;
   a.query_losses = query_losses;
   a.trajectory = trajectory;
-  if (pack_width == 2) return in_packs<2>(a);
-  if (pack_width == 8) return in_packs<8>(a);
-  for (int t = 0; t < tasks; ++t)
-    mlp_adapt_forward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
+  run(a);
 }
 
 void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
@@ -114,10 +116,7 @@ void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, 
   a.grad_lrs = grad_lrs;
   a.grad_x = grad_x;
   a.grad_qx = grad_qx;
-  if (pack_width == 2) return in_packs<2>(a);
-  if (pack_width == 8) return in_packs<8>(a);
-  for (int t = 0; t < tasks; ++t)
-    mlp_adapt_backward_task<double>(SerialLanes{}, a, t, ws.data() + t * a.p.workspace_stride);
+  run(a);
 }
 
 }  // extern "C"

@@ -1,0 +1,170 @@
+"""Shared test helpers: sample inputs and references (after pytorch/extension-cpp's
+test file), comparison rules, device parametrization, tiny on-disk data sets.
+Test modules import from here, never from each other."""
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import metafast
+from metafast.ops import mlp_adapt
+from metafast.reference import adapt_task
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ (absolute when b is zero)."""
+    denom = b.norm().item()
+    return (a - b).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def max_rel_err(xs, ys) -> float:
+    return max(rel_err(x, y) for x, y in zip(xs, ys))
+
+
+requires_extension = pytest.mark.skipif(not metafast._extension.available(), reason="metafast._C not built")
+
+
+# One test body for every device: parametrize with DEVICES (CUDA entries are
+# skipped without a GPU by the "cuda" mark).
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def random_mlp_task(sizes, tasks, shots, queries, loss, dtype=torch.float64, device="cpu", generator=None):
+    """Random support/query tensors for an MLP of the given widths."""
+    g = generator
+    sx = torch.randn(tasks, shots, sizes[0], dtype=dtype, device=device, generator=g)
+    qx = torch.randn(tasks, queries, sizes[0], dtype=dtype, device=device, generator=g)
+    if loss == "mse":
+        sy = torch.randn(tasks, shots, sizes[-1], dtype=dtype, device=device, generator=g)
+        qy = torch.randn(tasks, queries, sizes[-1], dtype=dtype, device=device, generator=g)
+    else:
+        sy = torch.randint(0, sizes[-1], (tasks, shots), device=device, generator=g)
+        qy = torch.randint(0, sizes[-1], (tasks, queries), device=device, generator=g)
+    return sx, sy, qx, qy
+
+
+# ---------------------------------------------------------------- mlp_adapt
+TOL = 1e-10
+
+
+def random_config(seed):
+    rng = random.Random(seed)
+    depth = rng.randint(1, 5)
+    loss = rng.choice(["mse", "cross_entropy"])
+    sizes = [rng.randint(1, 12) for _ in range(depth + 1)]
+    if loss == "cross_entropy":
+        sizes[-1] = max(sizes[-1], 2)
+    return dict(sizes=sizes, steps=rng.randint(1, 5), tasks=rng.randint(1, 4), shots=rng.randint(1, 6),
+                activation=rng.choice(["relu", "tanh"]), loss=loss, meta_sgd=rng.random() < 0.5,
+                lr=rng.choice([0.05, 0.2, 0.5]))
+
+
+def eager_adapt(model, flat, lrs_flat, sx, sy, lr, steps, first_order, loss, weights=None):
+    """The per-task eager loop, on the flat parameter layout of mlp_adapt
+    (weights [T, K]: per-example support loss weights)."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    split = lambda v: dict(zip(names, [c.view(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes)]))
+    adapted, losses = [], []
+    for t in range(sx.shape[0]):
+        params, task_losses = adapt_task(model, split(flat), sx[t], sy[t], lr, steps, first_order, loss,
+                                         None if lrs_flat is None else split(lrs_flat),
+                                         None if weights is None else weights[t])
+        adapted.append(torch.cat([params[n].reshape(-1) for n in names]))
+        losses.append(torch.stack(task_losses))
+    return torch.stack(adapted), torch.stack(losses)
+
+
+def meta_objective(adapted, losses, w_adapted, w_losses):
+    # Exercises both outputs' gradients (query-loss-like and support-loss terms).
+    return (adapted * w_adapted).sum() + (losses * w_losses).sum() + (adapted ** 2).sum() * 0.1
+
+
+def compare_to_reference(cfg, first_order, device="cpu", dtype=torch.float64, x_grad=True, seed=0):
+    torch.manual_seed(seed)
+    sizes = cfg["sizes"]
+    model = metafast.nn.MLP(sizes, cfg["activation"]).to(device, dtype)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
+    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_() if cfg["meta_sgd"] else None
+    sx, sy, _, _ = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], 1, cfg["loss"], dtype, device)
+    sx.requires_grad_(x_grad)
+    w_a = torch.randn(cfg["tasks"], flat.numel(), dtype=dtype, device=device)
+    w_l = torch.randn(cfg["tasks"], cfg["steps"], dtype=dtype, device=device)
+    inputs = [t for t in (flat, lrs, sx) if t is not None and t.requires_grad]
+
+    a, l = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lr=cfg["lr"], lrs=lrs, activation=cfg["activation"],
+                     loss=cfg["loss"], first_order=first_order)
+    got = torch.autograd.grad(meta_objective(a, l, w_a, w_l), inputs)
+    ra, rl = eager_adapt(model, flat, lrs, sx, sy, cfg["lr"], cfg["steps"], first_order, cfg["loss"])
+    want = torch.autograd.grad(meta_objective(ra, rl, w_a, w_l), inputs)
+    return max_rel_err([a, l], [ra, rl]), max_rel_err(got, want)
+
+
+def compare_query_to_reference(cfg, first_order, seed=0):
+    """The query forward fused into the same call: max relative errors of the
+    outputs and losses, and of every gradient (params, rates, support and query
+    inputs), against the eager loop."""
+    sizes, loss = cfg["sizes"], cfg["loss"]
+    torch.manual_seed(seed)
+    model = metafast.nn.MLP(sizes, cfg["activation"]).double()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
+    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_()
+    sx, sy, qx, qy = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], cfg["shots"] + 3, loss)
+    sx.requires_grad_()
+    qx.requires_grad_()
+    w = torch.randn(cfg["tasks"], qx.shape[1], sizes[-1], dtype=torch.float64)
+
+    def objective(query_output, query_losses, support_losses):
+        return query_losses.sum() + (query_output * w).sum() * 0.3 + support_losses.sum() * 0.2
+
+    _, l, qo, ql = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lrs=lrs, activation=cfg["activation"], loss=loss,
+                             first_order=first_order, query_x=qx, query_y=qy)
+    got = torch.autograd.grad(objective(qo, ql, l), [flat, lrs, sx, qx])
+    ra, rl = eager_adapt(model, flat, lrs, sx, sy, 0.0, cfg["steps"], first_order, loss)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    outs, losses = [], []
+    for t in range(cfg["tasks"]):
+        params = dict(zip(names, [c.view(s) for c, s in zip(ra[t].split([s.numel() for s in shapes]), shapes)]))
+        out = torch.func.functional_call(model, params, (qx[t],))
+        outs.append(out)
+        losses.append(metafast.losses.resolve_loss(loss)[1](out, qy[t]))
+    rqo, rql = torch.stack(outs), torch.stack(losses)
+    want = torch.autograd.grad(objective(rqo, rql, rl), [flat, lrs, sx, qx])
+    return max_rel_err([qo, ql], [rqo, rql]), max_rel_err(got, want)
+
+
+# ---------------------------------------------------------------- data
+def _png(rng: np.random.Generator, size: int = 105) -> bytes:
+    """A binary PNG like Omniglot's: black ink (0) strokes on white (1)."""
+    from PIL import Image  # the cli extra: imported only by the data tests
+
+    ink = rng.random((size, size)) < 0.15
+    im = Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).convert("1")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_fake_omniglot(root: Path, chars=(("A", 3), ("B", 2)), eval_chars=(("C", 3),), drawers=4, seed=0):
+    """Write a tiny images_background.zip / images_evaluation.zip pair in ``root``."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for archive, alphabets in (("images_background", chars), ("images_evaluation", eval_chars)):
+        with zipfile.ZipFile(root / f"{archive}.zip", "w") as zf:
+            zf.writestr(f"{archive}/", b"")
+            for alpha, nchar in alphabets:
+                for c in range(1, nchar + 1):
+                    n += 1
+                    for d in range(1, drawers + 1):
+                        zf.writestr(f"{archive}/{alpha}/character{c:02d}/{n:04d}_{d:02d}.png", _png(rng))
+    return n
