@@ -10,7 +10,7 @@ from torch import nn
 import metafast
 from metafast import BatchedMAML
 from metafast.reference import meta_loss
-from conftest import max_rel_err, random_mlp_task, requires_extension
+from helpers import max_rel_err, random_mlp_task, requires_extension
 
 TOL = 1e-10
 

@@ -15,7 +15,7 @@ import metafast
 from metafast import BatchedMAML
 from metafast.algorithms.backends.compiled import CompileWarning
 from metafast.reference import meta_loss
-from conftest import max_rel_err, random_mlp_task
+from helpers import max_rel_err, random_mlp_task
 
 TOL = 1e-10
 

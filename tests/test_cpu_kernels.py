@@ -5,8 +5,8 @@ counts that fill, split and overrun the packs (8 float64 tasks a pack with
 AVX-512, 4 with AVX2, 2 with SSE2)."""
 import pytest
 import torch
-from conftest import requires_extension
-from test_mlp_adapt import (
+from helpers import requires_extension
+from helpers import (
     TOL,
     compare_query_to_reference,
     compare_to_reference,

@@ -6,7 +6,7 @@ import torch
 
 import metafast.data as data
 from metafast.data import FEW_SHOT, few_shot_spec, load_few_shot
-from test_omniglot import make_fake_omniglot
+from helpers import make_fake_omniglot
 
 
 def test_specs():

@@ -7,7 +7,7 @@ from torch import nn
 import metafast
 from metafast import MAML, MetaSGD
 from metafast.reference import meta_loss
-from conftest import max_rel_err, random_mlp_task
+from helpers import max_rel_err, random_mlp_task
 
 TOL = 1e-10
 

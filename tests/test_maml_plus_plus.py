@@ -13,7 +13,7 @@ from metafast import BatchedMAML
 from metafast.algorithms.backends.compiled import CompileWarning
 from metafast.reference import meta_loss
 from metafast.training_schedules import msl_weights
-from conftest import max_rel_err
+from helpers import max_rel_err
 
 TOL = 1e-10
 STEPS = 3

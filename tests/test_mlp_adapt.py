@@ -1,71 +1,15 @@
 """metafast::mlp_adapt against the per-task eager reference (float64, 1e-10),
 gradcheck/gradgradcheck, opcheck, float32 tolerance, errors, CUDA vs C++."""
-import random
 
 import pytest
 import torch
 
 import metafast
 from metafast.ops import mlp_adapt, mlp_adapt_torch, mlp_num_params
-from metafast.reference import adapt_task
-from conftest import DEVICES, max_rel_err, random_mlp_task, requires_extension
+from helpers import (DEVICES, TOL, compare_query_to_reference, compare_to_reference, eager_adapt, max_rel_err,
+                     random_config, random_mlp_task, requires_extension)
 
 pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
-
-TOL = 1e-10
-
-
-def random_config(seed):
-    rng = random.Random(seed)
-    depth = rng.randint(1, 5)
-    loss = rng.choice(["mse", "cross_entropy"])
-    sizes = [rng.randint(1, 12) for _ in range(depth + 1)]
-    if loss == "cross_entropy":
-        sizes[-1] = max(sizes[-1], 2)
-    return dict(sizes=sizes, steps=rng.randint(1, 5), tasks=rng.randint(1, 4), shots=rng.randint(1, 6),
-                activation=rng.choice(["relu", "tanh"]), loss=loss, meta_sgd=rng.random() < 0.5,
-                lr=rng.choice([0.05, 0.2, 0.5]))
-
-
-def eager_adapt(model, flat, lrs_flat, sx, sy, lr, steps, first_order, loss, weights=None):
-    """The per-task eager loop, on the flat parameter layout of mlp_adapt
-    (weights [T, K]: per-example support loss weights)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    split = lambda v: dict(zip(names, [c.view(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes)]))
-    adapted, losses = [], []
-    for t in range(sx.shape[0]):
-        params, task_losses = adapt_task(model, split(flat), sx[t], sy[t], lr, steps, first_order, loss,
-                                         None if lrs_flat is None else split(lrs_flat),
-                                         None if weights is None else weights[t])
-        adapted.append(torch.cat([params[n].reshape(-1) for n in names]))
-        losses.append(torch.stack(task_losses))
-    return torch.stack(adapted), torch.stack(losses)
-
-
-def meta_objective(adapted, losses, w_adapted, w_losses):
-    # Exercises both outputs' gradients (query-loss-like and support-loss terms).
-    return (adapted * w_adapted).sum() + (losses * w_losses).sum() + (adapted ** 2).sum() * 0.1
-
-
-def compare_to_reference(cfg, first_order, device="cpu", dtype=torch.float64, x_grad=True, seed=0):
-    torch.manual_seed(seed)
-    sizes = cfg["sizes"]
-    model = metafast.nn.MLP(sizes, cfg["activation"]).to(device, dtype)
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
-    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_() if cfg["meta_sgd"] else None
-    sx, sy, _, _ = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], 1, cfg["loss"], dtype, device)
-    sx.requires_grad_(x_grad)
-    w_a = torch.randn(cfg["tasks"], flat.numel(), dtype=dtype, device=device)
-    w_l = torch.randn(cfg["tasks"], cfg["steps"], dtype=dtype, device=device)
-    inputs = [t for t in (flat, lrs, sx) if t is not None and t.requires_grad]
-
-    a, l = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lr=cfg["lr"], lrs=lrs, activation=cfg["activation"],
-                     loss=cfg["loss"], first_order=first_order)
-    got = torch.autograd.grad(meta_objective(a, l, w_a, w_l), inputs)
-    ra, rl = eager_adapt(model, flat, lrs, sx, sy, cfg["lr"], cfg["steps"], first_order, cfg["loss"])
-    want = torch.autograd.grad(meta_objective(ra, rl, w_a, w_l), inputs)
-    return max_rel_err([a, l], [ra, rl]), max_rel_err(got, want)
 
 
 @requires_extension
@@ -279,40 +223,6 @@ def test_cuda_large_widths_and_depth():
     got = torch.autograd.grad((a * w).sum() + l.sum(), [p, sx])
     want = torch.autograd.grad((ra * w).sum() + rl.sum(), [p, sx])
     assert max_rel_err(got, want) < TOL  # global-memory workspace path, second order
-
-
-def compare_query_to_reference(cfg, first_order, seed=0):
-    """The query forward fused into the same call: max relative errors of the
-    outputs and losses, and of every gradient (params, rates, support and query
-    inputs), against the eager loop."""
-    sizes, loss = cfg["sizes"], cfg["loss"]
-    torch.manual_seed(seed)
-    model = metafast.nn.MLP(sizes, cfg["activation"]).double()
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_()
-    lrs = (torch.rand_like(flat) * cfg["lr"]).requires_grad_()
-    sx, sy, qx, qy = random_mlp_task(sizes, cfg["tasks"], cfg["shots"], cfg["shots"] + 3, loss)
-    sx.requires_grad_()
-    qx.requires_grad_()
-    w = torch.randn(cfg["tasks"], qx.shape[1], sizes[-1], dtype=torch.float64)
-
-    def objective(query_output, query_losses, support_losses):
-        return query_losses.sum() + (query_output * w).sum() * 0.3 + support_losses.sum() * 0.2
-
-    _, l, qo, ql = mlp_adapt(flat, sx, sy, sizes, cfg["steps"], lrs=lrs, activation=cfg["activation"], loss=loss,
-                             first_order=first_order, query_x=qx, query_y=qy)
-    got = torch.autograd.grad(objective(qo, ql, l), [flat, lrs, sx, qx])
-    ra, rl = eager_adapt(model, flat, lrs, sx, sy, 0.0, cfg["steps"], first_order, loss)
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    outs, losses = [], []
-    for t in range(cfg["tasks"]):
-        params = dict(zip(names, [c.view(s) for c, s in zip(ra[t].split([s.numel() for s in shapes]), shapes)]))
-        out = torch.func.functional_call(model, params, (qx[t],))
-        outs.append(out)
-        losses.append(metafast.losses.resolve_loss(loss)[1](out, qy[t]))
-    rqo, rql = torch.stack(outs), torch.stack(losses)
-    want = torch.autograd.grad(objective(rqo, rql, rl), [flat, lrs, sx, qx])
-    return max_rel_err([qo, ql], [rqo, rql]), max_rel_err(got, want)
 
 
 @requires_extension

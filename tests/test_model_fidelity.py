@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 import metafast
 from metafast import BatchedMAML
 from metafast.reference import meta_loss
-from conftest import max_rel_err, random_mlp_task, requires_extension
+from helpers import max_rel_err, random_mlp_task, requires_extension
 
 TOL = 1e-10
 

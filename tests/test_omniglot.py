@@ -12,35 +12,11 @@ import torch
 from PIL import Image
 
 from metafast.data import omniglot as om
+from helpers import make_fake_omniglot
 from metafast.data.cache import CacheWarning
 from metafast.data.omniglot import EpisodeSampler, Omniglot, load_omniglot, split_characters
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
-
-
-def _png(rng: np.random.Generator, size: int = 105) -> bytes:
-    """A binary PNG like Omniglot's: black ink (0) strokes on white (1)."""
-    ink = rng.random((size, size)) < 0.15
-    im = Image.fromarray(np.where(ink, 0, 255).astype(np.uint8)).convert("1")
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_fake_omniglot(root: Path, chars=(("A", 3), ("B", 2)), eval_chars=(("C", 3),), drawers=4, seed=0):
-    """Write a tiny images_background.zip / images_evaluation.zip pair in ``root``."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for archive, alphabets in (("images_background", chars), ("images_evaluation", eval_chars)):
-        with zipfile.ZipFile(root / f"{archive}.zip", "w") as zf:
-            zf.writestr(f"{archive}/", b"")
-            for alpha, nchar in alphabets:
-                for c in range(1, nchar + 1):
-                    n += 1
-                    for d in range(1, drawers + 1):
-                        zf.writestr(f"{archive}/{alpha}/character{c:02d}/{n:04d}_{d:02d}.png", _png(rng))
-    return n
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from metafast.rl import (CategoricalMLPPolicy, GaussianMLPPolicy, MetaRL, MetaRL
 from metafast.rl import reference as ref
 from metafast.rl.maml_rl import conjugate_gradient, flat
 
-from conftest import rel_err
+from helpers import rel_err
 
 TOL = 1e-10
 D = torch.float64

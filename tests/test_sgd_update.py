@@ -4,7 +4,7 @@ import torch
 
 import metafast
 from metafast.ops import sgd_update
-from conftest import DEVICES, requires_extension
+from helpers import DEVICES, requires_extension
 
 pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
 

@@ -4,8 +4,8 @@ BatchedMAML (both backends) against the weighted eager loop in float64 (1e-10);
 zero weights mask padded examples exactly; bad weights get clear errors."""
 import pytest
 import torch
-from conftest import DEVICES, max_rel_err, random_mlp_task, requires_extension
-from test_mlp_adapt import TOL, eager_adapt, random_config
+from helpers import DEVICES, max_rel_err, random_mlp_task, requires_extension
+from helpers import TOL, eager_adapt, random_config
 from torch import nn
 
 import metafast
