@@ -168,3 +168,39 @@ def make_fake_omniglot(root: Path, chars=(("A", 3), ("B", 2)), eval_chars=(("C",
                     for d in range(1, drawers + 1):
                         zf.writestr(f"{archive}/{alpha}/character{c:02d}/{n:04d}_{d:02d}.png", _png(rng))
     return n
+
+
+# ---------------------------------------------------------------- image episodes
+def image_episodes(tasks, ways, shots, queries, channels, side, seed=0):
+    """Random float64 images [T, N·K, C, S, S] with labels 0..N-1 repeated per class."""
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.randn(tasks, ways * shots, channels, side, side, generator=g, dtype=torch.float64)
+    qx = torch.randn(tasks, ways * queries, channels, side, side, generator=g, dtype=torch.float64)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
+    return sx, sy, qx, qy
+
+
+def assert_meta_gradients_match(model, out, ref, tol=TOL):
+    """BatchedMAML's output ``out`` against the eager reference's loss ``ref``: the
+    losses and every parameter's meta-gradient (each nonzero) to ``tol`` relative."""
+    params = list(model.parameters())
+    got = torch.autograd.grad(out.loss, params, retain_graph=True)
+    want = torch.autograd.grad(ref, params)
+    assert abs(out.loss.item() - ref.item()) <= tol * abs(ref.item())
+    for (name, _), a, b in zip(model.named_parameters(), got, want):
+        assert b.norm() > 0 and rel_err(a, b) < tol, (name, rel_err(a, b))
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
+    assert rel_err(flat(got), flat(want)) < tol
+
+
+def assert_vmap_matches_loop(model, example_shape, tasks=3):
+    """functional_call vmapped over per-task parameters equals one call per task."""
+    params = {n: p.detach().unsqueeze(0).repeat(tasks, *[1] * p.dim()) + 0.01 * torch.randn(tasks, *p.shape,
+                                                                                             dtype=p.dtype)
+              for n, p in model.named_parameters()}
+    x = torch.randn(tasks, *example_shape, dtype=torch.float64)
+    out = torch.func.vmap(lambda p, xt: torch.func.functional_call(model, p, (xt,)))(params, x)
+    for t in range(tasks):
+        ref = torch.func.functional_call(model, {n: v[t] for n, v in params.items()}, (x[t],))
+        torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)

@@ -7,11 +7,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 import metafast
 from metafast import reference
 from metafast.nn.conv4 import Conv4
+from helpers import assert_meta_gradients_match, assert_vmap_matches_loop, image_episodes
 
 TOL = 1e-10
 
@@ -68,26 +69,14 @@ def test_parameters_only_and_batch_statistics():
 
 
 def test_vmap_functional_call_matches_loop():
-    m = Conv4(3, hidden=4).double()
-    params = {n: p.detach().unsqueeze(0).repeat(3, *[1] * p.dim()) + 0.01 * torch.randn(3, *p.shape, dtype=p.dtype)
-              for n, p in m.named_parameters()}
-    x = torch.randn(3, 5, 1, 12, 12, dtype=torch.float64)
-    out = vmap(lambda p, xt: functional_call(m, p, (xt,)))(params, x)
-    for t in range(3):
-        ref = functional_call(m, {n: v[t] for n, v in params.items()}, (x[t],))
-        torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)
+    assert_vmap_matches_loop(Conv4(3, hidden=4).double(), (5, 1, 12, 12))
 
 
 # --------------------------------------------------------------------------- meta-gradients
 def _problem(seed=0, tasks=2, ways=3, shots=2, queries=2, side=10, hidden=4):
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = Conv4(ways, hidden=hidden).double()
-    sx = torch.randn(tasks, ways * shots, 1, side, side, generator=g, dtype=torch.float64)
-    qx = torch.randn(tasks, ways * queries, 1, side, side, generator=g, dtype=torch.float64)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
-    return model, sx, sy, qx, qy
+    return (model, *image_episodes(tasks, ways, shots, queries, 1, side, seed))
 
 
 def _grads(params):
@@ -102,18 +91,10 @@ def test_maml_meta_gradients_match_reference(first_order, steps):
                                 loss="cross_entropy", backend="torch")
     out = meta(sx, sy, qx, qy)
     assert out.query_output.shape == (2, 6, 3) and out.support_losses.shape == (2, steps)
-    out.loss.backward()
-    got = _grads(model.parameters())
-    model.zero_grad()
 
     ref = reference.meta_loss(model, sx, sy, qx, qy, inner_lr=0.4, inner_steps=steps, first_order=first_order,
                               loss="cross_entropy")
-    ref.backward()
-    want = _grads(model.parameters())
-    assert abs(out.loss.item() - ref.item()) <= TOL * abs(ref.item())
-    for (name, _), a, b in zip(model.named_parameters(), got, want):
-        assert b.norm() > 0 and rel_err(a, b) < TOL, (name, rel_err(a, b))
-    assert rel_err(torch.cat([g.flatten() for g in got]), torch.cat([g.flatten() for g in want])) < TOL
+    assert_meta_gradients_match(model, out, ref)
 
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])

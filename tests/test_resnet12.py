@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, vmap
 
 import metafast
 from metafast import reference
 from metafast.nn import ResNet12
 from metafast.nn.resnet12 import DropBlock
+from helpers import assert_meta_gradients_match, assert_vmap_matches_loop, image_episodes
 
 TOL = 1e-10
 
@@ -75,31 +75,15 @@ def test_dropblock():
 
 
 def test_vmap_functional_call_matches_loop():
-    m = ResNet12(3, channels=(4, 4, 4, 4)).double()
-    params = {n: p.detach().unsqueeze(0).repeat(3, *[1] * p.dim()) + 0.01 * torch.randn(3, *p.shape, dtype=p.dtype)
-              for n, p in m.named_parameters()}
-    x = torch.randn(3, 5, 3, 16, 16, dtype=torch.float64)
-    out = vmap(lambda p, xt: functional_call(m, p, (xt,)))(params, x)
-    for t in range(3):
-        ref = functional_call(m, {n: v[t] for n, v in params.items()}, (x[t],))
-        torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)
+    assert_vmap_matches_loop(ResNet12(3, channels=(4, 4, 4, 4)).double(), (5, 3, 16, 16))
 
 
 # --------------------------------------------------------------------------- meta-gradients
 def _problem(seed=0, tasks=2, ways=3, shots=1, queries=1, side=16):
     """16x16 is the smallest side four 2x2 pools leave non-empty (16 -> 8 -> 4 -> 2 -> 1)."""
-    g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = ResNet12(ways, channels=(4, 4, 4, 4)).double()
-    sx = torch.randn(tasks, ways * shots, 3, side, side, generator=g, dtype=torch.float64)
-    qx = torch.randn(tasks, ways * queries, 3, side, side, generator=g, dtype=torch.float64)
-    sy = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
-    qy = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
-    return model, sx, sy, qx, qy
-
-
-def _grads(params):
-    return [p.grad.detach().clone() for p in params]
+    return (model, *image_episodes(tasks, ways, shots, queries, 3, side, seed))
 
 
 @pytest.mark.parametrize("adapt", ["all", "head"])
@@ -111,17 +95,8 @@ def test_maml_meta_gradients_match_reference(adapt, first_order, steps):
                                 loss="cross_entropy", backend="torch", adapt=adapt)
     out = meta(sx, sy, qx, qy)
     assert out.query_output.shape == (2, 3, 3)
-    out.loss.backward()
-    got = _grads(model.parameters())
-    model.zero_grad()
 
     names = ["head.weight", "head.bias"] if adapt == "head" else None
     ref = reference.meta_loss(model, sx, sy, qx, qy, inner_lr=0.4, inner_steps=steps, first_order=first_order,
                               loss="cross_entropy", adapt_names=names)
-    ref.backward()
-    want = _grads(model.parameters())
-    assert abs(out.loss.item() - ref.item()) <= TOL * abs(ref.item())
-    for (name, _), a, b in zip(model.named_parameters(), got, want):
-        assert b.norm() > 0 and rel_err(a, b) < TOL, (name, rel_err(a, b))
-    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
-    assert rel_err(flat(got), flat(want)) < TOL
+    assert_meta_gradients_match(model, out, ref)
