@@ -1,6 +1,6 @@
 // Lets one header of math and per-task algorithms compile for the host (g++)
 // and the device (nvcc). The CPU and CUDA kernels run the *same* code; only
-// how work is split across lanes differs (see Lanes below).
+// how work is split across lanes differs (kernels/core/lanes.h).
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -24,22 +24,6 @@
 
 namespace metafast {
 
-// Lanes: who shares a task's work. Loops are written
-//   for (int64_t i = lanes.lane(); i < n; i += lanes.count())
-// (int64_t: a flattened bound such as K·d may lie within count() of 2^31, so
-// an int index would overflow on its last increment) and phases are
-// separated by lanes.sync(). On the CPU one lane does all of it
-// (SerialLanes); on the GPU a thread block does (BlockLanes, in the .cu).
-// tests/cpp/lanes_test.cpp runs the same code with N CPU threads as lanes
-// (sync() a barrier), comparing with SerialLanes and under ThreadSanitizer.
-struct SerialLanes {
-  static constexpr bool kSerial = true;
-  MF_HD int lane() const { return 0; }
-  MF_HD int count() const { return 1; }
-  MF_HD void sync() const {}
-  MF_HD bool leader() const { return true; }
-};
-
 MF_HD float mf_exp(float x) { return expf(x); }
 MF_HD double mf_exp(double x) { return exp(x); }
 MF_HD float mf_log(float x) { return logf(x); }
@@ -55,7 +39,7 @@ template <typename T>
 MF_HD auto mf_isnan(T x) { return x != x; }  // bool, or a lane mask for a TaskPack
 
 // Data-dependent choices, written lane-wise so that the same math runs on a
-// scalar (one task) and on a TaskPack (one task per SIMD lane, task_pack.h,
+// scalar (one task) and on a TaskPack (one task per SIMD lane, kernels/core/task_pack.h,
 // which overloads these for its masks).
 template <typename T>
 MF_HD T mf_select(bool c, T a, T b) { return c ? a : b; }

@@ -53,16 +53,6 @@ struct MlpAdaptBackwardParams {
   const Tensor& key() const { return forward.params; }
 };
 
-struct MlpAdaptConfig {
-  MlpLayout layout;
-  Activation act;
-  Loss loss;
-  int tasks, shots, steps;
-  int queries = 0;  // 0: no query set
-  int64_t workspace_per_task() const { return mlp_workspace_size(layout, shots > queries ? shots : queries); }
-  int classes() const { return layout.sizes[layout.num_layers]; }
-};
-
 // The inputs of one call, made contiguous.
 struct MlpAdaptInputs {
   Tensor init, x, y;
@@ -92,10 +82,10 @@ inline MlpLayout make_mlp_layout(const std::vector<int64_t>& sizes) {
   MF_CHECK(sizes.size() >= 2 && sizes.size() <= size_t(kMaxLayers) + 1, "metafast::mlp_adapt: sizes must list 2 to ",
            kMaxLayers + 1, " layer widths [d_in, ..., d_out], got ", sizes.size());
   for (size_t l = 0; l < sizes.size(); ++l) {
-    MF_CHECK(sizes[l] > 0 && sizes[l] <= 65536, "metafast::mlp_adapt: layer width ", l, " must be in [1, 65536], got ",
-             sizes[l]);
+    MF_CHECK(sizes[l] > 0 && sizes[l] <= kMaxWidth, "metafast::mlp_adapt: layer width ", l, " must be in [1, ",
+             kMaxWidth, "], got ", sizes[l]);
     // The kernels index one layer's weights with 32-bit ints.
-    MF_CHECK(l == 0 || sizes[l] * sizes[l - 1] < (int64_t(1) << 31), "metafast::mlp_adapt: layer ", l,
+    MF_CHECK(l == 0 || sizes[l] * sizes[l - 1] < kIndexLimit, "metafast::mlp_adapt: layer ", l,
              " has too many weights (", sizes[l] * sizes[l - 1], ") for the fused kernel");
   }
   return mlp_layout(sizes.data(), int(sizes.size()));
@@ -108,7 +98,7 @@ inline void check_same(const Tensor& t, const Tensor& ref, const char* name) {
            " but params has ", ref.scalar_type());
 }
 
-inline void check_targets(const MlpAdaptConfig& c, const Tensor& params, const Tensor& y, int64_t rows,
+inline void check_targets(const MlpShape& c, const Tensor& params, const Tensor& y, int64_t rows,
                           const char* name) {
   MF_CHECK(same_device(y, params), "metafast::mlp_adapt: ", name, " is on ", y.device(), " but params is on ",
            params.device());
@@ -132,14 +122,14 @@ inline int64_t widest(const std::vector<int64_t>& sizes) {
 }
 
 // Validates every input; returns the layout and problem sizes.
-inline MlpAdaptConfig check_mlp_adapt_inputs(const MlpAdaptParams& p) {
+inline MlpShape check_mlp_adapt_inputs(const MlpAdaptParams& p) {
   const Tensor &params = p.params, &x = p.support_x, &y = p.support_y;
   const OptTensor& lrs = p.lrs;
   const double lr = p.lr;
   const std::vector<int64_t>& sizes = p.sizes;
   const int64_t steps = p.steps;
   const std::string &activation = p.activation, &loss = p.loss;
-  MlpAdaptConfig c;
+  MlpShape c;
   c.layout = make_mlp_layout(sizes);
   c.act = parse_activation(activation);
   c.loss = parse_loss(loss);
@@ -160,8 +150,9 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const MlpAdaptParams& p) {
            "], got ", x.sizes());
   MF_CHECK(x.size(0) > 0 && x.size(1) > 0, "metafast::mlp_adapt: support_x has an empty task or support set: ",
            x.sizes());
-  MF_CHECK(steps >= 1 && steps <= 1000, "metafast::mlp_adapt: steps must be in [1, 1000], got ", steps);
-  MF_CHECK(x.size(1) * widest(sizes) < (int64_t(1) << 31) && x.size(0) < (int64_t(1) << 31),
+  MF_CHECK(steps >= 1 && steps <= kMaxSteps, "metafast::mlp_adapt: steps must be in [1, ", kMaxSteps, "], got ",
+           steps);
+  MF_CHECK(x.size(1) * widest(sizes) < kIndexLimit && x.size(0) < kIndexLimit,
            "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest(sizes),
            " wide in the fused kernel");
   c.tasks = int(x.size(0));
@@ -172,7 +163,7 @@ inline MlpAdaptConfig check_mlp_adapt_inputs(const MlpAdaptParams& p) {
 }
 
 // Adds the optional query set (both tensors or neither) to the checks.
-inline void check_query_inputs(MlpAdaptConfig& c, const MlpAdaptParams& p) {
+inline void check_query_inputs(MlpShape& c, const MlpAdaptParams& p) {
   const Tensor& params = p.params;
   const OptTensor &qx = p.query_x, &qy = p.query_y;
   const std::vector<int64_t>& sizes = p.sizes;
@@ -182,13 +173,13 @@ inline void check_query_inputs(MlpAdaptConfig& c, const MlpAdaptParams& p) {
   MF_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0], "metafast::mlp_adapt: query_x must be [",
            c.tasks, ", queries, ", sizes[0], "], got ", qx->sizes());
   MF_CHECK(qx->size(1) > 0, "metafast::mlp_adapt: query_x has an empty query set");
-  MF_CHECK(qx->size(1) * widest(sizes) < (int64_t(1) << 31), "metafast::mlp_adapt: too many query examples per task");
+  MF_CHECK(qx->size(1) * widest(sizes) < kIndexLimit, "metafast::mlp_adapt: too many query examples per task");
   c.queries = int(qx->size(1));
   check_targets(c, params, *qy, c.queries, "query_y");
 }
 
 // Per-example support loss weights: [T, K], params' dtype and device.
-inline void check_support_weights(const MlpAdaptConfig& c, const MlpAdaptParams& p) {
+inline void check_support_weights(const MlpShape& c, const MlpAdaptParams& p) {
   const Tensor& params = p.params;
   const OptTensor& w = p.support_weights;
   if (!w) return;
@@ -197,7 +188,7 @@ inline void check_support_weights(const MlpAdaptConfig& c, const MlpAdaptParams&
            c.shots, "] (one weight per support example), got ", w->sizes());
 }
 
-inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& g, const Tensor& params) {
+inline void check_backward_inputs(const MlpShape& c, const MlpAdaptGrads& g, const Tensor& params) {
   const int64_t P = c.layout.num_params;
   MF_CHECK(has_sizes(g.grad_adapted, {c.tasks, P}), "metafast::mlp_adapt_backward: grad_adapted must be [", c.tasks,
            ", ", P, "], got ", g.grad_adapted.sizes());
@@ -228,7 +219,7 @@ inline void check_backward_inputs(const MlpAdaptConfig& c, const MlpAdaptGrads& 
 // kernels call this: on a GPU it would synchronise every call and forbid
 // CUDA-graph capture, and the kernel turns a bad label into NaN instead of
 // reading out of bounds (BatchedMAML checks labels in Python when it may).
-inline void check_labels_on_host(const MlpAdaptConfig& c, const Tensor& y, const OptTensor& qy) {
+inline void check_labels_on_host(const MlpShape& c, const Tensor& y, const OptTensor& qy) {
   if (c.loss != Loss::CrossEntropy) return;
   for (const Tensor* t : {&y, qy ? &*qy : nullptr}) {
     if (!t) continue;
@@ -244,29 +235,25 @@ const T* ptr_or_null(const OptTensor& t) { return t ? t->const_data_ptr<T>() : n
 template <typename T>
 T* mut_ptr_or_null(Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<T>() : nullptr; }
 
+// One set of examples (support or query) of a call: x [T, n, d_0], y (MSE:
+// [T, n, d_L] of T; cross-entropy: [T, n] int64), weights [T, n] or none.
 template <typename T>
-MlpProblem<T> problem(const MlpAdaptConfig& c, const MlpAdaptInputs& in, Tensor& workspace) {
-  MlpProblem<T> p;
-  p.layout = c.layout;
-  p.act = c.act;
-  p.loss = c.loss;
-  p.tasks = c.tasks;
-  p.shots = c.shots;
-  p.queries = c.queries;
-  p.steps = c.steps;
-  p.lr = T(in.lr);
-  p.lrs = ptr_or_null<T>(in.lrs);
-  p.x = in.x.const_data_ptr<T>();
-  const bool mse = c.loss == Loss::MSE;
-  p.y_float = mse ? in.y.const_data_ptr<T>() : nullptr;
-  p.y_class = mse ? nullptr : in.y.const_data_ptr<int64_t>();
-  p.support_weights = ptr_or_null<T>(in.weights);
-  p.qx = c.queries ? in.qx->const_data_ptr<T>() : nullptr;
-  p.qy_float = c.queries && mse ? in.qy->const_data_ptr<T>() : nullptr;
-  p.qy_class = c.queries && !mse ? in.qy->const_data_ptr<int64_t>() : nullptr;
-  p.workspace = mut_ptr_or_null<T>(workspace);  // nullptr: the GPU's shared memory serves
-  p.workspace_stride = c.workspace_per_task();
-  return p;
+MlpExamples<T> examples(Loss loss, const Tensor& x, const Tensor& y, const OptTensor& weights) {
+  const bool mse = loss == Loss::MSE;
+  MlpExamples<T> e;
+  e.x = x.const_data_ptr<T>();
+  e.y_float = mse ? y.const_data_ptr<T>() : nullptr;
+  e.y_class = mse ? nullptr : y.const_data_ptr<int64_t>();
+  e.weights = ptr_or_null<T>(weights);
+  return e;
+}
+
+template <typename T>
+MlpProblem<T> problem(const MlpShape& c, const MlpAdaptInputs& in, Tensor& workspace) {
+  const MlpExamples<T> support = examples<T>(c.loss, in.x, in.y, in.weights);
+  const MlpExamples<T> query = c.queries ? examples<T>(c.loss, *in.qx, *in.qy, std::nullopt) : MlpExamples<T>{};
+  // workspace: nullptr where the GPU's shared memory serves
+  return mlp_problem<T>(c, T(in.lr), ptr_or_null<T>(in.lrs), support, query, mut_ptr_or_null<T>(workspace));
 }
 
 inline OptTensor contiguous_or_none(const OptTensor& t) {
@@ -274,8 +261,8 @@ inline OptTensor contiguous_or_none(const OptTensor& t) {
 }
 
 // The validated shape and the contiguous inputs of either call.
-inline MlpAdaptConfig check_inputs(const MlpAdaptParams& p) {
-  MlpAdaptConfig c = check_mlp_adapt_inputs(p);
+inline MlpShape check_inputs(const MlpAdaptParams& p) {
+  MlpShape c = check_mlp_adapt_inputs(p);
   check_query_inputs(c, p);
   check_support_weights(c, p);
   return c;
@@ -288,7 +275,7 @@ inline MlpAdaptInputs contiguous_inputs(const MlpAdaptParams& p) {
 }
 
 // The per-task workspace [T, W] in global memory, or an empty tensor when not needed.
-inline Tensor task_workspace(const MlpAdaptConfig& c, const Tensor& like, bool needed) {
+inline Tensor task_workspace(const MlpShape& c, const Tensor& like, bool needed) {
   return torch::stable::new_empty(like, {needed ? int64_t(c.tasks) : 0, needed ? c.workspace_per_task() : 0});
 }
 
@@ -302,7 +289,7 @@ struct MlpAdaptForward {
   template <typename T>
   using Args = MlpAdaptForwardArgs<T>;
 
-  MlpAdaptConfig c;
+  MlpShape c;
   MlpAdaptInputs in;
   Tensor adapted, losses, query_output, query_losses, trajectory;
 
@@ -339,7 +326,7 @@ struct MlpAdaptBackward {
   template <typename T>
   using Args = MlpAdaptBackwardArgs<T>;
 
-  MlpAdaptConfig c;
+  MlpShape c;
   MlpAdaptInputs in;
   MlpAdaptGrads g;
   bool second_order;
@@ -417,7 +404,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_op(
     Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
     OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
     bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
-  const int64_t steps = trajectory.dim() == 3 ? trajectory.size(1) : 0;  // checked against [1, 1000]
+  const int64_t steps = trajectory.dim() == 3 ? trajectory.size(1) : 0;  // checked against [1, kMaxSteps]
   const MlpAdaptBackwardParams p{
       std::move(grad_adapted),
       std::move(grad_losses),

@@ -1,0 +1,280 @@
+// One layer of an MLP's forward and backward pass (and their tangents, for
+// Hessian-vector products), in two decompositions of the same sums:
+//  - parallel_*: over lanes (GPU threads, CPU task packs: kernels/core/lanes.h),
+//    each lane reducing a register block of kBlock outputs that share their loads;
+//  - serial_*: one lane (the CPU's per-task path), row by row, so that the
+//    inner loops are contiguous and vectorize.
+// mlp_loss_grad_hvp (kernels/mlp/loss_grad_hvp.h) picks one by Lanes::kSerial.
+//
+// Index arithmetic: lane loops over a flattened range (K·d, d_out·d_in) use an
+// int64_t index and bound, since the host allows such products up to 2^31 − 1
+// (kIndexLimit) and an int index would overflow on its last `+= count()`.
+// Within the loop the index is below that bound, so int(idx) is exact for the
+// row/column split; offsets into θ and the workspace are int64_t.
+#pragma once
+#include "kernels/mlp/layout.h"
+
+namespace metafast {
+
+// Outputs per lane work item in the lanes decomposition (a register block).
+constexpr int kBlock = 4;
+MF_HD int num_blocks(int n) { return (n + kBlock - 1) / kBlock; }
+// The last block of a row is clamped to the row's last element: it recomputes
+// that element (never stored twice) instead of reading past the row.
+MF_HD int clamp_to(int i, int n) { return i < n ? i : n - 1; }
+
+// ---------------------------------------------------------------------------
+// One layer of the backward pass (and its tangent):
+//   dW[j,i] = Σ_k δ[k,j]·in[k,i]            ḋW = Σ_k δ̇·in + δ·ḣ_in
+//   db[j]   = Σ_k δ[k,j]                    ḋb = Σ_k δ̇
+//   δ_{l-1} = σ'(z)·(δ W)                   δ̇_{l-1} = σ'·(δ̇ W + δ u_W) + σ''·ż·(δ W)
+//   at the input: ∂L/∂x = δ_1 W_1, with tangent δ̇_1 W_1 + δ_1 u_W1.
+// Two decompositions of the same sums: with lanes (GPU threads, CPU task
+// packs) each lane reduces a register block of kBlock outputs that share their
+// loads; the CPU's per-task path accumulates outer products row by row so its
+// inner loops are contiguous and vectorize.
+// ---------------------------------------------------------------------------
+template <typename T, typename Lanes>
+MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
+                                   const T* W, const T* in, const T* in_dot, const T* dz, const T* dz_dot,
+                                   MlpWorkspace<T>& ws, const T* dir, bool input_grad) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  const int ib = num_blocks(din);
+  // Weight gradients: a lane sums over the K examples for unit j and a block of inputs i0.. .
+  for (int64_t idx = lanes.lane(); idx < int64_t(dout) * ib; idx += lanes.count()) {
+    const int j = int(idx) / ib, i0 = (int(idx) % ib) * kBlock;  // idx < dout·din < 2^31
+    int col[kBlock];
+    T g[kBlock], gd[kBlock];
+    for (int r = 0; r < kBlock; ++r) {
+      col[r] = clamp_to(i0 + r, din);
+      g[r] = T(0);
+      gd[r] = T(0);
+    }
+    for (int k = 0; k < K; ++k) {
+      const T c = dz[int64_t(k) * dout + j];
+      const T* in_k = in + int64_t(k) * din;
+      for (int r = 0; r < kBlock; ++r) g[r] += c * in_k[col[r]];
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        for (int r = 0; r < kBlock; ++r) gd[r] += cd * in_k[col[r]];
+        if (in_dot) {
+          const T* ind_k = in_dot + int64_t(k) * din;
+          for (int r = 0; r < kBlock; ++r) gd[r] += c * ind_k[col[r]];
+        }
+      }
+    }
+    const int64_t o = m.weight_offset[l] + int64_t(j) * din + i0;
+    for (int r = 0; r < kBlock && i0 + r < din; ++r) {
+      ws.grad[o + r] = g[r];
+      if (dir) ws.hvp[o + r] = gd[r];
+    }
+  }
+  for (int64_t j = lanes.lane(); j < dout; j += lanes.count()) {
+    T g = T(0), gd = T(0);
+    for (int k = 0; k < K; ++k) {
+      g += dz[int64_t(k) * dout + j];
+      if (dir) gd += dz_dot[int64_t(k) * dout + j];
+    }
+    ws.grad[m.bias_offset[l] + j] = g;
+    if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
+  }
+  if (l == 1 && !input_grad) return;
+  // δ_{l-1}: a lane sums over the dout units for example k and a block of inputs i0.. .
+  const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
+  for (int64_t idx = lanes.lane(); idx < int64_t(K) * ib; idx += lanes.count()) {
+    const int k = int(idx) / ib, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
+    int col[kBlock];
+    T s[kBlock], sd[kBlock];
+    for (int r = 0; r < kBlock; ++r) {
+      col[r] = clamp_to(i0 + r, din);
+      s[r] = T(0);
+      sd[r] = T(0);
+    }
+    for (int j = 0; j < dout; ++j) {
+      const T c = dz[int64_t(k) * dout + j];
+      const T* w_row = W + int64_t(j) * din;
+      for (int r = 0; r < kBlock; ++r) s[r] += c * w_row[col[r]];
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
+        for (int r = 0; r < kBlock; ++r) sd[r] += cd * w_row[col[r]] + c * u_row[col[r]];
+      }
+    }
+    for (int r = 0; r < kBlock && i0 + r < din; ++r) {
+      const int64_t e = int64_t(k) * din + i0 + r;
+      if (l == 1) {
+        ws.dx[e] = s[r];
+        if (dir) ws.dx_dot[e] = sd[r];
+      } else {
+        const T h = ws.h[prev + e];
+        ws.dz[prev + e] = activation_backward(act, h, s[r]);
+        if (dir) ws.dz_dot[prev + e] = activation_backward_tangent(act, h, ws.z_dot[prev + e], s[r], sd[r]);
+      }
+    }
+  }
+}
+
+template <typename T>
+MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int K, const T* W, const T* in,
+                                 const T* in_dot, const T* dz, const T* dz_dot, MlpWorkspace<T>& ws,
+                                 const T* dir, bool input_grad) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  T* gW = ws.grad + m.weight_offset[l];
+  T* hW = ws.hvp + m.weight_offset[l];
+  T* gb = ws.grad + m.bias_offset[l];
+  T* hb = ws.hvp + m.bias_offset[l];
+  for (int64_t p = 0; p < int64_t(dout) * din; ++p) gW[p] = T(0);
+  for (int j = 0; j < dout; ++j) gb[j] = T(0);
+  if (dir) {
+    for (int64_t p = 0; p < int64_t(dout) * din; ++p) hW[p] = T(0);
+    for (int j = 0; j < dout; ++j) hb[j] = T(0);
+  }
+  for (int k = 0; k < K; ++k) {
+    const T* in_k = in + int64_t(k) * din;
+    const T* ind_k = in_dot ? in_dot + int64_t(k) * din : nullptr;
+    for (int j = 0; j < dout; ++j) {
+      const T c = dz[int64_t(k) * dout + j];
+      T* g_row = gW + int64_t(j) * din;
+      MF_SIMD
+      for (int i = 0; i < din; ++i) g_row[i] += c * in_k[i];
+      gb[j] += c;
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        T* h_row = hW + int64_t(j) * din;
+        MF_SIMD
+        for (int i = 0; i < din; ++i) h_row[i] += cd * in_k[i];
+        if (ind_k) {
+          MF_SIMD
+          for (int i = 0; i < din; ++i) h_row[i] += c * ind_k[i];
+        }
+        hb[j] += cd;
+      }
+    }
+  }
+  if (l == 1 && !input_grad) return;
+  // s = δ W and ṡ = δ̇ W + δ u_W, accumulated row by row into the outputs.
+  const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
+  T* s_out = l > 1 ? ws.dz + prev : ws.dx;
+  T* sd_out = l > 1 ? ws.dz_dot + prev : ws.dx_dot;
+  for (int64_t p = 0; p < int64_t(K) * din; ++p) s_out[p] = T(0);
+  if (dir)
+    for (int64_t p = 0; p < int64_t(K) * din; ++p) sd_out[p] = T(0);
+  for (int k = 0; k < K; ++k) {
+    T* s_k = s_out + int64_t(k) * din;
+    T* sd_k = sd_out + int64_t(k) * din;
+    for (int j = 0; j < dout; ++j) {
+      const T c = dz[int64_t(k) * dout + j];
+      const T* w_row = W + int64_t(j) * din;
+      MF_SIMD
+      for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
+      if (dir) {
+        const T cd = dz_dot[int64_t(k) * dout + j];
+        const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
+        MF_SIMD
+        for (int i = 0; i < din; ++i) sd_k[i] += cd * w_row[i];
+        MF_SIMD
+        for (int i = 0; i < din; ++i) sd_k[i] += c * u_row[i];
+      }
+    }
+  }
+  if (l == 1) return;
+  for (int64_t p = 0; p < int64_t(K) * din; ++p) {
+    const T h = ws.h[prev + p];
+    if (dir) sd_out[p] = activation_backward_tangent(act, h, ws.z_dot[prev + p], s_out[p], sd_out[p]);
+    s_out[p] = activation_backward(act, h, s_out[p]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One layer of the forward pass (and its tangent), for every example k:
+//   z[k,j] = b[j] + Σ_i W[j,i]·in[k,i]          h = σ(z) (identity at the output)
+//   ż[k,j] = u_b[j] + Σ_i u_W[j,i]·in[k,i] + Σ_i W[j,i]·ḣ_in[k,i]     ḣ = σ'(z)·ż
+// Two decompositions of the same sums: with lanes (GPU threads, CPU task
+// packs) each lane computes a register block of kBlock units j of one example,
+// so every input element it loads feeds kBlock FMAs, and kBlock independent
+// sums keep the FMA pipeline full; the CPU's per-task path takes a SIMD
+// reduction along each row instead.
+// ---------------------------------------------------------------------------
+template <typename T>
+MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T z, const T* dir, T z_dot,
+                         MlpWorkspace<T>& ws) {
+  const bool hidden = l < m.num_layers;
+  const T h = hidden ? activate(act, z) : z;
+  ws.z[o] = z;
+  ws.h[o] = h;
+  if (dir) {
+    ws.z_dot[o] = z_dot;
+    ws.h_dot[o] = hidden ? activation_backward(act, h, z_dot) : z_dot;
+  }
+}
+
+template <typename T, typename Lanes>
+MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
+                                  const T* theta, const T* in, const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  const int nb = num_blocks(dout);
+  const T* W = theta + m.weight_offset[l];
+  const T* b = theta + m.bias_offset[l];
+  for (int64_t idx = lanes.lane(); idx < int64_t(K) * nb; idx += lanes.count()) {
+    const int k = int(idx) / nb, j0 = (int(idx) % nb) * kBlock;  // idx < K·dout < 2^31
+    const T* x_row = in + int64_t(k) * din;
+    const T* xd_row = in_dot ? in_dot + int64_t(k) * din : nullptr;
+    const T* w[kBlock];
+    const T* u[kBlock];
+    T acc[kBlock], t[kBlock];
+    for (int r = 0; r < kBlock; ++r) {
+      const int j = clamp_to(j0 + r, dout);
+      w[r] = W + int64_t(j) * din;
+      acc[r] = b[j];
+      u[r] = dir ? dir + m.weight_offset[l] + int64_t(j) * din : nullptr;
+      t[r] = dir ? dir[m.bias_offset[l] + j] : T(0);
+    }
+    if (!dir) {
+      for (int i = 0; i < din; ++i) {
+        const T xi = x_row[i];
+        for (int r = 0; r < kBlock; ++r) acc[r] += w[r][i] * xi;
+      }
+    } else if (!xd_row) {
+      for (int i = 0; i < din; ++i) {
+        const T xi = x_row[i];
+        for (int r = 0; r < kBlock; ++r) {
+          acc[r] += w[r][i] * xi;
+          t[r] += u[r][i] * xi;
+        }
+      }
+    } else {
+      for (int i = 0; i < din; ++i) {
+        const T xi = x_row[i], xdi = xd_row[i];
+        for (int r = 0; r < kBlock; ++r) {
+          acc[r] += w[r][i] * xi;
+          t[r] += u[r][i] * xi + w[r][i] * xdi;
+        }
+      }
+    }
+    const int64_t row = int64_t(K) * m.act_offset[l] + int64_t(k) * dout;
+    for (int r = 0; r < kBlock && j0 + r < dout; ++r) store_forward(m, act, l, row + j0 + r, acc[r], dir, t[r], ws);
+  }
+}
+
+template <typename T>
+MF_HD void serial_forward_layer(const MlpLayout& m, Activation act, int l, int K, const T* theta, const T* in,
+                                const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
+  const int din = m.sizes[l - 1], dout = m.sizes[l];
+  const T* W = theta + m.weight_offset[l];
+  const T* b = theta + m.bias_offset[l];
+  for (int k = 0; k < K; ++k) {
+    const T* x_row = in + int64_t(k) * din;
+    for (int j = 0; j < dout; ++j) {
+      const T* w_row = W + int64_t(j) * din;
+      T t = T(0);
+      if (dir) {
+        t = dot_add(dir[m.bias_offset[l] + j], dir + m.weight_offset[l] + int64_t(j) * din, x_row, din);
+        if (in_dot) t = dot_add(t, w_row, in_dot + int64_t(k) * din, din);
+      }
+      store_forward(m, act, l, int64_t(K) * m.act_offset[l] + int64_t(k) * dout + j, dot_add(b[j], w_row, x_row, din),
+                    dir, t, ws);
+    }
+  }
+}
+
+}  // namespace metafast

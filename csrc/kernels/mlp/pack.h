@@ -1,0 +1,137 @@
+// metafast::mlp_adapt in task packs: the CPU's path for small nets, W tasks
+// per vector register, one per SIMD lane (kernels/core/task_pack.h). Host only.
+#pragma once
+#include "kernels/core/lanes.h"
+#include "kernels/core/task_pack.h"
+#include "kernels/mlp/task.h"
+
+namespace metafast {
+
+// ---------------------------------------------------------------------------
+// The forward and backward of kernels/mlp/task.h on packs of W tasks, for
+// run_pack / run_packs (kernels/core/drivers.h). `scratch`: scratch_bytes()
+// bytes, 64-byte aligned, per concurrent pack.
+// ---------------------------------------------------------------------------
+template <typename S, int W>
+struct PackedMlpAdapt {
+  static constexpr int kWidth = W;
+  using Pack = TaskPack<S, W>;
+  using Labels = LabelPack<S, W>;
+
+  // One set of examples in pack layout, carved from `sc` and, when it has a
+  // base, gathered from tasks [first, first + n).
+  static MlpExamples<Pack> pack_examples(const MlpExamples<S>& e, int64_t rows, int64_t d0, int64_t dL, int64_t first,
+                                         int n, ScratchCarver& sc) {
+    Pack* x = sc.take<Pack>(rows * d0);
+    Pack* y = e.y_float ? sc.take<Pack>(rows * dL) : nullptr;
+    Labels* yc = e.y_class ? sc.take<Labels>(rows) : nullptr;
+    Pack* w = e.weights ? sc.take<Pack>(rows) : nullptr;
+    if (sc.base) {
+      gather_pack(x, e.x, rows * d0, first, n);
+      if (y) gather_pack(y, e.y_float, rows * dL, first, n);
+      if (yc) gather_labels(yc, e.y_class, rows, first, n);
+      if (w) gather_pack(w, e.weights, rows, first, n);
+    }
+    MlpExamples<Pack> packed;
+    packed.x = x;
+    packed.y_float = y;
+    packed.y_class = yc;
+    packed.weights = w;
+    return packed;
+  }
+
+  // The problem of one pack (tasks = 1), its inputs gathered into `sc`.
+  static MlpProblem<Pack> pack_problem(const MlpProblem<S>& pr, int64_t first, int n, ScratchCarver& sc) {
+    const int64_t P = pr.layout.num_params, d0 = pr.layout.sizes[0], dL = pr.classes();
+    MlpShape shape = pr;
+    shape.tasks = 1;
+    Pack* lrs = pr.lrs ? sc.take<Pack>(P) : nullptr;
+    if (lrs && sc.base) broadcast_pack(lrs, pr.lrs, P);
+    const MlpExamples<Pack> support = pack_examples(pr.support, pr.shots, d0, dL, first, n, sc);
+    const MlpExamples<Pack> query =
+        pr.queries ? pack_examples(pr.query, pr.queries, d0, dL, first, n, sc) : MlpExamples<Pack>{};
+    Pack* workspace = sc.take<Pack>(shape.workspace_per_task());
+    return mlp_problem<Pack>(shape, Pack(pr.lr), lrs, support, query, workspace);
+  }
+
+  // Tasks [first, first + n) of the forward, n <= W. Returns the scratch bytes
+  // used (all it does without scratch).
+  static size_t forward(const MlpAdaptForwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    const MlpProblem<S>& pr = a.p;
+    const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
+    ScratchCarver sc{scratch};
+    MlpAdaptForwardArgs<Pack> b;
+    b.p = pack_problem(pr, first, n, sc);
+    Pack* init = sc.take<Pack>(P);
+    b.init = init;
+    b.adapted = sc.take<Pack>(P);
+    b.losses = sc.take<Pack>(S_);
+    b.query_output = Q ? sc.take<Pack>(Q * dL) : nullptr;
+    b.query_losses = Q ? sc.take<Pack>(1) : nullptr;
+    b.trajectory = sc.take<Pack>(S_ * P);
+    if (!scratch) return sc.used;
+    broadcast_pack(init, a.init, P);
+    run_task(PackLanes{}, b, 0, b.p.workspace);
+    scatter_pack(a.adapted, b.adapted, P, first, n);
+    scatter_pack(a.losses, b.losses, S_, first, n);
+    if (Q) {
+      scatter_pack(a.query_output, b.query_output, Q * dL, first, n);
+      scatter_pack(a.query_losses, b.query_losses, 1, first, n);
+    }
+    scatter_pack(a.trajectory, b.trajectory, S_ * P, first, n);
+    return sc.used;
+  }
+
+  static size_t backward(const MlpAdaptBackwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    const MlpProblem<S>& pr = a.p;
+    const MlpLayout& m = pr.layout;
+    const int64_t P = m.num_params, S_ = pr.steps, K = pr.shots, Q = pr.queries, d0 = m.sizes[0],
+                  dL = m.sizes[m.num_layers];
+    ScratchCarver sc{scratch};
+    MlpAdaptBackwardArgs<Pack> b;
+    b.p = pack_problem(pr, first, n, sc);
+    b.second_order = a.second_order;
+    Pack* g_adapted = sc.take<Pack>(P);
+    Pack* g_losses = a.grad_losses ? sc.take<Pack>(S_) : nullptr;
+    Pack* g_qout = a.grad_query_output ? sc.take<Pack>(Q * dL) : nullptr;
+    Pack* g_qloss = a.grad_query_losses ? sc.take<Pack>(1) : nullptr;
+    Pack* adapted = a.adapted ? sc.take<Pack>(P) : nullptr;
+    Pack* trajectory = sc.take<Pack>(S_ * P);
+    b.grad_adapted = g_adapted;
+    b.grad_losses = g_losses;
+    b.grad_query_output = g_qout;
+    b.grad_query_losses = g_qloss;
+    b.adapted = adapted;
+    b.trajectory = trajectory;
+    b.grad_init = sc.take<Pack>(P);
+    b.grad_lrs = a.grad_lrs ? sc.take<Pack>(P) : nullptr;
+    b.grad_x = a.grad_x ? sc.take<Pack>(K * d0) : nullptr;
+    b.grad_qx = a.grad_qx ? sc.take<Pack>(Q * d0) : nullptr;
+    if (!scratch) return sc.used;
+    gather_pack(g_adapted, a.grad_adapted, P, first, n);
+    if (g_losses) gather_pack(g_losses, a.grad_losses, S_, first, n);
+    if (g_qout) gather_pack(g_qout, a.grad_query_output, Q * dL, first, n);
+    if (g_qloss) gather_pack(g_qloss, a.grad_query_losses, 1, first, n);
+    if (adapted) gather_pack(adapted, a.adapted, P, first, n);
+    gather_pack(trajectory, a.trajectory, S_ * P, first, n);
+    run_task(PackLanes{}, b, 0, b.p.workspace);
+    scatter_pack(a.grad_init, b.grad_init, P, first, n);
+    if (a.grad_lrs) scatter_pack(a.grad_lrs, b.grad_lrs, P, first, n);
+    if (a.grad_x) scatter_pack(a.grad_x, b.grad_x, K * d0, first, n);
+    if (a.grad_qx) scatter_pack(a.grad_qx, b.grad_qx, Q * d0, first, n);
+    return sc.used;
+  }
+
+  // The forward or the backward, by argument type.
+  static size_t run(const MlpAdaptForwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    return forward(a, first, n, scratch);
+  }
+  static size_t run(const MlpAdaptBackwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    return backward(a, first, n, scratch);
+  }
+  // Bytes of scratch one pack needs: the same calls with no scratch only count.
+  template <typename Args>
+  static size_t scratch_bytes(const Args& a) { return run(a, 0, 0, nullptr); }
+};
+
+}  // namespace metafast
