@@ -11,7 +11,10 @@ iterations, 100-step episodes); halfcheetah-{vel,dir}.yaml differ only in the
 meta-batch, 40 (their episodes are 100 steps too). The half-cheetah needs the
 ``mujoco`` extra. A run writes to ``--out``: ``checkpoint.pt`` (``--resume``
 continues from it, bit-identically), ``results.json``, ``returns.png`` and, for
-navigation, ``trajectories.png`` (a few held-out goals before and after one step).
+navigation, ``trajectories.png`` (a few held-out goals before and after one step), each
+replaced atomically; a new run in a folder that holds another run's outputs needs
+``--overwrite``, which deletes them first. Ctrl-C (exit status 130) and SIGTERM (143) save the
+state after the last completed iteration.
 ``eval`` reports the average return after 0..3 policy-gradient steps on
 held-out tasks, with 95% intervals, for a checkpoint, optional baselines
 (``--baseline``) and a random initialisation.

@@ -15,7 +15,8 @@ from metafast import distributed
 
 
 class CLIError(ValueError):
-    """A user error: printed as one message, exit code 1."""
+    """A user error: printed as one line by :func:`run_command`, exit code 1 (2 is argparse's, for
+    usage errors)."""
 
 
 # arguments that define the model and the training run; the rest may change on --resume

@@ -76,6 +76,8 @@ def restoring(what: str):
     """Loading states in the block: a mismatch (wrong shapes, keys, types) is a CLIError ``what: detail``."""
     try:
         yield
+    except CLIError:
+        raise
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         detail = " ".join(str(e).split()) or type(e).__name__
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."  # state_dict errors list every key
