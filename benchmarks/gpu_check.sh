@@ -56,13 +56,15 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its output, log failures
 step cuda_tests 120 $PY -m pytest -q -p no:cacheprovider -m cuda tests --junitxml="$work/cuda_tests.xml"
 for tool in memcheck initcheck racecheck; do
   nocache=1; [ "$tool" = racecheck ] && nocache=0
-  step "sanitizer_$tool" 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=$nocache \
+  step "sanitizer_$tool" 50 env PYTORCH_NO_CUDA_MEMORY_CACHING=$nocache \
     compute-sanitizer --tool "$tool" --error-exitcode 3 $PY "$repo/benchmarks/sanitizer_case.py"
 done
 # The paper's sinusoid (T = 25) and a large meta-batch (T = 200), 5 steps, second order.
-step bench_sinusoid 80 $PY "$repo/benchmarks/bench_sinusoid.py" --device cuda --quick --problems sinusoid \
+# compile-func / metafast-compile compile once per shape (tens of seconds): the longest step.
+step bench_sinusoid 120 $PY "$repo/benchmarks/bench_sinusoid.py" --device cuda --quick --problems sinusoid \
   --tasks 25 200 --steps 5 --order 2 --out "$work/sinusoid_cuda.json"
-step bench_omniglot 70 $PY "$repo/benchmarks/bench_omniglot.py" --device cuda --quick --out "$work/omniglot_cuda.json"
-step bench_rl 40 $PY "$repo/benchmarks/bench_rl.py" --device cuda --iterations 1 --out "$work/rl_cuda.json"
+step bench_omniglot 50 $PY "$repo/benchmarks/bench_omniglot.py" --device cuda --quick --configs 5w1s-T32-1step \
+  5w1s-T32-5step --methods eager vmap batched batched-torch batched-loop --out "$work/omniglot_cuda.json"
+step bench_rl 30 $PY "$repo/benchmarks/bench_rl.py" --device cuda --iterations 1 --out "$work/rl_cuda.json"
 log "done, status $status"
 exit $status
