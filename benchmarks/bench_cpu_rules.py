@@ -3,10 +3,10 @@
 1. Inside the fused CPU kernel: task packs (one task per SIMD lane) or one task
    at a time per thread (METAFAST_CPU_KERNEL=packed|per-task forces either).
    The kernel picks packs while a pack's scratch fits kMaxPackScratch
-   (csrc/cpu/mlp_adapt.cpp).
+   (csrc/common/cpu_driver.h).
 2. BatchedMAML(backend="auto") on the CPU: the fused kernel or the torch
    backend. auto picks the kernel while parameters x support examples per task
-   stay within CPU_FUSED_MAX_WORK (metafast/batched.py).
+   stay within CPU_FUSED_MAX_WORK (metafast/algorithms/backends/fused.py).
 
 For each size: the second-order meta-gradient iteration (forward + backward,
 float32, T tasks) with each choice, timed interleaved (one call of each in turn,

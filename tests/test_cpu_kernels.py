@@ -1,5 +1,6 @@
 """Every CPU decomposition of metafast::mlp_adapt against the eager reference
-(float64, 1e-10): task packs (one task per SIMD lane, kernels/task_pack.h) and
+(float64, 1e-10): task packs (one task per SIMD lane, kernels/core/task_pack.h,
+kernels/mlp/pack.h) and
 the per-task path, at each x86 level the kernels are compiled for, with task
 counts that fill, split and overrun the packs (8 float64 tasks a pack with
 AVX-512, 4 with AVX2, 2 with SSE2)."""

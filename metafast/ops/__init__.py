@@ -1,4 +1,4 @@
-"""Python wrappers of the metafast torch ops (schemas: csrc/metafast.cpp).
+"""Python wrappers of the metafast torch ops (schemas: csrc/library.cpp).
 
 Each wrapper validates its inputs, registers the op's fake kernel and
 autograd formula, and falls back to pure PyTorch when the compiled kernel for

@@ -1,7 +1,8 @@
 """metafast::mlp_adapt: the whole MAML inner loop of an MLP for a meta-batch.
 
-Kernels: csrc/kernels/mlp_adapt.h (the per-task algorithm, shared by CPU and
-CUDA), csrc/cpu/mlp_adapt.cpp, csrc/cuda/mlp_adapt{.cpp,_kernel.cu}.
+Schema: csrc/library.cpp. Kernels: csrc/kernels/mlp/task.h (the per-task
+algorithm, shared by CPU and CUDA), csrc/ops/mlp_adapt/{cpu.cpp,cuda.cpp,kernel.cu};
+their checks: csrc/ops/mlp_adapt/host.h.
 
 Parameters are one flat vector θ = [W1, b1, W2, b2, ...] (nn.Linear layout,
 the order of ``model.parameters()`` for a Linear/activation stack). Inner
@@ -21,7 +22,7 @@ from metafast.ops._dispatch import kernel_available
 
 ACTIVATIONS = ("relu", "tanh")
 LOSSES = ("mse", "cross_entropy")
-# The limits of csrc/mlp_adapt_host.h, stated once for Python.
+# The limits of csrc/kernels/mlp/limits.h (kMaxLayers, kMaxWidth, kMaxSteps), stated once for Python.
 MAX_LAYERS = 8
 MAX_WIDTH = 65536
 MAX_STEPS = 1000
@@ -84,7 +85,7 @@ def as_layer_sizes(sizes) -> list[int]:
 
 def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation,
                          loss, support_weights=None) -> None:
-    """The checks of csrc/mlp_adapt_host.h (the truth for the op), mirrored for
+    """The checks of csrc/ops/mlp_adapt/host.h (the truth for the op), mirrored for
     the fake kernel and for the pure-PyTorch fallback."""
     def check(cond, message):
         torch._check_value(cond, lambda: f"metafast::mlp_adapt: {message}")

@@ -1,7 +1,7 @@
 """metafast::sgd_update: θ' = θ − lr·g (or θ − lrs⊙g) for a whole list of tensors.
 
-Schema: csrc/metafast.cpp. Kernels: csrc/cpu/sgd_update.cpp,
-csrc/cuda/sgd_update{.cpp,_kernel.cu}; their checks: csrc/sgd_update_host.h.
+Schema: csrc/library.cpp. Kernels: csrc/ops/sgd_update/{cpu.cpp,cuda.cpp,kernel.cu};
+their checks: csrc/ops/sgd_update/host.h.
 Shape rule (no silent broadcasting): the result has the shape of grads[i];
 params[i] and lrs[i] have that shape, or that shape without its leading task
 dimension (an initialisation or rate shared by every task).
@@ -30,7 +30,7 @@ def _require_tensors(params, grads, lrs) -> None:
 
 
 def check_sgd_update_args(params, grads, lr, lrs) -> list[torch.Size]:
-    """The checks of csrc/sgd_update_host.h, for the fake kernel and the
+    """The checks of csrc/ops/sgd_update/host.h, for the fake kernel and the
     pure-PyTorch fallback; returns the output shapes."""
     torch._check_value(len(params) == len(grads), lambda: f"metafast::sgd_update: got {len(params)} params but "
                                                           f"{len(grads)} grads")
