@@ -10,7 +10,6 @@ from torch import nn
 from torch.func import functional_call
 
 from metafast.algorithms import model_facts
-from metafast.nn.conv4 import Conv4
 
 
 def output_shape(meta, x: torch.Tensor) -> torch.Size | None:
@@ -36,9 +35,11 @@ def output_shape(meta, x: torch.Tensor) -> torch.Size | None:
 
 
 def check_features(name: str, x: torch.Tensor, model: nn.Module) -> None:
-    """Examples must fit the first layer of a Sequential model (the torch backend's own
-    error, from inside vmap, would not say which argument is wrong)."""
-    first = model.features if isinstance(model, Conv4) else model
+    """Examples must fit the first layer of a Sequential model or of a model's
+    Sequential ``features`` body (Conv4, ResNet12): the torch backend's own error,
+    from inside vmap, would not say which argument is wrong."""
+    body = getattr(model, "features", None)
+    first = body if isinstance(body, nn.Sequential) else model
     while isinstance(first, nn.Sequential) and type(first).forward is nn.Sequential.forward and len(first):
         first = first[0]
     if isinstance(first, nn.Linear) and x.shape[-1] != first.in_features:
