@@ -77,17 +77,38 @@ def _build(a, device: torch.device):
     from metafast.batched import BatchedMAML
     from metafast.nn.conv4 import Conv4
 
-    model = Conv4(a.ways, hidden=a.hidden).to(device)
+    per_step_bn = getattr(a, "per_step_bn", False)  # runs saved before MAML++ lack its options: off
+    model = Conv4(a.ways, hidden=a.hidden, pooling=getattr(a, "pooling", "stride"),
+                  per_step_bn=a.inner_steps if per_step_bn else None).to(device)
+    # MAML++ adapts the weights, not the (per-step) batch-norm parameters (the released configs)
+    adapt = "head" if a.anil else [n for n, _ in model.named_parameters() if ".1." not in n] if per_step_bn else "all"
     meta = BatchedMAML(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
-                       meta_sgd=a.meta_sgd, loss="cross_entropy", backend=a.backend,
-                       adapt="head" if a.anil else "all").to(device)
+                       meta_sgd=a.meta_sgd, loss="cross_entropy", backend=a.backend, adapt=adapt,
+                       per_step_rates=getattr(a, "lslr", False)).to(device)
     return model, meta
+
+
+def _schedule(a: argparse.Namespace, iteration: int, meta, opt):
+    """MAML++'s schedules at ``iteration`` (pure functions of it, so a resumed run is
+    bit-identical): the meta rate (cosine annealing), the derivative order
+    (annealing) and the multi-step loss weights (None: the last step only)."""
+    from metafast.training_schedules import cosine_meta_lr, first_order_at, msl_weights
+
+    epoch = iteration // a.epoch_iterations
+    if getattr(a, "cosine_lr", False):
+        for group in opt.param_groups:
+            group["lr"] = cosine_meta_lr(iteration, a.iterations, a.meta_lr, MIN_META_LR)
+    meta.first_order = a.first_order or first_order_at(epoch, getattr(a, "first_order_epochs", 0))
+    if getattr(a, "msl_epochs", 0) and epoch < a.msl_epochs:
+        return msl_weights(a.inner_steps, epoch, a.msl_epochs)
+    return None
 
 
 # --------------------------------------------------------------------------- train
 # what a run writes to --out (a new run there needs --overwrite, which removes them), and the
 # temporary files a killed run may leave (files.write_bytes's; checkpoint.pt.tmp of earlier versions)
 OUTPUTS = (checkpoint.NAME, "results.json", "curves.png")
+MIN_META_LR = 1e-5  # MAML++'s cosine annealing ends here
 LEFTOVERS = tuple(f".{name}.*.tmp" for name in OUTPUTS) + (checkpoint.NAME + ".tmp",)
 
 
@@ -237,7 +258,7 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
                 saved = state()
                 # every rank draws the whole meta-batch (the same generator state) and keeps its share
                 episode = train_ds.sample(a.meta_batch, a.ways, a.shots, a.queries, generator=gen)
-                o = ddp(*(t[share] for t in episode))
+                o = ddp(*(t[share] for t in episode), step_weights=_schedule(a, it, meta, opt))
                 opt.zero_grad(set_to_none=True)
                 (o.loss if weight == 1 else o.loss * weight).backward()  # DDP averages the gradients over ranks
                 # A finite loss can hide NaN adapted weights; their meta-gradient cannot.
@@ -294,7 +315,7 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
         test = evaluation.evaluate(meta, test_ds, a.test_tasks, a.ways, a.shots, a.queries, a.test_steps,
                                    a.meta_batch, quiet=a.quiet, desc="test", ctx=ctx)
         print(f"test accuracy, {setting(a)}, {test['tasks']} tasks, {test['steps']} inner steps: "
-              f"{evaluation.fmt(test)}   ({evaluation.paper_line(a.ways, a.shots, a.meta_sgd)})")
+              f"{evaluation.fmt(test)}   ({evaluation.paper_line(a.ways, a.shots, a.meta_sgd, a.algorithm)})")
     with ctx.agreement():  # a write error on rank 0 is reported on every rank
         if main:
             plot_curves(history, out / "curves.png", f"{setting(a)} on Omniglot, Conv-4 ({a.hidden} channels)")
@@ -320,7 +341,7 @@ def _eval(a: argparse.Namespace) -> int:
                             quiet=a.quiet, desc=a.split)
     print(f"{a.split} accuracy, {setting(run)}, iteration {ck['iteration']}, {r['tasks']} tasks, "
           f"{steps} inner steps: {evaluation.fmt(r)}   "
-          f"({evaluation.paper_line(run.ways, run.shots, run.meta_sgd)})")
+          f"({evaluation.paper_line(run.ways, run.shots, run.meta_sgd, getattr(run, 'algorithm', 'maml'))})")
     if a.json:
         write_json(a.json, eval_results(str(a.checkpoint), ck, a.split, run, r))
     return 0

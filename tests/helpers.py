@@ -204,3 +204,8 @@ def assert_vmap_matches_loop(model, example_shape, tasks=3):
     for t in range(tasks):
         ref = torch.func.functional_call(model, {n: v[t] for n, v in params.items()}, (x[t],))
         torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the real Omniglot archives (../shared)
+OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+needs_omniglot = pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"real Omniglot archives not at {OMNIGLOT}")

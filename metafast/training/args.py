@@ -21,7 +21,8 @@ class CLIError(ValueError):
 
 # arguments that define the model and the training run; the rest may change on --resume
 STRUCTURAL = ("ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batch", "meta_lr", "first_order",
-              "meta_sgd", "anil", "hidden", "seed", "split_seed")
+              "meta_sgd", "anil", "hidden", "seed", "split_seed", "algorithm", "lslr", "msl_epochs", "per_step_bn",
+              "first_order_epochs", "cosine_lr", "epoch_iterations", "pooling")
 # arguments of this invocation only, never taken from the checkpoint
 SESSION = ("dataset", "out", "resume", "overwrite", "data_dir", "cache_dir", "device", "quiet", "iterations",
            "threads")
@@ -46,16 +47,36 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=1, help="support images per class (K)")
     p.add_argument("--queries", type=int, default=None, help="query images per class (default: = shots)")
     p.add_argument("--inner-steps", type=int, default=None, help="inner steps in training (default 1; 5 if ways >= 20)")
-    p.add_argument("--inner-lr", type=float, default=2.0,
-                   help="inner rate on the mean cross-entropy (paper: 0.4 / 0.1 on N x mean)")
+    p.add_argument("--algorithm", default="maml", choices=["maml", "maml++"],
+                   help="maml: the MAML paper's setup; maml++: How to train your MAML's Omniglot config (every "
+                        "component on; each can be switched with its flag below)")
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="inner rate on the mean cross-entropy (default 2.0 = the MAML paper's 0.4 / 0.1 on N x mean; "
+                        "maml++: 0.1)")
     p.add_argument("--meta-batch", type=int, default=None,
                    help="tasks per meta-update, over all processes (default 32; 16 if ways >= 20)")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--iterations", type=int, default=60_000, help="meta-training iterations")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="meta-training iterations (default 60,000; maml++: 100 epochs x --epoch-iterations)")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     p.add_argument("--meta-sgd", action="store_true", help="Meta-SGD: learn per-parameter inner rates")
     p.add_argument("--anil", action="store_true", help="ANIL: adapt only the linear head")
     p.add_argument("--hidden", type=int, default=64, help="conv channels")
+    p.add_argument("--pooling", default=None, choices=["stride", "max"],
+                   help="Conv-4 downsampling (default stride; maml++: max-pooling)")
+    mpp = p.add_argument_group("MAML++ components (defaults: on with --algorithm maml++, off otherwise)")
+    mpp.add_argument("--lslr", action=argparse.BooleanOptionalAction, default=None,
+                     help="learned inner rates per layer and step")
+    mpp.add_argument("--msl-epochs", type=int, default=None,
+                     help="multi-step loss, annealed to the last step over this many epochs (0: off; maml++: 10)")
+    mpp.add_argument("--per-step-bn", action=argparse.BooleanOptionalAction, default=None,
+                     help="batch-norm weights and biases per inner step (BNWB); they are not adapted")
+    mpp.add_argument("--first-order-epochs", type=int, default=None,
+                     help="derivative-order annealing: first order for this many epochs (0: second order throughout, "
+                          "the released Omniglot config)")
+    mpp.add_argument("--cosine-lr", action=argparse.BooleanOptionalAction, default=None,
+                     help="cosine annealing of the meta rate from --meta-lr to 1e-5 over the run")
+    mpp.add_argument("--epoch-iterations", type=int, default=500, help="iterations per epoch (the schedules' unit)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "fused"], help="BatchedMAML backend")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: rank r uses cuda:r)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and training episodes")
@@ -133,7 +154,27 @@ def default_out(a: argparse.Namespace) -> str:
     return f"runs/omniglot-{a.ways}way-{a.shots}shot"
 
 
+MAML_PP_DEFAULTS = dict(inner_steps=5, meta_batch=8, inner_lr=0.1, pooling="max", lslr=True, msl_epochs=10,
+                        per_step_bn=True, first_order_epochs=0, cosine_lr=True)
+MAML_DEFAULTS = dict(inner_lr=2.0, pooling="stride", lslr=False, msl_epochs=0, per_step_bn=False,
+                     first_order_epochs=0, cosine_lr=False)
+MAML_PP_EPOCHS = 100
+
+
 def resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left at None from the algorithm's setup (runs saved before an option
+    existed get its neutral value: plain MAML)."""
+    if getattr(a, "algorithm", None) is None:
+        a.algorithm = "maml"
+    if getattr(a, "epoch_iterations", None) is None:
+        a.epoch_iterations = 500
+    for k, v in (MAML_PP_DEFAULTS if a.algorithm == "maml++" else MAML_DEFAULTS).items():
+        if getattr(a, k, None) is None:
+            setattr(a, k, v)
+    if getattr(a, "iterations", None) is None:
+        a.iterations = MAML_PP_EPOCHS * a.epoch_iterations if a.algorithm == "maml++" else 60_000
+    if a.algorithm == "maml++" and a.test_steps is None:
+        a.test_steps = a.inner_steps
     big = a.ways >= 20
     if a.queries is None:
         a.queries = a.shots
@@ -152,7 +193,7 @@ def resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
 # most INT_MAX (what torch's seeds and sizes hold), so that none overflows later with a traceback
 TRAIN_INTS = {"ways": 2, "shots": 1, "queries": 1, "inner_steps": 1, "test_steps": 1, "meta_batch": 1,
               "iterations": 1, "hidden": 1, "val_every": 1, "val_tasks": 0, "test_tasks": 0, "seed": 0,
-              "split_seed": 0, "threads": 1}
+              "split_seed": 0, "threads": 1, "msl_epochs": 0, "first_order_epochs": 0, "epoch_iterations": 1}
 EVAL_INTS = {"test_tasks": 1, "test_steps": 1, "meta_batch": 1, "seed": 0, "threads": 1}
 INT_MAX = 2 ** 63 - 1
 
@@ -180,6 +221,12 @@ def validate(a: argparse.Namespace, world_size: int = 1) -> None:
          f"--meta-batch {a.meta_batch} is smaller than the {world_size} processes: each process adapts at least "
          f"one task of every meta-batch; use a meta-batch of at least {world_size} or fewer processes"),
     ]
+    per_step = [f for f, on in (("--lslr", getattr(a, "lslr", False)), ("--per-step-bn", getattr(a, "per_step_bn", False)))
+                if on]
+    checks.append((not per_step or a.test_steps == a.inner_steps,
+                   f"{' and '.join(per_step)} learn one value per inner step: --test-steps ({a.test_steps}) must equal "
+                   f"--inner-steps ({a.inner_steps})"))
+    checks.append((not (getattr(a, "lslr", False) and a.meta_sgd), "--lslr and --meta-sgd are two rules for the inner rates; choose one"))
     for ok, msg in checks:
         if not ok:
             raise CLIError(msg)
@@ -192,6 +239,8 @@ _STORED_TYPES = {**{k: int for k in ("ways", "shots", "queries", "inner_steps", 
                                      "split_seed", "test_steps", "iterations", "val_every", "val_tasks",
                                      "test_tasks")},
                  "inner_lr": float, "meta_lr": float, "first_order": bool, "meta_sgd": bool, "anil": bool,
+                 "algorithm": str, "lslr": bool, "per_step_bn": bool, "cosine_lr": bool, "pooling": str,
+                 "msl_epochs": int, "first_order_epochs": int, "epoch_iterations": int,
                  "backend": str, "data_dir": str, "cache_dir": (str, type(None))}
 
 
@@ -244,6 +293,7 @@ def merge_resumed(a: argparse.Namespace, saved: dict, argv: list[str]) -> list[s
 
 def setting(a) -> str:
     """One-phrase description of a run: algorithm, order, ways and shots."""
-    algo = "ANIL" if a.anil else "Meta-SGD" if a.meta_sgd else "MAML"
+    algo = ("MAML++" if getattr(a, "algorithm", "maml") == "maml++" else "ANIL" if a.anil
+            else "Meta-SGD" if a.meta_sgd else "MAML")
     order = "first-order " if a.first_order else ""
     return f"{order}{algo}, {a.ways}-way {a.shots}-shot"

@@ -11,6 +11,8 @@ from metafast.training.args import TEST_SEED
 PAPER_ACCURACY = {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)}
 #: Meta-SGD paper (Li et al., 2017), Omniglot accuracy %.
 META_SGD_ACCURACY = {(5, 1): 99.53, (5, 5): 99.93, (20, 1): 95.93, (20, 5): 98.97}
+#: MAML++ paper (Antoniou et al., 2019), Omniglot accuracy % (± where reported).
+MAML_PP_ACCURACY = {(5, 1): (99.47, None), (5, 5): (99.85, None), (20, 1): (97.65, 0.05), (20, 5): (99.33, 0.03)}
 VAL_SEED = 1_000_003  # fixed validation episodes, independent of --seed
 
 
@@ -50,11 +52,14 @@ def evaluate(meta, dataset, tasks: int, ways: int, shots: int, queries: int, ste
             "tasks": s["n"], "steps": steps, "nonfinite_tasks": int(rows[:, 1].sum())}
 
 
-def paper_line(ways: int, shots: int, meta_sgd: bool) -> str:
+def paper_line(ways: int, shots: int, meta_sgd: bool, algorithm: str = "maml") -> str:
     ref = PAPER_ACCURACY.get((ways, shots))
     s = f"MAML paper: {ref[0]:.1f} ± {ref[1]:.1f} %" if ref else "MAML paper: no figure for this setting"
     if meta_sgd and (ways, shots) in META_SGD_ACCURACY:
         s += f"; Meta-SGD paper: {META_SGD_ACCURACY[(ways, shots)]:.2f} %"
+    if algorithm == "maml++" and (ways, shots) in MAML_PP_ACCURACY:
+        acc, ci = MAML_PP_ACCURACY[(ways, shots)]
+        s += f"; MAML++ paper: {acc:.2f}" + (f" ± {ci:.2f} %" if ci is not None else " %")
     return s
 
 

@@ -8,7 +8,7 @@ import torch
 
 from metafast import distributed
 from metafast.training.args import setting
-from metafast.training.evaluation import META_SGD_ACCURACY, PAPER_ACCURACY
+from metafast.training.evaluation import MAML_PP_ACCURACY, META_SGD_ACCURACY, PAPER_ACCURACY
 
 
 def versions() -> dict:
@@ -38,7 +38,8 @@ def train_results(a: argparse.Namespace, history: dict, elapsed: float, device: 
         "final_train_accuracy": 100 * sum(last) / len(last) if last else None,
         "validation": [{"iteration": i, "accuracy": v, "ci95": c} for i, v, c in
                        zip(history["val_iteration"], history["val_accuracy"], history["val_ci95"])],
-        "paper": {"maml": PAPER_ACCURACY.get((a.ways, a.shots)), "meta_sgd": META_SGD_ACCURACY.get((a.ways, a.shots))},
+        "paper": {"maml": PAPER_ACCURACY.get((a.ways, a.shots)), "meta_sgd": META_SGD_ACCURACY.get((a.ways, a.shots)),
+                  "maml++": MAML_PP_ACCURACY.get((a.ways, a.shots))},
         "test": test,
     }
 
