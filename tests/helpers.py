@@ -209,3 +209,29 @@ def assert_vmap_matches_loop(model, example_shape, tasks=3):
 # ---------------------------------------------------------------- the real Omniglot archives (../shared)
 OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 needs_omniglot = pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"real Omniglot archives not at {OMNIGLOT}")
+
+
+# ---------------------------------------------------------------- the commands on synthetic Omniglot splits
+# (tests/test_cli_worker.py runs `python -m metafast` with these splits in a subprocess)
+class SyntheticSplit:
+    """Stands in for an Omniglot split: random 8x8 images drawn from the generator, as the real one does."""
+
+    num_classes = 40
+
+    def __init__(self, split: str):
+        self.split = split
+
+    def sample(self, tasks, ways, shots, queries, generator=None):
+        x = torch.rand(tasks, ways * (shots + queries), 1, 8, 8, generator=generator)
+        labels = torch.arange(ways)
+        return (x[:, :ways * shots], labels.repeat_interleave(shots).expand(tasks, -1),
+                x[:, ways * shots:], labels.repeat_interleave(queries).expand(tasks, -1))
+
+
+# a tiny `train omniglot` on the synthetic splits: 2-way, 4 channels, 2 tasks, one thread
+TINY = ["train", "omniglot", "--data-dir", "synthetic", "--device", "cpu", "--hidden", "4", "--ways", "2",
+        "--meta-batch", "2", "--val-every", "1", "--val-tasks", "2", "--test-tasks", "2", "--threads", "1", "--quiet"]
+
+
+def exit_code_file(folder: str, rank: str) -> Path:
+    return Path(folder, f"exit-rank{rank}")

@@ -16,7 +16,7 @@ from metafast.rl import cli as rl
 from metafast.train import main_train
 from metafast.training import checkpoint as checkpoints
 
-from test_cli_worker import TINY, SyntheticSplit
+from helpers import TINY, SyntheticSplit
 
 SYN = TINY[1:]  # without the leading "train"
 NAV = ["--meta-batch", "2", "--trajectories", "2", "--hidden", "8", "--max-steps", "5", "--dtype", "float64",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli_worker import TINY, exit_code_file
+from helpers import TINY, exit_code_file
 
 WORKER = str(Path(__file__).with_name("test_cli_worker.py"))
 NAVIGATION = ["train", "navigation", "--meta-batch", "2", "--trajectories", "2", "--hidden", "8", "--max-steps", "5",

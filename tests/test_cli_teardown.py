@@ -19,7 +19,7 @@ from torch import nn
 
 from metafast import distributed
 
-from test_cli_worker import TINY
+from helpers import TINY
 
 WORKER = str(Path(__file__).with_name("test_cli_worker.py"))
 RUNS = 4  # torchrun runs in a row; each takes a few seconds on two CPU cores

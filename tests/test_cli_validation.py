@@ -13,7 +13,7 @@ from metafast import demo, train
 from metafast.rl import cli as rl
 from metafast.train import main_eval, main_train
 
-from test_cli_worker import TINY, SyntheticSplit
+from helpers import TINY, SyntheticSplit
 
 SYN = TINY[1:]
 NAV = ["--meta-batch", "2", "--trajectories", "2", "--hidden", "8", "--max-steps", "5", "--dtype", "float64",

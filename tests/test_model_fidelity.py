@@ -312,3 +312,35 @@ def test_no_grad_adaptation_does_not_keep_the_trajectory(monkeypatch):
     assert calls == [3, 3, 3, 1, 3, 3, 3, 1]   # tasks in chunks of 3: at most 3 trajectories alive
     assert all(torch.equal(whole[n], chunked[n]) for n in whole)
     assert out.loss.grad_fn is None and out.query_output.shape == (10, 3, 1)
+
+
+class _OnCuda:
+    """Stands in for a CUDA tensor in the rules that only ask where a tensor lives."""
+    is_cuda = True
+
+    def __init__(self, shape):
+        self.shape = torch.Size(shape)
+
+
+def test_cuda_values_are_read_back_on_the_first_call_only(monkeypatch):
+    from metafast.algorithms import batched_checks
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    meta = BatchedMAML(metafast.nn.MLP([3, 1]))
+    x = _OnCuda((2, 3, 3))
+    assert [batched_checks.read_values(meta, x) for _ in range(3)] == [True, False, False]  # one sync, not one per call
+    meta.check_inputs = True
+    assert batched_checks.read_values(meta, x)
+    meta.check_inputs = False
+    assert not batched_checks.read_values(meta, x) and not batched_checks.read_values(meta, torch.zeros(2, 3, 3))
+    meta.check_inputs = None
+    assert batched_checks.read_values(meta, torch.zeros(2, 3, 3))  # the CPU: free, every call
+
+
+def test_auto_applies_a_size_rule_on_cuda_too():
+    from metafast.algorithms.backends.fused import CUDA_FUSED_MAX_WORK, FusedBackend
+    fused = FusedBackend()
+    sinusoid = BatchedMAML(metafast.nn.MLP([1, 40, 40, 1]))
+    assert fused.slower_reason(sinusoid, _OnCuda((25, 10, 1))) is None
+    omniglot_mlp = BatchedMAML(metafast.nn.MLP([784, 256, 128, 64, 64, 5]), loss="cross_entropy")
+    reason = fused.slower_reason(omniglot_mlp, _OnCuda((32, 5, 784)))
+    assert reason is not None and f"{CUDA_FUSED_MAX_WORK:,}" in reason
