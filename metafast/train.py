@@ -97,7 +97,7 @@ def _schedule(a: argparse.Namespace, iteration: int, meta, opt):
     epoch = iteration // a.epoch_iterations
     if getattr(a, "cosine_lr", False):
         for group in opt.param_groups:
-            group["lr"] = cosine_meta_lr(iteration, a.iterations, a.meta_lr, MIN_META_LR)
+            group["lr"] = cosine_meta_lr(iteration, a.cosine_iterations, a.meta_lr, MIN_META_LR)
     meta.first_order = a.first_order or first_order_at(epoch, getattr(a, "first_order_epochs", 0))
     if getattr(a, "msl_epochs", 0) and epoch < a.msl_epochs:
         return msl_weights(a.inner_steps, epoch, a.msl_epochs)

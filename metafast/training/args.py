@@ -22,7 +22,7 @@ class CLIError(ValueError):
 # arguments that define the model and the training run; the rest may change on --resume
 STRUCTURAL = ("ways", "shots", "queries", "inner_steps", "inner_lr", "meta_batch", "meta_lr", "first_order",
               "meta_sgd", "anil", "hidden", "seed", "split_seed", "algorithm", "lslr", "msl_epochs", "per_step_bn",
-              "first_order_epochs", "cosine_lr", "epoch_iterations", "pooling")
+              "first_order_epochs", "cosine_lr", "epoch_iterations", "pooling", "cosine_iterations")
 # arguments of this invocation only, never taken from the checkpoint
 SESSION = ("dataset", "out", "resume", "overwrite", "data_dir", "cache_dir", "device", "quiet", "iterations",
            "threads")
@@ -77,6 +77,9 @@ def train_parser() -> argparse.ArgumentParser:
     mpp.add_argument("--cosine-lr", action=argparse.BooleanOptionalAction, default=None,
                      help="cosine annealing of the meta rate from --meta-lr to 1e-5 over the run")
     mpp.add_argument("--epoch-iterations", type=int, default=500, help="iterations per epoch (the schedules' unit)")
+    mpp.add_argument("--cosine-iterations", type=int, default=None,
+                     help="the cosine schedule's length (default: --iterations of the run's first start; kept on "
+                          "--resume, so a run continued in pieces follows one schedule)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "fused"], help="BatchedMAML backend")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (under torchrun: rank r uses cuda:r)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and training episodes")
@@ -173,6 +176,8 @@ def resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
             setattr(a, k, v)
     if getattr(a, "iterations", None) is None:
         a.iterations = MAML_PP_EPOCHS * a.epoch_iterations if a.algorithm == "maml++" else 60_000
+    if getattr(a, "cosine_iterations", None) is None:
+        a.cosine_iterations = a.iterations
     if a.algorithm == "maml++" and a.test_steps is None:
         a.test_steps = a.inner_steps
     big = a.ways >= 20
@@ -193,7 +198,8 @@ def resolve_defaults(a: argparse.Namespace) -> argparse.Namespace:
 # most INT_MAX (what torch's seeds and sizes hold), so that none overflows later with a traceback
 TRAIN_INTS = {"ways": 2, "shots": 1, "queries": 1, "inner_steps": 1, "test_steps": 1, "meta_batch": 1,
               "iterations": 1, "hidden": 1, "val_every": 1, "val_tasks": 0, "test_tasks": 0, "seed": 0,
-              "split_seed": 0, "threads": 1, "msl_epochs": 0, "first_order_epochs": 0, "epoch_iterations": 1}
+              "split_seed": 0, "threads": 1, "msl_epochs": 0, "first_order_epochs": 0, "epoch_iterations": 1,
+              "cosine_iterations": 1}
 EVAL_INTS = {"test_tasks": 1, "test_steps": 1, "meta_batch": 1, "seed": 0, "threads": 1}
 INT_MAX = 2 ** 63 - 1
 
@@ -240,7 +246,7 @@ _STORED_TYPES = {**{k: int for k in ("ways", "shots", "queries", "inner_steps", 
                                      "test_tasks")},
                  "inner_lr": float, "meta_lr": float, "first_order": bool, "meta_sgd": bool, "anil": bool,
                  "algorithm": str, "lslr": bool, "per_step_bn": bool, "cosine_lr": bool, "pooling": str,
-                 "msl_epochs": int, "first_order_epochs": int, "epoch_iterations": int,
+                 "msl_epochs": int, "first_order_epochs": int, "epoch_iterations": int, "cosine_iterations": int,
                  "backend": str, "data_dir": str, "cache_dir": (str, type(None))}
 
 
