@@ -317,6 +317,7 @@ def test_no_grad_adaptation_does_not_keep_the_trajectory(monkeypatch):
 class _OnCuda:
     """Stands in for a CUDA tensor in the rules that only ask where a tensor lives."""
     is_cuda = True
+    device = torch.device("cuda")
 
     def __init__(self, shape):
         self.shape = torch.Size(shape)

@@ -36,11 +36,21 @@ class MetaOutput:
     accuracy: torch.Tensor | None = None  # scalar mean query accuracy (cross-entropy only)
 
 
+# On the CPU, vmap's grouped convolutions beat one convolution per task while a
+# task's convolution outputs are small, and lose once they are large (measured,
+# 2 threads, second order, benchmarks/README.md "Backends on the CPU"): Conv-4
+# 5-way 1-shot (84,800 output elements per task's support set): vmap 255 ms vs
+# the loop 504 ms; functorch's MAML-Omniglot net 5-way 5-shot (1,289,600):
+# vmap 31.8 s vs 8.5 s. The threshold lies between the two measured points.
+CPU_LOOP_MIN_CONV_OUTPUTS = 300_000
+
+
 def auto_order(meta, support_x) -> tuple[str, ...]:
-    """The backends "auto" tries, fastest expected first. The plain loop beats
-    vmap's grouped convolutions on conv nets on the CPU (benchmarks/README.md)."""
+    """The backends "auto" tries, fastest expected first."""
     if not support_x.is_cuda and model_facts.has_convolution(meta.model):
-        return ("fused", "loop")
+        outputs = batched_checks.conv_outputs(meta, support_x)
+        if outputs is None or outputs > CPU_LOOP_MIN_CONV_OUTPUTS:
+            return ("fused", "loop", "torch")
     return ("fused", "torch", "loop")
 
 

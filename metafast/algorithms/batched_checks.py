@@ -34,6 +34,31 @@ def output_shape(meta, x: torch.Tensor) -> torch.Size | None:
     return cache[key]
 
 
+def conv_outputs(meta, x: torch.Tensor) -> int | None:
+    """Elements the model's convolutions output for one task's examples ``x[0]``
+    (found on the meta device, cached per input shape), or None if unknown."""
+    key = ("conv", tuple(x.shape[1:]), x.dtype)
+    cache = meta._output_shapes
+    if key not in cache:
+        cache[key] = None
+        if model_facts.shared_module_paths(meta.model) is None:
+            total = []
+            hooks = [m.register_forward_hook(lambda m, i, o: total.append(o.numel()))
+                     for m in meta.model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+            on_meta = {n: torch.empty_like(t, device="meta")
+                       for n, t in [*meta.model.named_parameters(), *meta.model.named_buffers()]}
+            try:
+                with torch.no_grad():
+                    functional_call(meta.model, on_meta, (torch.empty(x.shape[1:], dtype=x.dtype, device="meta"),))
+                cache[key] = sum(total)
+            except Exception:  # noqa: BLE001 - unknown: the caller decides without it
+                pass
+            finally:
+                for h in hooks:
+                    h.remove()
+    return cache[key]
+
+
 def check_features(name: str, x: torch.Tensor, model: nn.Module) -> None:
     """Examples must fit the first layer of a Sequential model or of a model's
     Sequential ``features`` body (Conv4, ResNet12): the torch backend's own error,
