@@ -7,11 +7,13 @@ USAGE = """usage: python -m metafast COMMAND [options]
 
 commands:
   demo                 meta-train the MAML paper's sinusoid model and compare with the paper
-  train omniglot ...   meta-train Conv-4 on Omniglot (see `train omniglot --help`)
+  train omniglot | mini-imagenet | tiered-imagenet | cifar-fs | fc100 ...
+                       meta-train Conv-4 (or --model resnet12) with MAML, its variants or MAML++ on a few-shot
+                       vision set, the published setup as defaults (see `train omniglot --help`)
   train navigation ... MAML-RL on 2D navigation (see `train navigation --help`)
   train half-cheetah-vel ... / train half-cheetah-dir ...
                        MAML-RL on the MAML paper's half-cheetah tasks (needs the `mujoco` extra)
-  eval CHECKPOINT ...  evaluate a saved Omniglot or RL checkpoint on test tasks
+  eval CHECKPOINT ...  evaluate a saved few-shot vision or RL checkpoint on test tasks
   info                 print versions and which kernels are compiled in
 """
 

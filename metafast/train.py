@@ -1,15 +1,21 @@
-"""``python -m metafast train omniglot`` and ``python -m metafast eval CHECKPOINT``.
+"""``python -m metafast train DATASET`` and ``python -m metafast eval CHECKPOINT``.
 
-Meta-trains Conv-4 on Omniglot with MAML (Finn et al., 2017), first-order
-MAML, Meta-SGD or ANIL, using :class:`metafast.BatchedMAML`, and evaluates it on
-the meta-test characters.  The defaults reproduce the MAML paper's setup:
+Meta-trains Conv-4 (or ResNet-12, ``--model resnet12``, on the RGB sets) on Omniglot,
+mini-ImageNet, tiered-ImageNet, CIFAR-FS or FC100 with MAML (Finn et al., 2017), first-order
+MAML, Meta-SGD, ANIL or MAML++, using :class:`metafast.BatchedMAML`, and evaluates it on the
+meta-test classes beside the published figures.  The defaults are each data set's published
+setup (:data:`metafast.training.args.SETUPS`), e.g. the MAML paper's for Omniglot:
 
 * 5-way: 1 inner step, meta-batch 32, 3 inner steps at test;
   20-way: 5 inner steps (also at test), meta-batch 16;
 * inner rate 2.0 on the mean cross-entropy, which is the paper's 0.4 (5-way)
   and 0.1 (20-way) on the authors' summed loss (N x mean);
 * Adam with meta rate 1e-3, 60,000 iterations, K query images per class;
-* 600 test tasks, accuracy with a 95% interval 1.96 std / sqrt(n).
+* 600 test tasks, accuracy with a 95% interval 1.96 std / sqrt(n);
+
+and for mini-ImageNet (tiered-ImageNet too) 32 filters with max-pooling, 5 steps at 0.05
+(the paper's 0.01 on N x mean), 10 at test, 15 queries, meta-batch 4 (1-shot) or 2;
+for CIFAR-FS and FC100 learn2learn's: meta-batch 32, 1 step at 0.5, meta rate 0.003.
 
 A run writes to ``--out``: ``checkpoint.pt`` (model, Meta-SGD rates, optimizer,
 iteration, arguments, history, random state; ``--resume`` continues from it),
@@ -39,8 +45,9 @@ import torch
 from metafast import distributed
 from metafast.devices import resolve_device
 from metafast.training import checkpoint, evaluation, files
-from metafast.training.args import (EVAL_INTS, PER_MACHINE, CLIError, check_ints, default_out, eval_parser,
-                                    merge_resumed, resolve_defaults, run_command, setting, train_parser, validate)
+from metafast.training.args import (DATASETS, EVAL_INTS, PER_MACHINE, CLIError, check_ints, default_data_dir,
+                                    default_out, eval_parser, merge_resumed, resolve_defaults, run_command, setting,
+                                    train_parser, validate)
 from metafast.training.files import write_json
 from metafast.training.plots import plot_curves
 from metafast.training.results import eval_results, train_results, versions
@@ -49,7 +56,7 @@ __all__ = ["main_train", "main_eval"]
 
 
 def main_train(argv) -> int:
-    """``python -m metafast train omniglot [options]``; returns the exit code."""
+    """``python -m metafast train DATASET [options]``; returns the exit code."""
     argv = list(argv)
     return run_command(train_parser(), argv, lambda a: _train(a, argv))
 
@@ -60,10 +67,23 @@ def main_eval(argv) -> int:
 
 
 # --------------------------------------------------------------------------- data and model
-def _load_split(data_dir: str, split: str, cache_dir, seed: int, device, quiet: bool):
+def _load_split(data_dir: str, split: str, cache_dir, seed: int, device, quiet: bool, dataset: str = "omniglot",
+                small: bool = False):
+    """One split of ``dataset`` from the folder ``data_dir`` (``small``: accept splits smaller than the
+    published ones); a missing or unreadable file is one line naming it and where to get it."""
+    path = Path(data_dir).expanduser()
+    if dataset != "omniglot":
+        from metafast.data.registry import load_few_shot
+
+        kw = {} if dataset in ("cifar-fs", "fc100") else {"cache_dir": cache_dir, "progress": not quiet}
+        try:
+            return load_few_shot(dataset, path, split, device=device, strict=not small, **kw)
+        except ValueError as e:  # the published split sizes (strict)
+            if "strict=False" not in str(e):
+                raise
+            raise CLIError(str(e).replace("pass strict=False", "pass --allow-small-splits")) from None
     from metafast.data.omniglot import Omniglot
 
-    path = Path(data_dir).expanduser()
     if not path.exists():
         raise CLIError(
             f"Omniglot data folder {path} does not exist. Pass --data-dir pointing at the folder that holds "
@@ -73,13 +93,46 @@ def _load_split(data_dir: str, split: str, cache_dir, seed: int, device, quiet: 
     return Omniglot(path, split=split, cache_dir=cache_dir, seed=seed, device=device, progress=not quiet)
 
 
+def _load(a, split: str, device, quiet: bool, data_dir: str | None = None, cache_dir=None):
+    """:func:`_load_split` of run ``a``'s data set, checked to hold its tasks: ``--ways`` classes of
+    ``--shots + --queries`` images (Omniglot: 20 drawings; the others: the smallest class)."""
+    dataset = getattr(a, "dataset", "omniglot")
+    ds = _load_split(data_dir or a.data_dir, split, a.cache_dir if cache_dir is None else cache_dir, a.split_seed,
+                     device, quiet, dataset=dataset, small=getattr(a, "allow_small_splits", False))
+    name = f"{DATASETS[dataset][0]} {split} split in {data_dir or a.data_dir}"
+    classes, per_class = getattr(ds, "num_classes", None), getattr(ds, "images_per_class", None)
+    if classes is not None and a.ways > classes:
+        raise CLIError(f"--ways {a.ways} exceeds the {classes} classes of the {name}")
+    if per_class is not None and a.shots + a.queries > per_class:
+        raise CLIError(f"--shots + --queries = {a.shots + a.queries} exceeds the {per_class} images of the smallest "
+                       f"class of the {name}")
+    return ds
+
+
+def _widths(hidden: int) -> tuple[int, int, int, int]:
+    """ResNet-12's block widths from the first: 64 -> 64-160-320-640 (the wide layout)."""
+    return hidden, 5 * hidden // 2, 5 * hidden, 10 * hidden
+
+
+def _model_name(a) -> str:
+    if getattr(a, "model", "conv4") == "resnet12":
+        return f"ResNet-12 with {'-'.join(map(str, _widths(a.hidden)))} channels"
+    return f"Conv-4 with {a.hidden} channels"
+
+
 def _build(a, device: torch.device):
     from metafast.batched import BatchedMAML
+    from metafast.data.registry import FEW_SHOT
     from metafast.nn.conv4 import Conv4
+    from metafast.nn.resnet12 import ResNet12
 
     per_step_bn = getattr(a, "per_step_bn", False)  # runs saved before MAML++ lack its options: off
-    model = Conv4(a.ways, hidden=a.hidden, pooling=getattr(a, "pooling", "stride"),
-                  per_step_bn=a.inner_steps if per_step_bn else None).to(device)
+    channels = FEW_SHOT[getattr(a, "dataset", "omniglot")].channels
+    if getattr(a, "model", "conv4") == "resnet12":
+        model = ResNet12(a.ways, channels=_widths(a.hidden), in_channels=channels).to(device)
+    else:
+        model = Conv4(a.ways, hidden=a.hidden, in_channels=channels, pooling=getattr(a, "pooling", "stride"),
+                      per_step_bn=a.inner_steps if per_step_bn else None).to(device)
     # MAML++ adapts the weights, not the (per-step) batch-norm parameters (the released configs)
     adapt = "head" if a.anil else [n for n, _ in model.named_parameters() if ".1." not in n] if per_step_bn else "all"
     meta = BatchedMAML(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
@@ -126,6 +179,10 @@ def _prepare(a: argparse.Namespace, argv: list[str], world_size: int) -> tuple[a
     ck = None
     if ck_path.exists() and a.resume:
         ck = checkpoint.load(ck_path)
+        saved = ck["args"].get("dataset", "omniglot")
+        if saved != a.dataset:
+            raise CLIError(f"{ck_path} is a run on {saved}, not {a.dataset}: continue it with "
+                           f"`train {saved} --resume`, or pass another --out")
         checkpoint.check_world_size(ck, world_size)
         ignored = merge_resumed(a, ck["args"], argv)
         if ignored:
@@ -155,6 +212,8 @@ def _stdout_on_main_rank(ctx: distributed.Context):
 
 
 def _train(a: argparse.Namespace, argv: list[str]) -> int:
+    if a.data_dir is None:  # here, on every machine: a path of its own (PER_MACHINE)
+        a.data_dir = default_data_dir(a.dataset)
     with distributed.session(a.device) as ctx, _stdout_on_main_rank(ctx):
         ck = None
         with ctx.agreement():
@@ -175,11 +234,7 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
     ck_path = out / checkpoint.NAME
 
     def load_data():
-        train_ds = _load_split(a.data_dir, "train", a.cache_dir, a.split_seed, device, a.quiet or not main)
-        val_ds = _load_split(a.data_dir, "val", a.cache_dir, a.split_seed, device, True)
-        if a.ways > train_ds.num_classes:
-            raise CLIError(f"--ways {a.ways} exceeds the {train_ds.num_classes} training classes")
-        return train_ds, val_ds
+        return _load(a, "train", device, a.quiet or not main), _load(a, "val", device, True)
 
     train_ds, val_ds = ctx.first_on_each_machine(load_data)  # the first load writes the image cache
 
@@ -228,8 +283,9 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
             sizes = sorted({a.meta_batch // ctx.world_size, -(-a.meta_batch // ctx.world_size)})
             split = (f", split over {ctx.world_size} processes ({ctx.backend}) as "
                      f"{' or '.join(map(str, sizes))} tasks each")
-        print(f"meta-training {setting(a)} on {device}: {a.iterations} iterations, meta-batch {a.meta_batch}{split}, "
-              f"{a.inner_steps} inner step(s) at rate {a.inner_lr}, Conv-4 with {a.hidden} channels; out: {out}")
+        print(f"meta-training {setting(a)} on {DATASETS[a.dataset][0]} ({device}): {a.iterations} iterations, "
+              f"meta-batch {a.meta_batch}{split}, {a.inner_steps} inner step(s) at rate {a.inner_lr}, "
+              f"{_model_name(a)}; out: {out}")
 
     def state() -> dict:
         """Everything an iteration changes: an interrupted iteration is rolled back to it."""
@@ -311,14 +367,15 @@ def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> in
     if a.test_tasks > 0:
         del train_ds
         test_ds = ctx.first_on_each_machine(
-            lambda: _load_split(a.data_dir, "test", a.cache_dir, a.split_seed, device, True))
+            lambda: _load(a, "test", device, True))
         test = evaluation.evaluate(meta, test_ds, a.test_tasks, a.ways, a.shots, a.queries, a.test_steps,
                                    a.meta_batch, quiet=a.quiet, desc="test", ctx=ctx)
+        paper = evaluation.paper_line(a.ways, a.shots, a.meta_sgd, a.algorithm, a.dataset)
         print(f"test accuracy, {setting(a)}, {test['tasks']} tasks, {test['steps']} inner steps: "
-              f"{evaluation.fmt(test)}   ({evaluation.paper_line(a.ways, a.shots, a.meta_sgd, a.algorithm)})")
+              f"{evaluation.fmt(test)}   ({paper})")
     with ctx.agreement():  # a write error on rank 0 is reported on every rank
         if main:
-            plot_curves(history, out / "curves.png", f"{setting(a)} on Omniglot, Conv-4 ({a.hidden} channels)")
+            plot_curves(history, out / "curves.png", f"{setting(a)} on {DATASETS[a.dataset][0]}, {_model_name(a)}")
             write_json(out / "results.json", train_results(a, history, elapsed, device, meta.backend_used, ctx, test))
             print(f"wrote {ck_path}, {out / 'curves.png'}, {out / 'results.json'}")
     return 0
@@ -334,14 +391,15 @@ def _eval(a: argparse.Namespace) -> int:
     batch = a.meta_batch if a.meta_batch is not None else run.meta_batch
     data_dir = a.data_dir or run.data_dir
     cache_dir = a.cache_dir if a.cache_dir is not None else run.cache_dir
-    ds = _load_split(data_dir, a.split, cache_dir, run.split_seed, device, a.quiet)
+    ds = _load(run, a.split, device, a.quiet, data_dir=data_dir, cache_dir=cache_dir)
     _, meta = _build(run, device)
     checkpoint.restore(ck, run, meta)
     r = evaluation.evaluate(meta, ds, a.test_tasks, run.ways, run.shots, run.queries, steps, batch, seed=a.seed,
                             quiet=a.quiet, desc=a.split)
+    paper = evaluation.paper_line(run.ways, run.shots, run.meta_sgd, getattr(run, "algorithm", "maml"),
+                                  getattr(run, "dataset", "omniglot"))
     print(f"{a.split} accuracy, {setting(run)}, iteration {ck['iteration']}, {r['tasks']} tasks, "
-          f"{steps} inner steps: {evaluation.fmt(r)}   "
-          f"({evaluation.paper_line(run.ways, run.shots, run.meta_sgd, getattr(run, 'algorithm', 'maml'))})")
+          f"{steps} inner steps: {evaluation.fmt(r)}   ({paper})")
     if a.json:
         write_json(a.json, eval_results(str(a.checkpoint), ck, a.split, run, r))
     return 0

@@ -235,3 +235,89 @@ TINY = ["train", "omniglot", "--data-dir", "synthetic", "--device", "cpu", "--hi
 
 def exit_code_file(folder: str, rank: str) -> Path:
     return Path(folder, f"exit-rank{rank}")
+
+
+# ---------------------------------------------------------------- tiny few-shot vision sets on disk, in their real formats
+# (`classes` classes of `per_class` random images in every split; the loaders need strict=False for them)
+def _rgb(rng: np.random.Generator, n: int, side: int) -> np.ndarray:
+    return rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+
+
+def _png_rgb(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_mini_imagenet(root: Path, fmt: str = "pickle", classes: int = 3, per_class: int = 4, side: int = 16,
+                        seed: int = 0) -> Path:
+    """mini-ImageNet as learn2learn's mini-imagenet-cache-{split}.pkl (84x84 arrays; ``side`` is ignored)
+    or as images/ + {split}.csv (PNGs of any ``side``, resized to 84 by the loader)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for s, split in enumerate(("train", "val", "test")):
+        names = [f"n{s}{c:07d}" for c in range(classes)]
+        x = _rgb(rng, classes * per_class, 84 if fmt == "pickle" else side)
+        if fmt == "pickle":
+            class_dict = {n: list(range(c * per_class, (c + 1) * per_class)) for c, n in enumerate(names)}
+            with open(root / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
+                pickle.dump({"image_data": x, "class_dict": class_dict}, f)
+            continue
+        (root / "images").mkdir(exist_ok=True)
+        rows = []
+        for i, img in enumerate(x):
+            name = f"{names[i // per_class]}{i:08d}.png"
+            (root / "images" / name).write_bytes(_png_rgb(img))
+            rows.append(f"{name},{names[i // per_class]}")
+        (root / f"{split}.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def write_tiered_imagenet(root: Path, classes: int = 3, per_class: int = 4, side: int = 16, seed: int = 0) -> Path:
+    """tiered-ImageNet as Ren et al.'s {split}_images_png.pkl (PNG bytes, resized to 84 by the loader) and
+    {split}_labels.pkl."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        labels = np.repeat(np.arange(classes), per_class)
+        with open(root / f"{split}_images_png.pkl", "wb") as f:
+            pickle.dump([_png_rgb(img) for img in _rgb(rng, len(labels), side)], f)
+        with open(root / f"{split}_labels.pkl", "wb") as f:
+            pickle.dump({"label_specific": labels, "label_general": labels // 2,
+                         "label_specific_str": [f"{split}{c}" for c in range(classes)],
+                         "label_general_str": [f"g{g}" for g in range(classes // 2 + 1)]}, f)
+    return root
+
+
+def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1, seed: int = 0) -> Path:
+    """A tiny cifar-100-python.tar.gz (the official layout) with every CIFAR-FS class, grouped 5 by 5 into
+    the 20 FC100 superclasses (any grouping makes a consistent archive): CIFAR-FS and FC100 read it."""
+    import pickle
+    import tarfile
+
+    from metafast.data.cifar import CIFAR_FS_SPLITS, FC100_SPLITS
+
+    rng = np.random.default_rng(seed)
+    fine = sorted(n for names in CIFAR_FS_SPLITS.values() for n in names)
+    coarse = [c for names in FC100_SPLITS.values() for c in names]
+    parts = {"meta": {"fine_label_names": fine, "coarse_label_names": coarse}}
+    for part, k in (("train", train_per_class), ("test", test_per_class)):
+        labels = np.tile(np.arange(len(fine)), k)
+        rng.shuffle(labels)
+        parts[part] = {"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8),
+                       "fine_labels": labels.tolist(), "coarse_labels": [int(f) % len(coarse) for f in labels],
+                       "filenames": [f"img{i}.png" for i in range(len(labels))]}
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tf:
+        for name, obj in parts.items():
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return root

@@ -1,7 +1,7 @@
 """Checkpoints of a training run: written atomically, read with every problem as one CLIError.
 
 :func:`read` and :func:`restoring` serve every command (Omniglot and RL); :func:`load` and
-:func:`restore` are the Omniglot run's."""
+:func:`restore` are the few-shot vision runs' (Omniglot, mini-ImageNet, ...)."""
 from __future__ import annotations
 
 import argparse
@@ -53,7 +53,7 @@ def check_complete(ck: dict, path: Path, keys: Iterable[str], arg_keys: Iterable
 
 
 def load(path: Path) -> dict:
-    ck, path = read(path, FORMAT, "a metafast Omniglot checkpoint")
+    ck, path = read(path, FORMAT, "a metafast Omniglot checkpoint or one of another few-shot vision set")
     check_complete(ck, path, _KEYS, _RUN_ARGS)
     check_stored_args(ck["args"], path)
     ck["path"] = path

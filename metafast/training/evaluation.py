@@ -13,6 +13,18 @@ PAPER_ACCURACY = {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3)
 META_SGD_ACCURACY = {(5, 1): 99.53, (5, 5): 99.93, (20, 1): 95.93, (20, 5): 98.97}
 #: MAML++ paper (Antoniou et al., 2019), Omniglot accuracy % (± where reported).
 MAML_PP_ACCURACY = {(5, 1): (99.47, None), (5, 5): (99.85, None), (20, 1): (97.65, 0.05), (20, 5): (99.33, 0.03)}
+#: The published figures beside each data set's results: for each method (maml: the base line, always
+#: shown; meta_sgd, maml++: beside those runs) its source, accuracy % by (ways, shots) and decimals.
+PAPERS = {
+    "omniglot": {"maml": ("MAML paper", PAPER_ACCURACY, 1), "meta_sgd": ("Meta-SGD paper", META_SGD_ACCURACY, 2),
+                 "maml++": ("MAML++ paper", MAML_PP_ACCURACY, 2)},
+    "mini-imagenet": {"maml": ("MAML paper", {(5, 1): (48.70, 1.84), (5, 5): (63.11, 0.92)}, 2),
+                      "meta_sgd": ("Meta-SGD paper", {(5, 1): 50.47, (5, 5): 64.03}, 2),
+                      "maml++": ("MAML++ paper", {(5, 1): (52.15, 0.26), (5, 5): (68.32, 0.44)}, 2)},
+    "tiered-imagenet": {"maml": ("MAML on tiered-ImageNet (not in the MAML papers)", {}, 2)},
+    "cifar-fs": {"maml": ("learn2learn's MAML", {(5, 5): (73.6, None)}, 1)},
+    "fc100": {"maml": ("learn2learn's MAML", {(5, 5): (49.0, None)}, 1)},
+}
 VAL_SEED = 1_000_003  # fixed validation episodes, independent of --seed
 
 
@@ -52,15 +64,26 @@ def evaluate(meta, dataset, tasks: int, ways: int, shots: int, queries: int, ste
             "tasks": s["n"], "steps": steps, "nonfinite_tasks": int(rows[:, 1].sum())}
 
 
-def paper_line(ways: int, shots: int, meta_sgd: bool, algorithm: str = "maml") -> str:
-    ref = PAPER_ACCURACY.get((ways, shots))
-    s = f"MAML paper: {ref[0]:.1f} ± {ref[1]:.1f} %" if ref else "MAML paper: no figure for this setting"
-    if meta_sgd and (ways, shots) in META_SGD_ACCURACY:
-        s += f"; Meta-SGD paper: {META_SGD_ACCURACY[(ways, shots)]:.2f} %"
-    if algorithm == "maml++" and (ways, shots) in MAML_PP_ACCURACY:
-        acc, ci = MAML_PP_ACCURACY[(ways, shots)]
-        s += f"; MAML++ paper: {acc:.2f}" + (f" ± {ci:.2f} %" if ci is not None else " %")
-    return s
+def paper_figures(dataset: str, ways: int, shots: int) -> dict:
+    """The published accuracy of each method of :data:`PAPERS` for this setting (None: no figure)."""
+    return {method: table.get((ways, shots)) for method, (_, table, _) in PAPERS.get(dataset, {}).items()}
+
+
+def paper_line(ways: int, shots: int, meta_sgd: bool, algorithm: str = "maml", dataset: str = "omniglot") -> str:
+    papers = PAPERS.get(dataset, {"maml": ("MAML paper", {}, 1)})
+    parts = []
+    for method, on in (("maml", True), ("meta_sgd", meta_sgd), ("maml++", algorithm == "maml++")):
+        if not on or method not in papers:
+            continue
+        source, table, d = papers[method]
+        ref = table.get((ways, shots))
+        if ref is None:
+            if method == "maml":
+                parts.append(f"{source}: no figure for this setting")
+            continue
+        acc, ci = ref if isinstance(ref, tuple) else (ref, None)
+        parts.append(f"{source}: {acc:.{d}f}" + (f" ± {ci:.{d}f} %" if ci is not None else " %"))
+    return "; ".join(parts)
 
 
 def fmt(r: dict) -> str:

@@ -8,7 +8,7 @@ import torch
 
 from metafast import distributed
 from metafast.training.args import setting
-from metafast.training.evaluation import MAML_PP_ACCURACY, META_SGD_ACCURACY, PAPER_ACCURACY
+from metafast.training.evaluation import paper_figures
 
 
 def versions() -> dict:
@@ -29,7 +29,7 @@ def train_results(a: argparse.Namespace, history: dict, elapsed: float, device: 
                   ctx: distributed.Context, test: dict | None) -> dict:
     last = history["accuracy"][-100:]
     return {
-        "setting": setting(a), "dataset": "omniglot", "args": vars(a), "iterations": a.iterations,
+        "setting": setting(a), "dataset": a.dataset, "model": a.model, "args": vars(a), "iterations": a.iterations,
         "train_seconds": elapsed,
         "iterations_per_second": (len(history["iteration"]) / elapsed) if elapsed > 0 else None,
         "device": device_name(device), "backend_used": backend_used, "versions": versions(),
@@ -38,13 +38,13 @@ def train_results(a: argparse.Namespace, history: dict, elapsed: float, device: 
         "final_train_accuracy": 100 * sum(last) / len(last) if last else None,
         "validation": [{"iteration": i, "accuracy": v, "ci95": c} for i, v, c in
                        zip(history["val_iteration"], history["val_accuracy"], history["val_ci95"])],
-        "paper": {"maml": PAPER_ACCURACY.get((a.ways, a.shots)), "meta_sgd": META_SGD_ACCURACY.get((a.ways, a.shots)),
-                  "maml++": MAML_PP_ACCURACY.get((a.ways, a.shots))},
+        "paper": paper_figures(a.dataset, a.ways, a.shots),
         "test": test,
     }
 
 
 def eval_results(checkpoint: str, ck: dict, split: str, run: argparse.Namespace, r: dict) -> dict:
     return {"checkpoint": checkpoint, "iteration": ck["iteration"], "split": split, "setting": setting(run), **r,
-            "paper": PAPER_ACCURACY.get((run.ways, run.shots))}
+            "dataset": getattr(run, "dataset", "omniglot"),
+            "paper": paper_figures(getattr(run, "dataset", "omniglot"), run.ways, run.shots).get("maml")}
 
