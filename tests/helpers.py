@@ -4,7 +4,9 @@ Test modules import from here, never from each other."""
 from __future__ import annotations
 
 import io
+import pickle
 import random
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -298,9 +300,6 @@ def write_tiered_imagenet(root: Path, classes: int = 3, per_class: int = 4, side
 def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1, seed: int = 0) -> Path:
     """A tiny cifar-100-python.tar.gz (the official layout) with every CIFAR-FS class, grouped 5 by 5 into
     the 20 FC100 superclasses (any grouping makes a consistent archive): CIFAR-FS and FC100 read it."""
-    import pickle
-    import tarfile
-
     from metafast.data.cifar import CIFAR_FS_SPLITS, FC100_SPLITS
 
     rng = np.random.default_rng(seed)
@@ -314,10 +313,15 @@ def write_cifar100(root: Path, train_per_class: int = 2, test_per_class: int = 1
                        "fine_labels": labels.tolist(), "coarse_labels": [int(f) % len(coarse) for f in labels],
                        "filenames": [f"img{i}.png" for i in range(len(labels))]}
     root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tf:
+    write_cifar_archive(root / "cifar-100-python.tar.gz", parts)
+    return root
+
+
+def write_cifar_archive(path, parts: dict) -> None:
+    """The CIFAR-100 python archive layout: one pickle per part under cifar-100-python/."""
+    with tarfile.open(path, "w:gz") as tf:
         for name, obj in parts.items():
             blob = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-100-python/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
-    return root

@@ -1,7 +1,6 @@
 """metafast.data.cifar: CIFAR-FS and FC100 from a synthetic cifar-100-python.tar.gz."""
 from __future__ import annotations
 
-import io
 import pickle
 import tarfile
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from metafast.data import CIFARFS, FC100, load_few_shot
 from metafast.data.cifar import CIFAR_FS_SPLITS, FC100_SPLITS
+from helpers import write_cifar_archive
 
 # CIFAR-100's fine classes (label order) by superclass (coarse label order), from its documentation.
 SUPERCLASSES = {
@@ -55,12 +55,7 @@ def make_fake_cifar100(root: Path, train_per_class=2, test_per_class=1, seed=0, 
                        key("filenames"): [f"img{i}.png" for i in range(len(fine))]}
     parts["meta"] = {key("fine_label_names"): FINE, key("coarse_label_names"): COARSE}
     path = root / "cifar-100-python.tar.gz"
-    with tarfile.open(path, "w:gz") as tf:
-        for name, obj in parts.items():
-            blob = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-100-python/{name}")
-            info.size = len(blob)
-            tf.addfile(info, io.BytesIO(blob))
+    write_cifar_archive(path, parts)
     return path
 
 

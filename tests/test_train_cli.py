@@ -10,6 +10,7 @@ import torch
 from metafast import train
 from metafast.train import main_eval, main_train
 from metafast.training import checkpoint as checkpoints, evaluation
+from helpers import SyntheticSplit
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 needs_data = pytest.mark.skipif(not REAL.is_dir(), reason=f"real Omniglot archives not at {REAL}")
@@ -165,24 +166,9 @@ def test_short_cpu_run_learns(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- synthetic data (no archives needed)
-class TinySplit:
-    """Stands in for an Omniglot split: random 8x8 images drawn from the generator, as the real one does."""
-
-    num_classes = 40
-
-    def __init__(self, split: str):
-        self.split = split
-
-    def sample(self, tasks, ways, shots, queries, generator=None):
-        x = torch.rand(tasks, ways * (shots + queries), 1, 8, 8, generator=generator)
-        labels = torch.arange(ways)
-        return (x[:, :ways * shots], labels.repeat_interleave(shots).expand(tasks, -1),
-                x[:, ways * shots:], labels.repeat_interleave(queries).expand(tasks, -1))
-
-
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(train, "_load_split", lambda data_dir, split, *a, **k: TinySplit(split))
+    monkeypatch.setattr(train, "_load_split", lambda data_dir, split, *a, **k: SyntheticSplit(split))
 
 
 SYN = ["omniglot", "--data-dir", "unused", "--device", "cpu", "--hidden", "4", "--ways", "2", "--meta-batch", "2",
@@ -239,8 +225,8 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, tiny, monkeypatch, cap
 
     with monkeypatch.context() as m:
         if where == "after the episode is drawn":
-            draw = TinySplit.sample
-            m.setattr(TinySplit, "sample", lambda self, *a, **k: (
+            draw = SyntheticSplit.sample
+            m.setattr(SyntheticSplit, "sample", lambda self, *a, **k: (
                 draw(self, *a, **k), self.split != "train" or on_call(4))[0])
         elif where == "after opt.step()":
             class Adam(torch.optim.Adam):
@@ -269,7 +255,7 @@ def test_nan_meta_gradient_with_a_finite_loss_stops_before_the_update(tmp_path, 
     # backend (Conv-4) gets one here from a gradient hook at iteration 2.
     # The hook poisons the gradients of the second training iteration, whichever backend runs it
     # (the loop backend calls the hook once per task).
-    build, draw, draws = train._build, TinySplit.sample, {"train": 0}
+    build, draw, draws = train._build, SyntheticSplit.sample, {"train": 0}
 
     def counted(self, *a, **k):
         draws[self.split] = draws.get(self.split, 0) + 1
@@ -280,7 +266,7 @@ def test_nan_meta_gradient_with_a_finite_loss_stops_before_the_update(tmp_path, 
         model.head.weight.register_hook(lambda grad: grad * float("nan") if draws["train"] == 2 else grad)
         return model, meta
 
-    monkeypatch.setattr(TinySplit, "sample", counted)
+    monkeypatch.setattr(SyntheticSplit, "sample", counted)
     monkeypatch.setattr(train, "_build", poisoned)
     out = tmp_path / "run"
     assert main_train([*SYN, "--iterations", "4", "--val-every", "1", "--out", str(out)]) == 1
@@ -360,6 +346,6 @@ def test_evaluate_counts_queries_with_nonfinite_logits_as_wrong():
             logits[0] = float("nan")  # argmax(NaN) picks index 0, the right class for half the queries
             return logits
 
-    r = evaluation.evaluate(AlwaysClassZero(), TinySplit("test"), tasks=2, ways=2, shots=1, queries=1, steps=1, batch=2)
+    r = evaluation.evaluate(AlwaysClassZero(), SyntheticSplit("test"), tasks=2, ways=2, shots=1, queries=1, steps=1, batch=2)
     assert r["accuracy"] == 25.0 and r["nonfinite_tasks"] == 1  # task 0: 0 of 2, task 1: 1 of 2
     assert "(1 tasks with non-finite logits)" in evaluation.fmt(r)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from metafast.functional import flat
 from metafast.ops import sgd_update
 from metafast.rl import baseline
 from metafast.rl.episodes import Episodes, expand_params, rollout
@@ -102,10 +103,6 @@ def kl_terms(policy, dist, old, batch: TaskBatch) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- TRPO
-def flat(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 def unflat(vector: torch.Tensor, like) -> list[torch.Tensor]:
     out, i = [], 0
     for t in like:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from metafast.functional import flat
+
 
 class NavigationTask:
     """One task of 2D navigation, one trajectory: the port's Navigation2DEnv.step."""
@@ -108,6 +110,6 @@ def kl_hvp(policy, train, valid, lr: float, vector: torch.Tensor, first_order: b
     """The port's hessian_vector_product: double backward of the mean KL."""
     theta = list(policy.parameters())
     _, kl, _ = surrogate_and_kl(policy, train, valid, lr, first_order, adapt)
-    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(kl, theta, create_graph=True)])
+    g = flat(torch.autograd.grad(kl, theta, create_graph=True))
     hv = torch.autograd.grad(g @ vector, theta)
-    return torch.cat([x.reshape(-1) for x in hv]) + damping * vector
+    return flat(hv) + damping * vector
