@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         from metafast.demo import main as demo_main
         return demo_main(rest)
     if command == "train":
-        if rest[:1] and rest[0] in ("navigation", "half-cheetah-vel", "half-cheetah-dir"):  # metafast.rl.cli.ENVS
-            from metafast.rl.cli import main_train as rl_train
+        from metafast.rl.cli import ENVS, main_train as rl_train  # light: eval imports it too
+
+        if rest[:1] and rest[0] in ENVS:
             return rl_train(rest[1:], rest[0])
         from metafast.train import main_train
         return main_train(rest)
