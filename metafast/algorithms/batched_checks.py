@@ -12,51 +12,52 @@ from torch.func import functional_call
 from metafast.algorithms import model_facts
 
 
-def output_shape(meta, x: torch.Tensor) -> torch.Size | None:
-    """The model's output shape for one task of ``x`` ([examples, ...]), found by
-    running it on the meta device (no compute; cached per input shape), or None
-    when that cannot be done safely (data-dependent code, a module registered
-    twice, which functional_call cannot run, a non-tensor output)."""
-    key = (tuple(x.shape[1:]), x.dtype)
+def _on_meta(meta, x: torch.Tensor):
+    """The model's output for one task of ``x`` ([examples, ...]) run on the meta device
+    (no compute), or None when that cannot be done safely: data-dependent code, or a
+    module registered twice, which functional_call cannot run."""
+    if model_facts.shared_module_paths(meta.model) is not None:
+        return None
+    on_meta = {n: torch.empty_like(t, device="meta")
+               for n, t in [*meta.model.named_parameters(), *meta.model.named_buffers()]}
+    try:
+        with torch.no_grad():
+            return functional_call(meta.model, on_meta, (torch.empty(x.shape[1:], dtype=x.dtype, device="meta"),))
+    except Exception:  # noqa: BLE001 - unknown; the backends' own checks still apply
+        return None
+
+
+def _cached(meta, key, compute):
     cache = meta._output_shapes
     if key not in cache:
-        cache[key] = None
-        if model_facts.shared_module_paths(meta.model) is None:
-            on_meta = {n: torch.empty_like(t, device="meta")
-                       for n, t in [*meta.model.named_parameters(), *meta.model.named_buffers()]}
-            example = torch.empty(x.shape[1:], dtype=x.dtype, device="meta")
-            try:
-                with torch.no_grad():
-                    out = functional_call(meta.model, on_meta, (example,))
-                cache[key] = out.shape if isinstance(out, torch.Tensor) else None
-            except Exception:  # noqa: BLE001 - an unknown shape; the backends' own checks still apply
-                pass
+        cache[key] = compute()
     return cache[key]
+
+
+def output_shape(meta, x: torch.Tensor) -> torch.Size | None:
+    """The model's output shape for one task of ``x`` (cached per input shape), or None
+    when unknown (see _on_meta, or a non-tensor output)."""
+    def compute():
+        out = _on_meta(meta, x)
+        return out.shape if isinstance(out, torch.Tensor) else None
+
+    return _cached(meta, (tuple(x.shape[1:]), x.dtype), compute)
 
 
 def conv_outputs(meta, x: torch.Tensor) -> int | None:
     """Elements the model's convolutions output for one task's examples ``x[0]``
-    (found on the meta device, cached per input shape), or None if unknown."""
-    key = ("conv", tuple(x.shape[1:]), x.dtype)
-    cache = meta._output_shapes
-    if key not in cache:
-        cache[key] = None
-        if model_facts.shared_module_paths(meta.model) is None:
-            total = []
-            hooks = [m.register_forward_hook(lambda m, i, o: total.append(o.numel()))
-                     for m in meta.model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-            on_meta = {n: torch.empty_like(t, device="meta")
-                       for n, t in [*meta.model.named_parameters(), *meta.model.named_buffers()]}
-            try:
-                with torch.no_grad():
-                    functional_call(meta.model, on_meta, (torch.empty(x.shape[1:], dtype=x.dtype, device="meta"),))
-                cache[key] = sum(total)
-            except Exception:  # noqa: BLE001 - unknown: the caller decides without it
-                pass
-            finally:
-                for h in hooks:
-                    h.remove()
-    return cache[key]
+    (cached per input shape), or None if unknown."""
+    def compute():
+        total = []
+        hooks = [m.register_forward_hook(lambda m, i, o: total.append(o.numel()))
+                 for m in meta.model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+        try:
+            return None if _on_meta(meta, x) is None else sum(total)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    return _cached(meta, ("conv", tuple(x.shape[1:]), x.dtype), compute)
 
 
 def check_features(name: str, x: torch.Tensor, model: nn.Module) -> None:

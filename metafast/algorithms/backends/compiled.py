@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 from torch.overrides import TorchFunctionMode
 
-from metafast.algorithms import model_facts
 from metafast.algorithms.backends.base import Backend
 from metafast.algorithms.backends.vmap import VmapBackend
 from metafast.functional import sgd_step
@@ -154,13 +153,15 @@ class CompiledBackend(Backend):
         return self._vmap.predict(meta, params, x)
 
     def _compiled(self, meta, key, build):
+        """(the compiled function for ``key``, whether this is its first call)."""
         cache = meta.__dict__.setdefault("_compiled_functions", {})
-        if key not in cache:
+        first = key not in cache
+        if first:
             mode = "reduce-overhead" if key[-1] == "cuda" else None
             compiler = os.environ.get("METAFAST_COMPILE_BACKEND", "inductor")  # "aot_eager": trace, no codegen
             cache[key] = torch.compile(build(), backend=compiler, mode=None if compiler != "inductor" else mode,
                                        dynamic=False)
-        return cache[key]
+        return cache[key], first
 
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
         try:
@@ -194,24 +195,22 @@ class CompiledBackend(Backend):
         weighted, multi_step = weights is not None, meta.step_weights is not None
         key = (tuple(adapt_names), tuple(sorted(trainable)), meta.inner_steps, weighted, rates is None, per_step,
                multi_step, meta.first_order, meta.inner_lr, want_grad, support_x.device.type)
-        f = _meta_function(meta, adapt_names, list(trainable), meta.inner_steps, weighted, per_step, multi_step)
         differentiate = [n for n in trainable if named[n].requires_grad] if want_grad else []
         diff_rates = want_grad and rates is not None
 
-        def build():
+        def build():  # only on a configuration's first call
+            f = _meta_function(meta, adapt_names, list(trainable), meta.inner_steps, weighted, per_step, multi_step)
             if not want_grad:
                 return lambda *args: f(*args)
             argnums = (0, 1) if diff_rates else 0
             return grad_and_value(f, argnums=argnums, has_aux=True)
 
-        compiled = self._compiled(meta, key, build)
+        compiled, first = self._compiled(meta, key, build)
         start = time.perf_counter()
-        first = not meta.__dict__.get("_compile_reported", set()).__contains__(key)
         result = compiled(trainable, rates, constant, support_x, support_y, query_x, query_y, weights,
                           meta.step_weights)
         if first:
             meta.compile_seconds = time.perf_counter() - start
-            meta.__dict__.setdefault("_compile_reported", set()).add(key)
             warnings.warn(f"BatchedMAML(backend='compile'): compiled in {meta.compile_seconds:.1f} s (once per "
                           "configuration)", CompileWarning, stacklevel=4)
         clone = (lambda t: t.clone()) if support_x.is_cuda else (lambda t: t)  # CUDA-graph outputs are reused

@@ -40,19 +40,18 @@ class _Substitution:
 class LoopBackend(Backend):
     name = "loop"
 
-    def _task(self, meta, sub, names, x, y, w, steps, create_graph, query=None):
-        """One task: (adapted parameters, support losses [steps], last query output,
-        query loss: the last step's, or MAML++'s weighted sum over steps)."""
-        named = dict(meta.model.named_parameters())
-        params = [named[n] for n in names]
+    def _task(self, meta, sub, names, params, rates, x, y, w, steps, create_graph, query=None):
+        """One task from the initial ``params``, with ``rates[step]`` per step: (adapted
+        parameters, support losses [steps], last query output, query loss: the last
+        step's, or MAML++'s weighted sum over steps)."""
         losses, query_output, query_loss = [], None, 0.0
         for step in range(steps):
             loss = meta.support_loss(sub(params, x, step), y, w)
             losses.append(loss)
             grads = torch.autograd.grad(loss, params, create_graph=create_graph, retain_graph=True,
                                         allow_unused=True)
-            used, rates = set(meta.used_gradients(names, grads)), meta.rates(names, step)
-            params = [sgd_step(p, grads[i], meta.inner_lr if rates is None else rates[i]) if i in used else p
+            used, rate = set(meta.used_gradients(names, grads)), rates[step]
+            params = [sgd_step(p, grads[i], meta.inner_lr if rate is None else rate[i]) if i in used else p
                       for i, p in enumerate(params)]
             weights = meta.step_weights
             if query is not None and (weights is not None or step == steps - 1):
@@ -64,9 +63,13 @@ class LoopBackend(Backend):
     def _tasks(self, meta, support_x, support_y, steps, weights, query_x=None, query_y=None):
         names = meta.adapt_names
         sub = _Substitution(meta.model, names)
+        named = dict(meta.model.named_parameters())
+        initial = [named[n] for n in names]
+        rates = [meta.rates(names, step) for step in range(steps)]  # once per call, not per task
         grad_wanted = torch.is_grad_enabled()
         with torch.enable_grad():
-            out = [self._task(meta, sub, names, support_x[t], support_y[t], None if weights is None else weights[t],
+            out = [self._task(meta, sub, names, initial, rates, support_x[t], support_y[t],
+                              None if weights is None else weights[t],
                               steps, grad_wanted and not meta.first_order,
                               None if query_x is None else (query_x[t], query_y[t]))
                    for t in range(support_x.shape[0])]
