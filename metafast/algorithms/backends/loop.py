@@ -6,8 +6,9 @@ the user's model is never modified, and a module or parameter used twice is
 substituted everywhere). It serves what vmap cannot: batch norm updating
 running statistics (task after task, in place, as learn2learn's clones do),
 and a module registered under two names. On the CPU it is also the fastest
-way to run conv nets (grouped convolutions under vmap are slower than one
-convolution per task; see benchmarks/README.md).
+way to run conv nets with large activations per task (there, grouped
+convolutions under vmap are slower than one convolution per task; see
+batched.CPU_LOOP_MIN_CONV_OUTPUTS and benchmarks/README.md).
 """
 from __future__ import annotations
 
