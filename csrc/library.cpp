@@ -13,23 +13,25 @@ STABLE_TORCH_LIBRARY(metafast, m) {
   // (with a query set) the query forward at the adapted parameters. Returns
   // (adapted [T, P], support_losses [T, steps], query_output [T, Q, d_out],
   //  query_losses [T], trajectory [T, steps, P]); query outputs are empty
-  // without a query set. support_weights [T, K] weighs each support example's
+  // without a query set. lrs: [P] (Meta-SGD) or [steps, P] (a row per step,
+  // MAML++'s LSLR); query_every_step: query_losses [T, steps], the query loss
+  // after every step (MAML++'s multi-step loss). support_weights [T, K] weighs each support example's
   // loss (a task's support loss is Σ_k w_k·ℓ_k / K; absent: all 1); they are
   // data, not differentiated.
   m.def(
       "mlp_adapt(Tensor params, Tensor? lrs, float lr, Tensor support_x, Tensor support_y, Tensor? query_x, "
       "Tensor? query_y, int[] sizes, int steps, str activation, str loss, bool first_order, "
-      "Tensor? support_weights=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? support_weights=None, bool query_every_step=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Exact reverse of mlp_adapt (an absent upstream gradient contributes
   // nothing, not zero times a possibly-NaN term); returns per-task (grad_params [T, P], grad_lrs
-  // [T, P], grad_support_x [T, K, d_in], grad_query_x [T, Q, d_in]), each empty
+  // [T, P] or [T, steps, P], grad_support_x [T, K, d_in], grad_query_x [T, Q, d_in]), each empty
   // unless asked for (params always).
   m.def(
       "mlp_adapt_backward(Tensor grad_adapted, Tensor? grad_losses, Tensor? grad_query_output, "
       "Tensor? grad_query_losses, Tensor adapted, Tensor trajectory, Tensor params, Tensor? lrs, float lr, "
       "Tensor support_x, Tensor support_y, Tensor? query_x, Tensor? query_y, int[] sizes, str activation, "
-      "str loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, Tensor? support_weights=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "str loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, Tensor? support_weights=None, "
+      "bool query_every_step=False) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // An empty module: importing it runs the registrations above.

@@ -84,7 +84,7 @@ def as_layer_sizes(sizes) -> list[int]:
 
 
 def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation,
-                         loss, support_weights=None) -> None:
+                         loss, support_weights=None, query_every_step=False) -> None:
     """The checks of csrc/ops/mlp_adapt/host.h (the truth for the op), mirrored for
     the fake kernel and for the pure-PyTorch fallback."""
     def check(cond, message):
@@ -106,8 +106,9 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
             check(t.device == params.device, f"{name} is on {t.device} but params is on {params.device}")
             check(t.dtype == params.dtype, f"{name} has dtype {t.dtype} but params has {params.dtype}")
     if lrs is not None:
-        check(lrs.shape == params.shape, f"lrs must have the shape of params {list(params.shape)}, "
-                                         f"got {list(lrs.shape)}")
+        check(lrs.shape == params.shape or lrs.shape == (steps, num_params),
+              f"lrs must have the shape of params {list(params.shape)} or be one row per step "
+              f"[{steps}, {num_params}], got {list(lrs.shape)}")
     else:
         check(math.isfinite(lr), f"lr must be finite, got {lr}")
     check(support_x.dim() == 3 and support_x.shape[2] == sizes[0],
@@ -119,6 +120,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
         check(support_weights.shape == (t, k), f"support_weights must be [{t}, {k}] (one weight per support "
                                                f"example), got {list(support_weights.shape)}")
     check((query_x is None) == (query_y is None), "give both query_x and query_y, or neither")
+    check(query_x is not None or not query_every_step, "query_every_step needs a query set")
     sets = [("support_y", support_y, k)]
     if query_x is not None:
         check(query_x.dim() == 3 and query_x.shape[0] == t and query_x.shape[2] == sizes[0],
@@ -154,9 +156,12 @@ def check_label_range(classes: int, *labels: torch.Tensor | None) -> None:
 
 
 def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation="relu", loss="mse",
-                    first_order=False, query_x=None, query_y=None, support_weights=None):
+                    first_order=False, query_x=None, query_y=None, support_weights=None, query_every_step=False,
+                    step_rates=False):
     """Pure-PyTorch mlp_adapt (batched over tasks): the fallback, and the
     differentiable formula used when a gradient of the gradient is asked for.
+    ``lrs``: [P] or per task [T, P]; with ``step_rates`` a row per step, [S, P] or
+    [T, S, P] (the op's [S, P] rates: ``step_rates=lrs.dim() == 2``).
     Returns (adapted, support_losses[, query_output, query_losses])."""
     grad_wanted = torch.is_grad_enabled()
     t = support_x.shape[0]
@@ -164,19 +169,24 @@ def mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activat
         theta = params.expand(t, -1)
         if not theta.requires_grad:
             theta = theta.detach().requires_grad_()
-        rate = lr if lrs is None else lrs
-        losses = []
-        for _ in range(steps):
+        losses, step_query_losses = [], []
+        for step in range(steps):
+            rate = lr if lrs is None else lrs[..., step, :] if step_rates else lrs
             task_loss = task_losses(mlp_forward(theta, support_x, sizes, activation), support_y, loss, support_weights)
             losses.append(task_loss)
             # retain_graph: the support losses stay differentiable in first order too.
             (g,) = torch.autograd.grad(task_loss.sum(), theta, create_graph=grad_wanted and not first_order,
                                        retain_graph=True)
             theta = theta - rate * g
+            if query_every_step and step + 1 < steps:
+                step_query_losses.append(task_losses(mlp_forward(theta, query_x, sizes, activation), query_y, loss))
         outputs = [theta, torch.stack(losses, 1)]
         if query_x is not None:
             query_output = mlp_forward(theta, query_x, sizes, activation)
-            outputs += [query_output, task_losses(query_output, query_y, loss)]
+            query_losses = task_losses(query_output, query_y, loss)
+            if query_every_step:
+                query_losses = torch.stack(step_query_losses + [query_losses], 1)
+            outputs += [query_output, query_losses]
     if not grad_wanted:
         outputs = [o.detach() for o in outputs]
     return tuple(outputs)
@@ -197,6 +207,7 @@ def mlp_adapt(
     query_y: torch.Tensor | None = None,
     check_labels: bool = True,
     support_weights: torch.Tensor | None = None,
+    query_every_step: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Adapt an MLP to every task of a meta-batch in one fused call.
 
@@ -205,7 +216,9 @@ def mlp_adapt(
         support_x: [T, K, d_in]; support_y: [T, K, d_out] (MSE) or [T, K] int64 (cross-entropy).
         sizes: layer widths [d_in, ..., d_out]; steps: inner steps; lr: scalar inner rate
             (a number, or a one-element tensor, differentiated when it requires grad),
-            or lrs [P]: per-parameter rates (Meta-SGD).
+            or lrs [P]: per-parameter rates (Meta-SGD), or lrs [steps, P]: a row
+            of rates per inner step (MAML++'s LSLR, each layer's rate expanded
+            over its elements).
         first_order: the backward ignores second derivatives (first-order MAML).
         query_x, query_y: optional query set [T, Q, d_in] / targets; the query
             forward at the adapted parameters then runs in the same launch.
@@ -218,6 +231,9 @@ def mlp_adapt(
             mean; zero masks a padded example; negative weights are allowed, as
             in an advantage-weighted policy-gradient loss). Data, not
             differentiated: a tensor that requires grad is refused.
+        query_every_step: the query loss after every inner step (MAML++'s
+            multi-step loss): query_losses is then [T, steps], weighted by
+            the caller (its gradient is each step's weight).
 
     Returns:
         (adapted [T, P], support_losses [T, steps]) and, with a query set,
@@ -246,16 +262,17 @@ def mlp_adapt(
                              f"detach {name}")
     if not kernel_available(params.device):
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-                             support_weights)
+                             support_weights, query_every_step)
         if loss == "cross_entropy":
             check_label_range(sizes[-1], support_y, query_y)
         return mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss, first_order,
-                               query_x, query_y, support_weights)
+                               query_x, query_y, support_weights, bool(query_every_step),
+                               step_rates=lrs is not None and lrs.dim() == 2)
     if loss == "cross_entropy" and params.device.type == "cuda" and check_labels:
         check_label_range(sizes[-1], support_y, query_y)
     adapted, losses, query_output, query_losses, _ = torch.ops.metafast.mlp_adapt(
         params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, bool(first_order),
-        support_weights,
+        support_weights, bool(query_every_step),
     )
     return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
@@ -264,24 +281,25 @@ if _extension.available():
 
     @torch.library.register_fake("metafast::mlp_adapt")
     def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order,
-          support_weights=None):
+          support_weights=None, query_every_step=False):
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-                             support_weights)
+                             support_weights, query_every_step)
         t, p = support_x.shape[0], params.shape[0]
         if query_x is None:
             query_output, query_losses = params.new_empty(0), params.new_empty(0)
         else:
-            query_output, query_losses = params.new_empty(t, query_x.shape[1], sizes[-1]), params.new_empty(t)
+            query_output = params.new_empty(t, query_x.shape[1], sizes[-1])
+            query_losses = params.new_empty((t, steps) if query_every_step else (t,))
         return (params.new_empty(t, p), params.new_empty(t, steps), query_output, query_losses,
                 params.new_empty(t, steps, p))
 
     @torch.library.register_fake("metafast::mlp_adapt_backward")
     def _(grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs, lr,
           support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, lrs_grad, x_grad,
-          query_x_grad, support_weights=None):
+          query_x_grad, support_weights=None, query_every_step=False):
         steps = trajectory.shape[1] if trajectory.dim() == 3 else 0
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-                             support_weights)
+                             support_weights, query_every_step)
         t, p = support_x.shape[0], params.shape[0]
         torch._check_value(grad_adapted.shape == (t, p) and trajectory.shape == (t, steps, p)
                            and (grad_losses is None or grad_losses.shape == (t, steps)),
@@ -292,14 +310,14 @@ if _extension.available():
         q = 0 if query_x is None else query_x.shape[1]
         return (
             params.new_empty(t, p),
-            params.new_empty((t, p) if lrs_grad else (0, 0)),
+            params.new_empty(((t, *lrs.shape) if lrs_grad else (0, 0))),
             params.new_empty((t, k, d) if x_grad else (0, 0, 0)),
             params.new_empty((t, q, d) if query_x_grad else (0, 0, 0)),
         )
 
     def _setup_context(ctx, inputs, output):
         (params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
-         first_order, support_weights) = inputs
+         first_order, support_weights, query_every_step) = inputs
         if support_weights is not None and support_weights.requires_grad:
             raise ValueError("metafast::mlp_adapt: gradients with respect to support_weights are not supported; "
                              "detach support_weights")
@@ -308,11 +326,11 @@ if _extension.available():
         # for the trajectory, and no 0·NaN where a support loss is NaN.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(params, lrs, support_x, support_y, query_x, query_y, output[0], output[4], support_weights)
-        ctx.config = (lr, list(sizes), steps, activation, loss, first_order)
+        ctx.config = (lr, list(sizes), steps, activation, loss, first_order, query_every_step)
 
     def _backward(ctx, grad_adapted, grad_losses, grad_query_output, grad_query_losses, _grad_trajectory):
         params, lrs, support_x, support_y, query_x, query_y, adapted, trajectory, weights = ctx.saved_tensors
-        lr, sizes, steps, activation, loss, first_order = ctx.config
+        lr, sizes, steps, activation, loss, first_order, every_step = ctx.config
         need_lrs, need_x, need_qx = ctx.needs_input_grad[1], ctx.needs_input_grad[3], ctx.needs_input_grad[5]
         t = support_x.shape[0]
         if grad_adapted is None:
@@ -325,7 +343,8 @@ if _extension.available():
             inputs = [x for x, need in wanted if need]
             with torch.enable_grad():
                 outs = mlp_adapt_torch(params, lrs, lr, support_x, support_y, sizes, steps, activation, loss,
-                                       first_order, query_x, query_y, weights)
+                                       first_order, query_x, query_y, weights, every_step,
+                                       step_rates=lrs is not None and lrs.dim() == 2)
                 pairs = [(o, g) for o, g in zip(outs, (grad_adapted, grad_losses, grad_query_output,
                                                         grad_query_losses)) if g is not None]
                 grads = list(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
@@ -336,12 +355,12 @@ if _extension.available():
             g_params, g_lrs, g_x, g_qx = torch.ops.metafast.mlp_adapt_backward(
                 grad_adapted, grad_losses, grad_query_output, grad_query_losses, adapted, trajectory, params, lrs,
                 lr, support_x, support_y, query_x, query_y, sizes, activation, loss, first_order, need_lrs, need_x,
-                need_qx, weights,
+                need_qx, weights, every_step,
             )
             g_params = g_params.sum(0)
             g_lrs = g_lrs.sum(0) if need_lrs else None
             g_x = g_x if need_x else None
             g_qx = g_qx if need_qx else None
-        return g_params, g_lrs, None, g_x, None, g_qx, None, None, None, None, None, None, None
+        return g_params, g_lrs, None, g_x, None, g_qx, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("metafast::mlp_adapt", _backward, setup_context=_setup_context)

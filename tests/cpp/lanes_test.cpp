@@ -158,6 +158,8 @@ struct Case {
   bool has_g_losses = true, has_gq_out = false, has_gq_loss = false;  // upstream gradients given (else nullptr)
   double lr = 0.1;
   bool weighted = false;  // per-example support loss weights
+  // MAML++: a row of rates per step (with meta_sgd; LSLR), the query loss after every step (MSL)
+  bool step_rates = false, every_step = false;
   Vec lrs, init, x, y_float, qx, qy_float, weights;
   IVec y_class, qy_class;
   // upstream gradients of the backward
@@ -196,6 +198,8 @@ struct Runner {
     shape.shots = c.shots;
     shape.queries = c.queries;
     shape.steps = c.steps;
+    shape.step_rates = c.meta_sgd && c.step_rates;
+    shape.query_every_step = c.queries > 0 && c.every_step;
     const bool mse = c.loss == Loss::MSE;
     MlpExamples<double> support, query;
     support.x = c.x.data();
@@ -250,7 +254,8 @@ struct Runner {
     o.adapted.assign(T * P, kNaN);
     o.losses.assign(T * S, kNaN);
     o.query_output.assign(Q ? T * Q * dL : 0, kNaN);
-    o.query_losses.assign(Q ? T : 0, kNaN);
+    const int64_t per_task_query_losses = c.every_step ? S : 1, rates = (c.step_rates ? S : 1) * P;
+    o.query_losses.assign(Q ? T * per_task_query_losses : 0, kNaN);
     o.trajectory.assign(T * S * P, kNaN);
     MlpAdaptForwardArgs<double> f;
     f.p = problem(ws);
@@ -264,7 +269,7 @@ struct Runner {
     if (!fwd) fwd = &o;
     std::fill(ws.begin(), ws.end(), kNaN);
     o.grad_init.assign(T * P, kNaN);
-    o.grad_lrs.assign(c.want_grad_lrs ? T * P : 0, kNaN);
+    o.grad_lrs.assign(c.want_grad_lrs ? T * rates : 0, kNaN);
     o.grad_x.assign(c.want_grad_x ? T * K * d0 : 0, kNaN);
     o.grad_qx.assign(c.want_grad_qx ? T * Q * d0 : 0, kNaN);
     MlpAdaptBackwardArgs<double> b;
@@ -318,7 +323,7 @@ void fill_arrays(Case& c, Rng& r) {
     const double s = 1.0 / std::sqrt(double(c.sizes[l - 1]));
     for (int64_t p = m.weight_offset[l]; p < m.bias_offset[l] + c.sizes[l]; ++p) c.init[p] = s * r.normal();
   }
-  c.lrs.resize(P);
+  c.lrs.resize((c.step_rates ? c.steps : 1) * P);
   for (auto& e : c.lrs) e = r.uniform(0.0, 2.0 * c.lr);
   c.x = r.normals(T * K * d0);
   c.weights.resize(T * K);
@@ -331,7 +336,7 @@ void fill_arrays(Case& c, Rng& r) {
   c.g_adapted = r.normals(T * P);
   c.g_losses = r.normals(T * c.steps);
   c.g_qout = r.normals(T * Q * dL);
-  c.g_qloss = r.normals(T);
+  c.g_qloss = r.normals(T * (c.every_step ? c.steps : 1));
 }
 
 Case random_case(uint64_t seed) {
@@ -355,6 +360,8 @@ Case random_case(uint64_t seed) {
   c.has_gq_loss = c.queries > 0 && r.coin(0.8);
   c.lr = r.uniform(0.02, 0.3);
   c.weighted = r.coin(0.4);
+  c.step_rates = c.meta_sgd && r.coin(0.4);
+  c.every_step = c.queries > 0 && r.coin(0.4);
   fill_arrays(c, r);
   return c;
 }
@@ -462,7 +469,8 @@ std::string describe(const Case& c) {
        " Q=" + std::to_string(c.queries) + " S=" + std::to_string(c.steps) + (c.second_order ? " 2nd" : " 1st") +
        (c.meta_sgd ? " meta-sgd" : "") + (c.want_grad_lrs ? " +glrs" : "") + (c.want_grad_x ? " +gx" : "") +
        (c.want_grad_qx ? " +gqx" : "") + (c.has_g_losses ? "" : " -glosses") + (c.has_gq_out ? " +gqout" : "") +
-       (c.has_gq_loss ? " +gqloss" : "") + (c.weighted ? " weighted" : "") + c.name;
+       (c.has_gq_loss ? " +gqloss" : "") + (c.weighted ? " weighted" : "") + (c.step_rates ? " lslr" : "") +
+       (c.every_step ? " msl" : "") + c.name;
   return s;
 }
 

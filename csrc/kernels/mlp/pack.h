@@ -42,11 +42,11 @@ struct PackedMlpAdapt {
 
   // The problem of one pack (tasks = 1), its inputs gathered into `sc`.
   static MlpProblem<Pack> pack_problem(const MlpProblem<S>& pr, int64_t first, int n, ScratchCarver& sc) {
-    const int64_t P = pr.layout.num_params, d0 = pr.layout.sizes[0], dL = pr.classes();
+    const int64_t d0 = pr.layout.sizes[0], dL = pr.classes();
     MlpShape shape = pr;
     shape.tasks = 1;
-    Pack* lrs = pr.lrs ? sc.take<Pack>(P) : nullptr;
-    if (lrs && sc.base) broadcast_pack(lrs, pr.lrs, P);
+    Pack* lrs = pr.lrs ? sc.take<Pack>(pr.rate_count()) : nullptr;
+    if (lrs && sc.base) broadcast_pack(lrs, pr.lrs, pr.rate_count());
     const MlpExamples<Pack> support = pack_examples(pr.support, pr.shots, d0, dL, first, n, sc);
     const MlpExamples<Pack> query =
         pr.queries ? pack_examples(pr.query, pr.queries, d0, dL, first, n, sc) : MlpExamples<Pack>{};
@@ -67,7 +67,7 @@ struct PackedMlpAdapt {
     b.adapted = sc.take<Pack>(P);
     b.losses = sc.take<Pack>(S_);
     b.query_output = Q ? sc.take<Pack>(Q * dL) : nullptr;
-    b.query_losses = Q ? sc.take<Pack>(1) : nullptr;
+    b.query_losses = Q ? sc.take<Pack>(pr.query_loss_count()) : nullptr;
     b.trajectory = sc.take<Pack>(S_ * P);
     if (!scratch) return sc.used;
     broadcast_pack(init, a.init, P);
@@ -76,7 +76,7 @@ struct PackedMlpAdapt {
     scatter_pack(a.losses, b.losses, S_, first, n);
     if (Q) {
       scatter_pack(a.query_output, b.query_output, Q * dL, first, n);
-      scatter_pack(a.query_losses, b.query_losses, 1, first, n);
+      scatter_pack(a.query_losses, b.query_losses, pr.query_loss_count(), first, n);
     }
     scatter_pack(a.trajectory, b.trajectory, S_ * P, first, n);
     return sc.used;
@@ -94,7 +94,7 @@ struct PackedMlpAdapt {
     Pack* g_adapted = sc.take<Pack>(P);
     Pack* g_losses = a.grad_losses ? sc.take<Pack>(S_) : nullptr;
     Pack* g_qout = a.grad_query_output ? sc.take<Pack>(Q * dL) : nullptr;
-    Pack* g_qloss = a.grad_query_losses ? sc.take<Pack>(1) : nullptr;
+    Pack* g_qloss = a.grad_query_losses ? sc.take<Pack>(pr.query_loss_count()) : nullptr;
     Pack* adapted = a.adapted ? sc.take<Pack>(P) : nullptr;
     Pack* trajectory = sc.take<Pack>(S_ * P);
     b.grad_adapted = g_adapted;
@@ -104,19 +104,19 @@ struct PackedMlpAdapt {
     b.adapted = adapted;
     b.trajectory = trajectory;
     b.grad_init = sc.take<Pack>(P);
-    b.grad_lrs = a.grad_lrs ? sc.take<Pack>(P) : nullptr;
+    b.grad_lrs = a.grad_lrs ? sc.take<Pack>(pr.rate_count()) : nullptr;
     b.grad_x = a.grad_x ? sc.take<Pack>(K * d0) : nullptr;
     b.grad_qx = a.grad_qx ? sc.take<Pack>(Q * d0) : nullptr;
     if (!scratch) return sc.used;
     gather_pack(g_adapted, a.grad_adapted, P, first, n);
     if (g_losses) gather_pack(g_losses, a.grad_losses, S_, first, n);
     if (g_qout) gather_pack(g_qout, a.grad_query_output, Q * dL, first, n);
-    if (g_qloss) gather_pack(g_qloss, a.grad_query_losses, 1, first, n);
+    if (g_qloss) gather_pack(g_qloss, a.grad_query_losses, pr.query_loss_count(), first, n);
     if (adapted) gather_pack(adapted, a.adapted, P, first, n);
     gather_pack(trajectory, a.trajectory, S_ * P, first, n);
     run_task(PackLanes{}, b, 0, b.p.workspace);
     scatter_pack(a.grad_init, b.grad_init, P, first, n);
-    if (a.grad_lrs) scatter_pack(a.grad_lrs, b.grad_lrs, P, first, n);
+    if (a.grad_lrs) scatter_pack(a.grad_lrs, b.grad_lrs, pr.rate_count(), first, n);
     if (a.grad_x) scatter_pack(a.grad_x, b.grad_x, K * d0, first, n);
     if (a.grad_qx) scatter_pack(a.grad_qx, b.grad_qx, Q * d0, first, n);
     return sc.used;

@@ -12,7 +12,13 @@ namespace metafast {
 // The network and the problem sizes of one call.
 struct MlpShape : MlpNet {
   int tasks = 0, shots = 0, queries = 0, steps = 0;  // T, K, Q (0: no query set), S
+  // MAML++: lrs holds a rate per step ([S, P], LSLR) rather than one set ([P],
+  // Meta-SGD); the query loss is taken after every step (MSL: query_losses
+  // [T, S]) rather than after the last only ([T]).
+  bool step_rates = false, query_every_step = false;
 
+  MF_HD int query_loss_count() const { return query_every_step ? steps : 1; }  // per task
+  MF_HD int64_t rate_count() const { return (step_rates ? steps : 1) * layout.num_params; }  // lrs' elements
   // Examples the workspace holds at a time (the support or the query set).
   MF_HD int rows() const { return shots > queries ? shots : queries; }
   MF_HD int classes() const { return layout.sizes[layout.num_layers]; }  // d_L
@@ -33,12 +39,14 @@ struct MlpExamples {
 template <typename T>
 struct MlpProblem : MlpShape {
   T lr;
-  const T* lrs;                   // [P] per-parameter rates (Meta-SGD), or nullptr: lr
+  const T* lrs;                   // [P] per-parameter rates (Meta-SGD), [S, P] (step_rates), or nullptr: lr
   MlpExamples<T> support, query;  // query: all nullptr without a query set
   T* workspace;                   // [T, W] global scratch, or nullptr where the GPU's shared memory serves
   int64_t workspace_stride;       // W
 
-  MF_HD T rate(int64_t p) const { return lrs ? lrs[p] : lr; }
+  // The rates of inner step s: a [P] vector, or nullptr (the scalar lr).
+  MF_HD const T* step_lrs(int s) const { return lrs && step_rates ? lrs + int64_t(s) * layout.num_params : lrs; }
+  MF_HD static T rate(const T* rates, const T& lr, int64_t p) { return rates ? rates[p] : lr; }
   // One task's support or query examples.
   MF_HD MlpTaskData<T> task_data(int task, bool is_query) const {
     const int n = is_query ? queries : shots;

@@ -18,7 +18,9 @@ namespace metafast {
 
 // ---------------------------------------------------------------------------
 // Forward: θ_0 = init; for s < S: record θ_s, loss_s = L(θ_s),
-// θ_{s+1} = θ_s − α⊙∇L(θ_s); then, with a query set, the query forward at θ_S.
+// θ_{s+1} = θ_s − α_s⊙∇L(θ_s) (α_s: lr, lrs, or step s's row of lrs); then,
+// with a query set, the query forward at θ_S, and with query_every_step the
+// query loss at every θ_{s+1} (MAML++'s multi-step loss).
 // ---------------------------------------------------------------------------
 template <typename T>
 struct MlpAdaptForwardArgs {
@@ -27,9 +29,17 @@ struct MlpAdaptForwardArgs {
   T* adapted;            // [T, P]
   T* losses;             // [T, S]
   T* query_output;       // [T, Q, d_L] model output at θ_S, or nullptr
-  T* query_losses;       // [T] query loss at θ_S, or nullptr
+  T* query_losses;       // [T] query loss at θ_S ([T, S]: at θ_1 ... θ_S), or nullptr
   T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
 };
+
+// The query loss of one task at θ (no gradient); the outputs stay in ws.z.
+template <typename T, typename Lanes>
+MF_HD T mlp_query_loss(const Lanes& lanes, const MlpProblem<T>& pr, const T* theta, int task, MlpWorkspace<T>& ws) {
+  LossGradOptions<T> loss_only;
+  loss_only.want_grad = false;
+  return mlp_loss_grad_hvp<T>(lanes, pr, theta, pr.task_data(task, true), ws, loss_only);
+}
 
 // `workspace`: this task's scratch (mlp_workspace_size elements): a slice of
 // p.workspace, or on the GPU the block's shared memory when it fits.
@@ -41,6 +51,7 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
   const MlpTaskData<T> d = pr.task_data(task, false);
   MlpWorkspace<T> ws(workspace, m, pr.rows());
   T* theta = a.adapted + int64_t(task) * P;
+  T* query_losses = pr.queries > 0 ? a.query_losses + int64_t(task) * pr.query_loss_count() : nullptr;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
   for (int s = 0; s < pr.steps; ++s) {
@@ -48,27 +59,33 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) record[p] = theta[p];
     const T loss = mlp_loss_grad_hvp<T>(lanes, pr, theta, d, ws);
     if (lanes.leader()) a.losses[int64_t(task) * pr.steps + s] = loss;
-    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = sgd_step(theta[p], pr.rate(p), ws.grad[p]);
+    const T* rates = pr.step_lrs(s);
+    for (int64_t p = lanes.lane(); p < P; p += lanes.count())
+      theta[p] = sgd_step(theta[p], MlpProblem<T>::rate(rates, pr.lr, p), ws.grad[p]);
     lanes.sync();
+    if (pr.query_every_step && s + 1 < pr.steps) {  // θ_S's below, with the outputs
+      const T q = mlp_query_loss<T>(lanes, pr, theta, task, ws);
+      if (lanes.leader()) query_losses[s] = q;
+    }
   }
   if (pr.queries > 0) {  // the query forward at θ_S, fused in the same launch
-    LossGradOptions<T> loss_only;
-    loss_only.want_grad = false;
-    const T loss = mlp_loss_grad_hvp<T>(lanes, pr, theta, pr.task_data(task, true), ws, loss_only);
+    const T loss = mlp_query_loss<T>(lanes, pr, theta, task, ws);
     const int dL = m.sizes[m.num_layers];
     const T* y = ws.z + int64_t(pr.queries) * m.act_offset[m.num_layers];
     T* dst = a.query_output + int64_t(task) * pr.queries * dL;
     for (int64_t i = lanes.lane(); i < int64_t(pr.queries) * dL; i += lanes.count()) dst[i] = y[i];
-    if (lanes.leader()) a.query_losses[task] = loss;
+    if (lanes.leader()) query_losses[pr.query_loss_count() - 1] = loss;
   }
 }
 
 // ---------------------------------------------------------------------------
 // Backward: v = ∂Q/∂θ_S (plus the query terms); for s = S−1 … 0 (g_s = ∇L(θ_s),
-// H_s its Hessian):
-//   ᾱ += −g_s ⊙ v;   v ← v − H_s(α ⊙ v)  [second order only];   v += l̄_s·g_s
-//   x̄ += l̄_s·∂L/∂x − ∂/∂x[(α⊙v)ᵀ g_s]  [the second term second order only]
-// giving v = ∂/∂θ_0, ᾱ = ∂/∂α and x̄ = ∂/∂x of the task's share of the meta-loss.
+// H_s its Hessian, α_s step s's rates):
+//   v += q̄_s·∇Q(θ_{s+1})  [query_every_step, s < S−1: the multi-step loss]
+//   ᾱ_s += −g_s ⊙ v;   v ← v − H_s(α_s ⊙ v)  [second order only];   v += l̄_s·g_s
+//   x̄ += l̄_s·∂L/∂x − ∂/∂x[(α_s⊙v)ᵀ g_s]  [the second term second order only]
+// giving v = ∂/∂θ_0, ᾱ = ∂/∂α and x̄ = ∂/∂x of the task's share of the meta-loss
+// (ᾱ summed over the steps unless step_rates).
 // ---------------------------------------------------------------------------
 template <typename T>
 struct MlpAdaptBackwardArgs {
@@ -78,14 +95,32 @@ struct MlpAdaptBackwardArgs {
   const T* grad_losses;        // [T, S], or nullptr: the support losses are unused (no term at all, so
                                // that a NaN support gradient is not turned into NaN by 0·NaN)
   const T* grad_query_output;  // [T, Q, d_L] or nullptr
-  const T* grad_query_losses;  // [T] or nullptr
+  const T* grad_query_losses;  // [T] ([T, S] with query_every_step) or nullptr
   const T* adapted;            // [T, P] θ_S (for the query terms)
   const T* trajectory;         // [T, S, P]
   T* grad_init;                // [T, P] per-task ∂/∂θ_0
-  T* grad_lrs;                 // [T, P] per-task ∂/∂α, or nullptr
+  T* grad_lrs;                 // [T, P] ([T, S, P] with step_rates) per-task ∂/∂α, or nullptr
   T* grad_x;                   // [T, K, d_0] ∂/∂support_x, or nullptr
   T* grad_qx;                  // [T, Q, d_0] ∂/∂query_x, or nullptr
 };
+
+// v += ∂/∂θ of the query terms at θ (scale·query loss, plus the caller's
+// gradient of the outputs `extra` when given); qx_bar += their ∂/∂query_x.
+template <typename T, typename Lanes>
+MF_HD void add_query_terms(const Lanes& lanes, const MlpProblem<T>& pr, const T* theta, int task, bool loss_term,
+                           T scale, const T* extra, T* v, T* qx_bar, MlpWorkspace<T>& ws) {
+  LossGradOptions<T> o;
+  o.input_grad = qx_bar != nullptr;
+  o.loss_scale = scale;
+  o.extra_dy = extra;
+  o.loss_term = loss_term;
+  mlp_loss_grad_hvp<T>(lanes, pr, theta, pr.task_data(task, true), ws, o);
+  for (int64_t p = lanes.lane(); p < pr.layout.num_params; p += lanes.count()) v[p] += ws.grad[p];
+  if (qx_bar)
+    for (int64_t i = lanes.lane(); i < int64_t(pr.queries) * pr.layout.sizes[0]; i += lanes.count())
+      qx_bar[i] += ws.dx[i];
+  lanes.sync();
+}
 
 template <typename T, typename Lanes>
 MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task, T* workspace) {
@@ -95,42 +130,35 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   const MlpTaskData<T> d = pr.task_data(task, false);
   MlpWorkspace<T> ws(workspace, m, pr.rows());
   T* v = a.grad_init + int64_t(task) * P;
-  T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * P : nullptr;
-  const int64_t nx = int64_t(pr.shots) * m.sizes[0];
+  T* lr_bar = a.grad_lrs ? a.grad_lrs + int64_t(task) * pr.rate_count() : nullptr;
+  const int64_t nx = int64_t(pr.shots) * m.sizes[0], nq = int64_t(pr.queries) * m.sizes[0];
   T* x_bar = a.grad_x ? a.grad_x + int64_t(task) * nx : nullptr;
-  for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
-    v[p] = a.grad_adapted[int64_t(task) * P + p];
-    if (lr_bar) lr_bar[p] = T(0);
-  }
+  T* qx_bar = a.grad_qx ? a.grad_qx + int64_t(task) * nq : nullptr;
+  // q̄: this task's upstream gradients of its query losses (the last is θ_S's).
+  const T* q_bar = a.grad_query_losses ? a.grad_query_losses + int64_t(task) * pr.query_loss_count() : nullptr;
+  for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] = a.grad_adapted[int64_t(task) * P + p];
+  if (lr_bar)
+    for (int64_t i = lanes.lane(); i < pr.rate_count(); i += lanes.count()) lr_bar[i] = T(0);
   if (x_bar)
     for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) x_bar[i] = T(0);
+  if (qx_bar)
+    for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = T(0);
   lanes.sync();
-  if (pr.queries > 0) {  // v += ∂/∂θ_S of the query terms (loss and outputs)
-    const int dL = m.sizes[m.num_layers];
-    const int64_t nq = int64_t(pr.queries) * m.sizes[0];
-    T* qx_bar = a.grad_qx ? a.grad_qx + int64_t(task) * nq : nullptr;
-    // An absent upstream gradient contributes nothing (not 0·NaN).
-    if (a.grad_query_losses || a.grad_query_output) {
-      const T scale = a.grad_query_losses ? a.grad_query_losses[task] : T(0);
-      const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * pr.queries * dL : nullptr;
-      LossGradOptions<T> o;
-      o.input_grad = qx_bar != nullptr;
-      o.loss_scale = scale;
-      o.extra_dy = extra;
-      o.loss_term = a.grad_query_losses != nullptr;
-      mlp_loss_grad_hvp<T>(lanes, pr, a.adapted + int64_t(task) * P, pr.task_data(task, true), ws, o);
-      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] += ws.grad[p];
-      if (qx_bar)
-        for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = ws.dx[i];
-    } else if (qx_bar) {
-      for (int64_t i = lanes.lane(); i < nq; i += lanes.count()) qx_bar[i] = T(0);
-    }
-    lanes.sync();
-  }
+  // v += ∂/∂θ_S of the query terms (loss and outputs); an absent upstream
+  // gradient contributes nothing (not 0·NaN).
+  const T* extra = a.grad_query_output ? a.grad_query_output + int64_t(task) * pr.queries * m.sizes[m.num_layers]
+                                       : nullptr;
+  if (pr.queries > 0 && (q_bar || extra))
+    add_query_terms<T>(lanes, pr, a.adapted + int64_t(task) * P, task, q_bar != nullptr,
+                       q_bar ? q_bar[pr.query_loss_count() - 1] : T(0), extra, v, qx_bar, ws);
   for (int s = pr.steps - 1; s >= 0; --s) {
+    if (pr.query_every_step && q_bar && s + 1 < pr.steps)  // the query loss at θ_{s+1}
+      add_query_terms<T>(lanes, pr, a.trajectory + (int64_t(task) * pr.steps + s + 1) * P, task, true, q_bar[s],
+                         static_cast<const T*>(nullptr), v, qx_bar, ws);
     const T* theta = a.trajectory + (int64_t(task) * pr.steps + s) * P;
+    const T* rates = pr.step_lrs(s);
     if (a.second_order) {
-      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = pr.rate(p) * v[p];
+      for (int64_t p = lanes.lane(); p < P; p += lanes.count()) ws.dir[p] = MlpProblem<T>::rate(rates, pr.lr, p) * v[p];
       lanes.sync();
     }
     LossGradOptions<T> o;
@@ -144,9 +172,10 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
         const T dx_dot = a.second_order ? ws.dx_dot[i] : T(0);
         x_bar[i] += has_loss_bar ? loss_bar * ws.dx[i] - dx_dot : -dx_dot;
       }
+    T* step_lr_bar = lr_bar && pr.step_rates ? lr_bar + int64_t(s) * P : lr_bar;
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
       const T g = ws.grad[p];
-      if (lr_bar) lr_bar[p] -= g * v[p];
+      if (step_lr_bar) step_lr_bar[p] -= g * v[p];
       T vp = v[p];
       if (a.second_order) vp -= ws.hvp[p];
       v[p] = has_loss_bar ? vp + loss_bar * g : vp;

@@ -37,6 +37,7 @@ struct MlpAdaptParams {
   std::string activation, loss;
   bool first_order;
   OptTensor support_weights;
+  bool query_every_step;  // MAML++'s multi-step loss: query_losses [T, S]
   // The tensor whose device and dtype pick the kernel.
   const Tensor& key() const { return params; }
 };
@@ -138,10 +139,14 @@ inline MlpShape check_mlp_adapt_inputs(const MlpAdaptParams& p) {
   MF_CHECK(params.dim() == 1 && params.numel() == c.layout.num_params,
            "metafast::mlp_adapt: params must be the flat vector [W1, b1, ...] of ", c.layout.num_params,
            " elements for sizes ", IntArrayRef(sizes), ", got shape ", params.sizes());
+  MF_CHECK(steps >= 1 && steps <= kMaxSteps, "metafast::mlp_adapt: steps must be in [1, ", kMaxSteps, "], got ",
+           steps);
   if (lrs.has_value()) {
     check_same(*lrs, params, "lrs");
-    MF_CHECK(same_sizes(lrs->sizes(), params.sizes()), "metafast::mlp_adapt: lrs must have the shape of params ",
-             params.sizes(), ", got ", lrs->sizes());
+    c.step_rates = lrs->dim() == 2;
+    MF_CHECK(same_sizes(lrs->sizes(), params.sizes()) || has_sizes(*lrs, {steps, c.layout.num_params}),
+             "metafast::mlp_adapt: lrs must have the shape of params ", params.sizes(), " or be one row per step [",
+             steps, ", ", c.layout.num_params, "], got ", lrs->sizes());
   } else {
     MF_CHECK(std::isfinite(lr), "metafast::mlp_adapt: lr must be finite, got ", lr);
   }
@@ -150,8 +155,6 @@ inline MlpShape check_mlp_adapt_inputs(const MlpAdaptParams& p) {
            "], got ", x.sizes());
   MF_CHECK(x.size(0) > 0 && x.size(1) > 0, "metafast::mlp_adapt: support_x has an empty task or support set: ",
            x.sizes());
-  MF_CHECK(steps >= 1 && steps <= kMaxSteps, "metafast::mlp_adapt: steps must be in [1, ", kMaxSteps, "], got ",
-           steps);
   MF_CHECK(x.size(1) * widest(sizes) < kIndexLimit && x.size(0) < kIndexLimit,
            "metafast::mlp_adapt: too many examples per task (", x.size(1), ") for layers ", widest(sizes),
            " wide in the fused kernel");
@@ -168,6 +171,8 @@ inline void check_query_inputs(MlpShape& c, const MlpAdaptParams& p) {
   const OptTensor &qx = p.query_x, &qy = p.query_y;
   const std::vector<int64_t>& sizes = p.sizes;
   MF_CHECK(qx.has_value() == qy.has_value(), "metafast::mlp_adapt: give both query_x and query_y, or neither");
+  MF_CHECK(qx.has_value() || !p.query_every_step, "metafast::mlp_adapt: query_every_step needs a query set");
+  c.query_every_step = p.query_every_step;
   if (!qx.has_value()) return;
   check_same(*qx, params, "query_x");
   MF_CHECK(qx->dim() == 3 && qx->size(0) == c.tasks && qx->size(2) == sizes[0], "metafast::mlp_adapt: query_x must be [",
@@ -205,9 +210,10 @@ inline void check_backward_inputs(const MlpShape& c, const MlpAdaptGrads& g, con
              "metafast::mlp_adapt_backward: grad_query_output must be [", c.tasks, ", ", c.queries, ", ", c.classes(),
              "] with a query set, got ", g.grad_query_output->sizes());
   if (g.grad_query_losses)
-    MF_CHECK(c.queries > 0 && has_sizes(*g.grad_query_losses, {c.tasks}),
-             "metafast::mlp_adapt_backward: grad_query_losses must be [", c.tasks, "] with a query set, got ",
-             g.grad_query_losses->sizes());
+    MF_CHECK(c.queries > 0 && (c.query_every_step ? has_sizes(*g.grad_query_losses, {c.tasks, c.steps})
+                                                  : has_sizes(*g.grad_query_losses, {c.tasks})),
+             "metafast::mlp_adapt_backward: grad_query_losses must be the query losses' shape [", c.tasks,
+             c.query_every_step ? ", " + std::to_string(c.steps) : std::string(), "] with a query set, got ", g.grad_query_losses->sizes());
   for (const Tensor* t : {&g.grad_adapted, &g.trajectory, &g.adapted, g.grad_losses ? &*g.grad_losses : nullptr,
                           g.grad_query_output ? &*g.grad_query_output : nullptr,
                           g.grad_query_losses ? &*g.grad_query_losses : nullptr})
@@ -299,7 +305,8 @@ struct MlpAdaptForward {
     adapted = torch::stable::new_empty(params, {T, P});
     losses = torch::stable::new_empty(params, {T, c.steps});
     query_output = Q ? torch::stable::new_empty(params, {T, Q, p.sizes.back()}) : torch::stable::new_empty(params, {0});
-    query_losses = torch::stable::new_empty(params, {Q ? T : 0});
+    query_losses = c.query_every_step ? torch::stable::new_empty(params, {T, c.steps})
+                                      : torch::stable::new_empty(params, {Q ? T : 0});
     trajectory = torch::stable::new_empty(params, {T, c.steps, P});
   }
 
@@ -345,7 +352,8 @@ struct MlpAdaptBackward {
     const int64_t T = c.tasks, P = c.layout.num_params, d0 = f.sizes[0];
     const bool lg = p.lrs_grad, xg = p.x_grad, qg = p.query_x_grad;
     grad_init = torch::stable::new_empty(f.params, {T, P});
-    grad_lrs = torch::stable::new_empty(f.params, {lg ? T : 0, lg ? P : 0});
+    grad_lrs = c.step_rates && lg ? torch::stable::new_empty(f.params, {T, c.steps, P})
+                                  : torch::stable::new_empty(f.params, {lg ? T : 0, lg ? P : 0});
     grad_x = torch::stable::new_empty(f.params, {xg ? T : 0, xg ? c.shots : 0, xg ? d0 : 0});
     grad_qx = torch::stable::new_empty(f.params, {qg ? T : 0, qg ? c.queries : 0, qg ? d0 : 0});
   }
@@ -390,11 +398,11 @@ template <typename Backend>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_adapt_op(
     Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, OptTensor query_x,
     OptTensor query_y, std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss,
-    bool first_order, OptTensor support_weights) {
+    bool first_order, OptTensor support_weights, bool query_every_step) {
   const MlpAdaptParams p{std::move(params), std::move(lrs),       lr,    std::move(support_x),
                          std::move(support_y), std::move(query_x), std::move(query_y), std::move(sizes),
                          steps,                std::move(activation), std::move(loss), first_order,
-                         std::move(support_weights)};
+                         std::move(support_weights), query_every_step};
   return run_mlp_adapt<Backend, MlpAdaptForward>(p);
 }
 
@@ -403,7 +411,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_op(
     Tensor grad_adapted, OptTensor grad_losses, OptTensor grad_query_output, OptTensor grad_query_losses,
     Tensor adapted, Tensor trajectory, Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y,
     OptTensor query_x, OptTensor query_y, std::vector<int64_t> sizes, std::string activation, std::string loss,
-    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights) {
+    bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, OptTensor support_weights,
+    bool query_every_step) {
   const int64_t steps = trajectory.dim() == 3 ? trajectory.size(1) : 0;  // checked against [1, kMaxSteps]
   const MlpAdaptBackwardParams p{
       std::move(grad_adapted),
@@ -414,7 +423,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_op(
       std::move(trajectory),
       {std::move(params), std::move(lrs), lr, std::move(support_x), std::move(support_y), std::move(query_x),
        std::move(query_y), std::move(sizes), steps, std::move(activation), std::move(loss), first_order,
-       std::move(support_weights)},
+       std::move(support_weights), query_every_step},
       lrs_grad,
       x_grad,
       query_x_grad};

@@ -46,8 +46,6 @@ class FusedBackend(Backend):
             return "a custom loss callable (the fused kernel computes 'mse' and 'cross_entropy')"
         if steps > MAX_STEPS:
             return f"{steps} inner steps (the fused kernel runs at most {MAX_STEPS})"
-        if meta.step_lrs is not None or meta.step_weights is not None:
-            return "MAML++'s per-step rates or multi-step loss (not in the fused kernel yet)"
         if has_per_step_layers(meta.model):
             return "per-step layers (MAML++'s per-step batch norm)"
         reason = kernel_unavailable_reason(support_x.device)
@@ -85,9 +83,20 @@ class FusedBackend(Backend):
             return lambda x: meta.model[:-1](x)
         return meta.model.features
 
+    def _rates(self, meta, steps):
+        """The op's lrs: None (the scalar inner_lr), Meta-SGD's [P], or MAML++'s
+        per-tensor per-step rates expanded to one row per step [steps, P]
+        (their gradients sum back through the expand)."""
+        if meta.step_lrs is None:
+            rates = meta.rates(meta.adapt_names)
+            return None if rates is None else flat(rates)
+        adapted = self._adapted(meta)
+        return torch.stack([flat(r.expand_as(p) for r, p in zip(meta.rates(meta.adapt_names, s), adapted))
+                            for s in range(steps)])
+
     def _call(self, meta, support_x, support_y, steps, query_x=None, query_y=None, weights=None):
-        rates = meta.rates(meta.adapt_names)
-        lrs = None if rates is None else flat(rates)
+        lrs = self._rates(meta, steps)
+        every_step = query_x is not None and meta.step_weights is not None  # MAML++'s multi-step loss
         if meta.adapt_mode == "head":
             features = self._features(meta)
             support_x = vmap(features, randomness="different")(support_x)
@@ -97,7 +106,8 @@ class FusedBackend(Backend):
             sizes, activation = mlp_spec(meta.model)
         params = flat(self._adapted(meta))
         args = dict(lr=meta.inner_lr, lrs=lrs, activation=activation, loss=meta.loss_name,
-                    first_order=meta.first_order, check_labels=False)  # BatchedMAML checked them (or was told not to)
+                    first_order=meta.first_order, query_every_step=every_step,
+                    check_labels=False)  # BatchedMAML checked them (or was told not to)
         if torch.is_grad_enabled():
             return mlp_adapt(params, support_x, support_y, sizes, steps, query_x=query_x, query_y=query_y,
                              support_weights=weights, **args)
@@ -127,4 +137,7 @@ class FusedBackend(Backend):
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
         _, support_losses, query_output, query_losses = self._call(
             meta, support_x, support_y, meta.inner_steps, query_x, query_y, weights)
-        return support_losses, query_output, query_losses.mean()
+        if meta.step_weights is None:
+            return support_losses, query_output, query_losses.mean()
+        # [T, steps]: Σ_s w_s · (the mean query loss after step s)
+        return support_losses, query_output, (query_losses.mean(0) * meta.step_weights).sum()
