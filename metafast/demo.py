@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from metafast._validate import argparse_type, positive_int, positive_number
 from metafast.devices import resolve_device
 from metafast.stats import mean_ci95, moving_average
 from metafast.training import files
@@ -48,6 +49,9 @@ DEFAULT_ITERATIONS = 10_000
 #: tasks do diverge after several steps; the mean is taken over the others.
 DIVERGED_MSE = 100.0
 
+_POSITIVE_INT = argparse_type(positive_int, int)
+_POSITIVE_FLOAT = argparse_type(positive_number, float)
+
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
 X_RANGE = (-5.0, 5.0)
@@ -63,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--iterations", type=_positive_int, default=DEFAULT_ITERATIONS,
+    p.add_argument("--iterations", type=_POSITIVE_INT, default=DEFAULT_ITERATIONS,
                    help=f"meta-training iterations (the paper used {PAPER_ITERATIONS:,})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run; auto picks cuda when a GPU is available")
@@ -73,15 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "torch", "fused"), default="auto",
                    help="metafast.BatchedMAML backend")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
-    p.add_argument("--meta-batch", type=_positive_int, default=25, help="tasks per meta-training iteration")
-    p.add_argument("--inner-lr", type=_positive_float, default=0.01,
+    p.add_argument("--meta-batch", type=_POSITIVE_INT, default=25, help="tasks per meta-training iteration")
+    p.add_argument("--inner-lr", type=_POSITIVE_FLOAT, default=0.01,
                    help="inner SGD step size, for meta-training and for test-time adaptation")
-    p.add_argument("--meta-lr", type=_positive_float, default=1e-3, help="Adam learning rate of the meta-update")
-    p.add_argument("--shots", type=_positive_int, default=10, help="support points per task in meta-training")
-    p.add_argument("--queries", type=_positive_int, default=10, help="query points per task in meta-training")
-    p.add_argument("--test-tasks", type=_positive_int, default=600, help="held-out tasks to evaluate")
-    p.add_argument("--test-shots", type=_positive_int, default=5, help="support points per test task")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--meta-lr", type=_POSITIVE_FLOAT, default=1e-3, help="Adam learning rate of the meta-update")
+    p.add_argument("--shots", type=_POSITIVE_INT, default=10, help="support points per task in meta-training")
+    p.add_argument("--queries", type=_POSITIVE_INT, default=10, help="query points per task in meta-training")
+    p.add_argument("--test-tasks", type=_POSITIVE_INT, default=600, help="held-out tasks to evaluate")
+    p.add_argument("--test-shots", type=_POSITIVE_INT, default=5, help="support points per test task")
+    p.add_argument("--threads", type=_POSITIVE_INT, default=None,
                    help="torch CPU threads (default 1 on the CPU: this network's ops are too small to share, "
                         "and extra threads only contend)")
     p.add_argument("--no-baseline", action="store_true",
@@ -91,24 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value <= INT_MAX:  # what torch.manual_seed takes, and a JSON-safe integer
         raise argparse.ArgumentTypeError(f"must be in [0, 2**63-1], got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 

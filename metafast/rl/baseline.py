@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from metafast._validate import positive_number
+
 TIME_SCALE = 100.0  # the reference divides the step index by 100, whatever the horizon
 RETRIES = 5         # as the reference: multiply the ridge by 10 until the solution is finite
 
@@ -21,8 +23,7 @@ def features(observations: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def fit(feats: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reg: float = 1e-5) -> torch.Tensor:
     """Per-task weights [tasks, F] minimising ||X w - y||² + reg·||w||² over the unpadded steps.
     Solved in float64 (the normal equations of t³ features are badly conditioned in float32)."""
-    if not (isinstance(reg, (int, float)) and reg > 0):
-        raise ValueError(f"linear baseline: reg must be a positive number, got {reg!r}")
+    positive_number(reg, "linear baseline: reg")
     if feats.shape[:-1] != returns.shape or returns.shape != mask.shape or feats.dim() != 4:
         raise ValueError(f"linear baseline: features [H, tasks, trajectories, F], returns and mask [H, tasks, "
                          f"trajectories] expected, got {tuple(feats.shape)}, {tuple(returns.shape)}, "

@@ -2,15 +2,9 @@
 task of a meta-batch (state [tasks, trajectories, obs_dim]) on the device."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def _finite(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"Navigation2D: {name} must be a finite number, got {value!r}")
-    return float(value)
+from metafast._validate import finite_number, positive_int
 
 
 class Navigation2D:
@@ -28,22 +22,17 @@ class Navigation2D:
 
     def __init__(self, low: float = -0.5, high: float = 0.5, max_steps: int = 100, max_action: float = 0.1,
                  tolerance: float = 0.01):
-        self.low, self.high = _finite(low, "low"), _finite(high, "high")
+        self.low, self.high = finite_number(low, "Navigation2D: low"), finite_number(high, "Navigation2D: high")
         if not self.low < self.high:
             raise ValueError(f"Navigation2D: need low < high, got low={low}, high={high}")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"Navigation2D: max_steps must be a positive integer, got {max_steps!r}")
-        self.max_steps = max_steps
-        self.max_action = _finite(max_action, "max_action")
-        self.tolerance = _finite(tolerance, "tolerance")
-        if self.max_action <= 0 or self.tolerance <= 0:
-            raise ValueError(f"Navigation2D: max_action and tolerance must be positive, got {max_action}, {tolerance}")
+        self.max_steps = positive_int(max_steps, "Navigation2D: max_steps")
+        self.max_action = finite_number(max_action, "Navigation2D: max_action", 0.0, low_open=True)
+        self.tolerance = finite_number(tolerance, "Navigation2D: tolerance", 0.0, low_open=True)
 
     def sample_goals(self, tasks: int, generator: torch.Generator | None = None, dtype=torch.float32,
                      device="cpu") -> torch.Tensor:
         """[tasks, 2] goals, uniform on [low, high]^2."""
-        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
-            raise ValueError(f"Navigation2D.sample_goals: tasks must be a positive integer, got {tasks!r}")
+        tasks = positive_int(tasks, "Navigation2D.sample_goals: tasks")
         u = torch.rand(tasks, 2, generator=generator, dtype=dtype, device=device)
         return self.low + (self.high - self.low) * u
 
@@ -51,8 +40,7 @@ class Navigation2D:
               ) -> torch.Tensor:
         """Initial states [tasks, trajectories, 2] (the origin; ``generator`` is unused: no noise)."""
         self._check_goals(goals)
-        if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
-            raise ValueError(f"Navigation2D.reset: trajectories must be a positive integer, got {trajectories!r}")
+        trajectories = positive_int(trajectories, "Navigation2D.reset: trajectories")
         return goals.new_zeros(goals.shape[0], trajectories, 2)
 
     def step(self, state: torch.Tensor, action: torch.Tensor, goals: torch.Tensor):

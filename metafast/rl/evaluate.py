@@ -6,6 +6,7 @@ import math
 import torch
 
 from metafast import stats
+from metafast._validate import nonnegative_int, positive_number
 from metafast.rl.episodes import Episodes, expand_params, rollout
 from metafast.rl.maml_rl import inner_step, prepare
 
@@ -17,12 +18,10 @@ def adaptation_returns(env, policy, goals: torch.Tensor, steps: int = 3, traject
     trajectories of the current adapted policy; step size ``lr``, and ``later_lr`` (default
     ``lr``) from the second step on. Returns ([steps + 1, tasks] returns, the episodes
     sampled at every step)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"adaptation_returns: steps must be a non-negative integer, got {steps!r}")
+    steps = nonnegative_int(steps, "adaptation_returns: steps")
     later_lr = lr if later_lr is None else later_lr
     for name, rate in (("lr", lr), ("later_lr", later_lr)):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (0 < rate < math.inf):
-            raise ValueError(f"adaptation_returns: {name} must be a positive number, got {rate!r}")
+        positive_number(rate, f"adaptation_returns: {name}")
     params = expand_params({n: p.detach() for n, p in policy.named_parameters()}, goals.shape[0])
     returns, episodes = [], []
     for k in range(steps + 1):

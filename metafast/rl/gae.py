@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from metafast._validate import finite_number
+
 
 def discount_matrix(horizon: int, factor: float, dtype, device) -> torch.Tensor:
     """M[t, k] = factor^(k - t) for k >= t, else 0."""
@@ -21,21 +23,15 @@ def _discounted_sum(x: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.einsum("tk,k...->t...", m, x)
 
 
-def _check_rate(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """R_t = r_t + gamma·R_{t+1} within each episode."""
-    return _discounted_sum(rewards * mask, _check_rate(gamma, "gamma"))
+    return _discounted_sum(rewards * mask, finite_number(gamma, "gamma", 0.0, 1.0))
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         gae_lambda: float) -> torch.Tensor:
     """Generalised advantage estimation (Schulman et al., 2016); the value after an episode's end is 0."""
-    gamma, gae_lambda = _check_rate(gamma, "gamma"), _check_rate(gae_lambda, "gae_lambda")
+    gamma, gae_lambda = finite_number(gamma, "gamma", 0.0, 1.0), finite_number(gae_lambda, "gae_lambda", 0.0, 1.0)
     if not (rewards.shape == values.shape == mask.shape):
         raise ValueError(f"gae: rewards, values and mask must have one shape, got {tuple(rewards.shape)}, "
                          f"{tuple(values.shape)}, {tuple(mask.shape)}")

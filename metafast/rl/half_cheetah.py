@@ -29,13 +29,13 @@ arguments and continues the simulation bit for bit; ``observe`` returns the poli
 from __future__ import annotations
 
 import importlib.resources
-import math
 import warnings
 
 import numpy as np
 import torch
 
 from metafast._optional import MissingExtraError, require
+from metafast._validate import finite_number, positive_int
 
 __all__ = ["HalfCheetahDir", "HalfCheetahVel"]
 
@@ -94,21 +94,6 @@ def _model(mujoco):
     return _MODELS[path]
 
 
-def _number(cls: str, value, name: str, low: float = -math.inf, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < low or (low_open and value == low):
-        rel = ">" if low_open else ">="
-        raise ValueError(f"{cls}: {name} must be a finite number{'' if low == -math.inf else f' {rel} {low:g}'}, "
-                         f"got {value!r}")
-    return float(value)
-
-
-def _positive_int(cls: str, value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}: {name} must be a positive integer, got {value!r}")
-    return value
-
-
 class _HalfCheetah:
     obs_dim = OBS_DIM
     act_dim = _NU
@@ -117,14 +102,12 @@ class _HalfCheetah:
     def __init__(self, max_steps: int = 100, frame_skip: int = 5, action_scale: float = 10.0,
                  ctrl_cost_weight: float = 0.5 * 1e-1, reset_noise_scale: float = 0.1, threads: int | None = None):
         cls = type(self).__name__
-        self.max_steps = _positive_int(cls, max_steps, "max_steps")
-        self.frame_skip = _positive_int(cls, frame_skip, "frame_skip")
-        self.action_scale = _number(cls, action_scale, "action_scale", 0.0, low_open=True)
-        self.ctrl_cost_weight = _number(cls, ctrl_cost_weight, "ctrl_cost_weight", 0.0)
-        self.reset_noise_scale = _number(cls, reset_noise_scale, "reset_noise_scale", 0.0)
-        if threads is not None:
-            _positive_int(cls, threads, "threads")
-        self.threads = threads
+        self.max_steps = positive_int(max_steps, f"{cls}: max_steps")
+        self.frame_skip = positive_int(frame_skip, f"{cls}: frame_skip")
+        self.action_scale = finite_number(action_scale, f"{cls}: action_scale", 0.0, low_open=True)
+        self.ctrl_cost_weight = finite_number(ctrl_cost_weight, f"{cls}: ctrl_cost_weight", 0.0)
+        self.reset_noise_scale = finite_number(reset_noise_scale, f"{cls}: reset_noise_scale", 0.0)
+        self.threads = None if threads is None else positive_int(threads, f"{cls}: threads")
         self._mj, self._mjbatch = _mujoco()
         self.model = _model(self._mj)
         m = self.model
@@ -176,8 +159,7 @@ class _HalfCheetah:
         U(−noise, noise), velocities noise·N(0, 1), drawn from ``generator`` (on the goals' device)."""
         self._check_goals(goals)
         cls = type(self).__name__
-        if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
-            raise ValueError(f"{cls}.reset: trajectories must be a positive integer, got {trajectories!r}")
+        trajectories = positive_int(trajectories, f"{cls}.reset: trajectories")
         tasks, n = goals.shape[0], goals.shape[0] * trajectories
         kw = {"generator": generator, "dtype": torch.float64, "device": goals.device}
         c = self.reset_noise_scale
@@ -245,8 +227,7 @@ class _HalfCheetah:
 
     @staticmethod
     def _check_tasks(name: str, tasks) -> None:
-        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
-            raise ValueError(f"{name}.sample_goals: tasks must be a positive integer, got {tasks!r}")
+        positive_int(tasks, f"{name}.sample_goals: tasks")
 
 
 class HalfCheetahVel(_HalfCheetah):
@@ -254,7 +235,7 @@ class HalfCheetahVel(_HalfCheetah):
     reward −|v − goal| − 0.05·Σctrl², goals uniform on [low, high] (default [0, 2])."""
 
     def __init__(self, low: float = 0.0, high: float = 2.0, **kwargs):
-        self.low, self.high = _number("HalfCheetahVel", low, "low"), _number("HalfCheetahVel", high, "high")
+        self.low, self.high = finite_number(low, "HalfCheetahVel: low"), finite_number(high, "HalfCheetahVel: high")
         if not self.low < self.high:
             raise ValueError(f"HalfCheetahVel: need low < high, got low={low}, high={high}")
         super().__init__(**kwargs)

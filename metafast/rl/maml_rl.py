@@ -15,12 +15,12 @@ is built (tests check it against the double backward of the KL).
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
+from metafast._validate import finite_number, positive_int
 from metafast.functional import flat
 from metafast.ops import sgd_update
 from metafast.rl import baseline
@@ -183,28 +183,15 @@ class MetaRLConfig:
     ppo_epochs: int = 5
 
     def __post_init__(self):
-        def positive_int(name):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MetaRLConfig: {name} must be a positive integer, got {v!r}")
-
-        def number(name, low, high, low_open=True):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            ok = ok and (v > low if low_open else v >= low) and v <= high
-            if not ok:
-                raise ValueError(f"MetaRLConfig: {name} must be in {'(' if low_open else '['}{low}, {high}], "
-                                 f"got {v!r}")
-
         for name in ("trajectories", "meta_batch", "cg_iters", "ls_max_steps", "ppo_epochs"):
-            positive_int(name)
+            positive_int(getattr(self, name), f"MetaRLConfig: {name}")
         if self.outer not in OUTER:
             raise ValueError(f"MetaRLConfig: outer must be one of {OUTER}, got {self.outer!r}")
-        for name, low, high, low_open in [("inner_lr", 0, math.inf, True), ("gamma", 0, 1, False),
-                                          ("gae_lambda", 0, 1, False), ("max_kl", 0, math.inf, True),
-                                          ("cg_damping", 0, math.inf, False), ("ls_backtrack_ratio", 0, 1, True),
-                                          ("meta_lr", 0, math.inf, True), ("ppo_clip", 0, 1, True)]:
-            number(name, low, high, low_open)
+        for name, low, high, low_open in [("inner_lr", 0, None, True), ("gamma", 0, 1, False),
+                                          ("gae_lambda", 0, 1, False), ("max_kl", 0, None, True),
+                                          ("cg_damping", 0, None, False), ("ls_backtrack_ratio", 0, 1, True),
+                                          ("meta_lr", 0, None, True), ("ppo_clip", 0, 1, True)]:
+            finite_number(getattr(self, name), f"MetaRLConfig: {name}", low, high, low_open=low_open)
         if self.ls_backtrack_ratio == 1:
             raise ValueError("MetaRLConfig: ls_backtrack_ratio must be below 1")
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from metafast._validate import positive_int, positive_number
 from metafast.nn.mlp import MLP
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -28,11 +29,9 @@ def _xavier_(module: nn.Module, generator: torch.Generator | None) -> None:
 
 
 def _check_sizes(obs_dim, out_dim, hidden) -> list[int]:
-    sizes = [obs_dim, *hidden, out_dim]
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"policy: obs_dim, hidden sizes and output size must be positive integers, got "
-                         f"obs_dim={obs_dim!r}, hidden={list(hidden)!r}, output={out_dim!r}")
-    return sizes
+    return [positive_int(obs_dim, "policy: obs_dim"),
+            *(positive_int(h, f"policy: hidden[{i}]") for i, h in enumerate(hidden)),
+            positive_int(out_dim, "policy: output size")]
 
 
 def batched_mlp(net: MLP, prefix: str, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -72,8 +71,8 @@ class GaussianMLPPolicy(_Policy):
                  init_std: float = 1.0, min_std: float = 1e-6, generator: torch.Generator | None = None):
         super().__init__()
         sizes = _check_sizes(obs_dim, act_dim, hidden)
-        if not (init_std > 0 and min_std > 0 and math.isfinite(init_std)):
-            raise ValueError(f"GaussianMLPPolicy: init_std and min_std must be positive, got {init_std}, {min_std}")
+        positive_number(init_std, "GaussianMLPPolicy: init_std")
+        positive_number(min_std, "GaussianMLPPolicy: min_std")
         self.mean = MLP(sizes, activation)
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.min_log_std = math.log(min_std)
