@@ -9,17 +9,22 @@ import operator
 import torch
 
 
-def positive_int(value, what: str) -> int:
-    """``value`` as an int >= 1; anything else (None, bool, float, < 1) is an error naming ``what``."""
+def _int_at_least(value, what: str, low: int, kind: str) -> int:
+    """``value`` as an int >= ``low``: bools and non-integers a TypeError, smaller ones a ValueError."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}")
+        raise TypeError(f"{what} must be a {kind} integer, got {value!r}")
     try:
         n = operator.index(value)
     except TypeError:
-        raise TypeError(f"{what} must be a positive integer, got {value!r}") from None
-    if n < 1:
-        raise ValueError(f"{what} must be a positive integer, got {n}")
+        raise TypeError(f"{what} must be a {kind} integer, got {value!r}") from None
+    if n < low:
+        raise ValueError(f"{what} must be a {kind} integer, got {n}")
     return n
+
+
+def positive_int(value, what: str) -> int:
+    """``value`` as an int >= 1; anything else (None, bool, float, < 1) is an error naming ``what``."""
+    return _int_at_least(value, what, 1, "positive")
 
 
 def check_rate(value, what: str) -> float | torch.Tensor:
@@ -50,15 +55,7 @@ def positive_number(value, what: str) -> float:
 
 def nonnegative_int(value, what: str) -> int:
     """``value`` as an int >= 0; anything else (None, bool, float, < 0) is an error naming ``what``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a non-negative integer, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a non-negative integer, got {value!r}") from None
-    if n < 0:
-        raise ValueError(f"{what} must be a non-negative integer, got {n}")
-    return n
+    return _int_at_least(value, what, 0, "non-negative")
 
 
 def finite_number(value, what: str, low: float | None = None, high: float | None = None, *,

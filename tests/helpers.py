@@ -325,3 +325,11 @@ def write_cifar_archive(path, parts: dict) -> None:
             info = tarfile.TarInfo(f"cifar-100-python/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
+
+
+def randomize_step_lrs(meta, low: float, high: float) -> None:
+    """MAML++'s per-step rates drawn from U(low, high), so that each step's rate matters."""
+    if meta.step_lrs is not None:
+        with torch.no_grad():
+            for r in meta.step_lrs:
+                r.uniform_(low, high)

@@ -13,7 +13,7 @@ from metafast import BatchedMAML
 from metafast.algorithms.backends.compiled import CompileWarning
 from metafast.reference import meta_loss
 from metafast.training_schedules import msl_weights
-from helpers import max_rel_err
+from helpers import max_rel_err, randomize_step_lrs
 
 TOL = 1e-10
 STEPS = 3
@@ -45,10 +45,7 @@ def test_maml_plus_plus_equals_the_eager_loop(monkeypatch, backend, component, f
     adapt = _weights_not_norms(model) if "bnwb" in parts else "all"
     meta = BatchedMAML(model, inner_lr=0.3, inner_steps=STEPS, first_order=first_order, loss="cross_entropy",
                        backend=backend, adapt=adapt, per_step_rates="lslr" in parts)
-    if meta.step_lrs is not None:
-        with torch.no_grad():
-            for r in meta.step_lrs:
-                r.uniform_(0.1, 0.5)
+    randomize_step_lrs(meta, 0.1, 0.5)
     step_weights = msl_weights(STEPS, epoch=1, anneal_epochs=10) if "msl" in parts else None
     params = list(model.parameters()) + (list(meta.step_lrs) if meta.step_lrs is not None else [])
     with warnings.catch_warnings():

@@ -11,7 +11,7 @@ from metafast import BatchedMAML
 from metafast.ops import mlp_adapt, mlp_adapt_torch, mlp_num_params
 from metafast.reference import meta_loss
 from metafast.training_schedules import msl_weights
-from helpers import TOL, max_rel_err, random_mlp_task, requires_extension
+from helpers import TOL, max_rel_err, random_mlp_task, randomize_step_lrs, requires_extension
 
 pytestmark = pytest.mark.kernels  # CI runs these beside other torch versions too
 
@@ -110,10 +110,7 @@ def test_batched_fused_maml_plus_plus_equals_the_eager_loop(loss, component, fir
     sx, sy, qx, qy = random_mlp_task(SIZES, 4, 5, 6, loss)
     meta = BatchedMAML(model, inner_lr=0.2, inner_steps=STEPS, first_order=first_order, loss=loss, backend="fused",
                        per_step_rates="lslr" in parts)
-    if meta.step_lrs is not None:
-        with torch.no_grad():
-            for r in meta.step_lrs:
-                r.uniform_(0.05, 0.4)
+    randomize_step_lrs(meta, 0.05, 0.4)
     step_weights = msl_weights(STEPS, epoch=2, anneal_epochs=10) if "msl" in parts else None
     params = list(model.parameters()) + (list(meta.step_lrs) if meta.step_lrs is not None else [])
     out = meta(sx, sy, qx, qy, step_weights=step_weights)
