@@ -72,6 +72,13 @@ if UNAVAILABLE_REASON is not None:
     warnings.warn(f"{UNAVAILABLE_REASON}. Running on the pure-PyTorch path.", RuntimeWarning, stacklevel=2)
 
 
+def mlp_limits() -> tuple[int | None, int | None, int | None]:
+    """The fused MLP kernels' limits (layers, width, inner steps): written once in
+    csrc/kernels/mlp/limits.h and copied by the build into _build_config.py.
+    Nones where metafast was not built: no kernel runs, and the torch formula has no limit."""
+    return tuple(getattr(CONFIG, f"MLP_MAX_{name}", None) for name in ("LAYERS", "WIDTH", "STEPS"))
+
+
 def available() -> bool:
     """True when the C++ ops are registered."""
     return _C is not None

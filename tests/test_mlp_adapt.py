@@ -1,6 +1,8 @@
 """metafast::mlp_adapt against the per-task eager reference (float64, 1e-10),
 gradcheck/gradgradcheck, opcheck, float32 tolerance, errors, CUDA vs C++."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -135,6 +137,43 @@ def test_op_itself_checks_inputs():
     with pytest.raises(ValueError, match="query_x must be"):
         torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, torch.zeros(2, 4, dtype=torch.int64), sx[:1],
                                      torch.zeros(1, 4, dtype=torch.int64), sizes, 1, "relu", "cross_entropy", False)
+
+
+def _header_limits():
+    import pathlib, re
+    header = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "kernels" / "mlp" / "limits.h"
+    if not header.exists():
+        pytest.skip(f"{header} is not beside the tests")
+    return {m[0]: int(m[1]) for m in re.findall(r"constexpr \w+ kMax(\w+) = (\d+);", header.read_text())}
+
+
+@requires_extension
+def test_the_python_limits_are_the_kernels():
+    op_module = importlib.import_module("metafast.ops.mlp_adapt")  # the module, not the function of that name
+
+    assert _header_limits() == {"Layers": op_module.MAX_LAYERS, "Width": op_module.MAX_WIDTH,
+                                "Steps": op_module.MAX_STEPS}
+
+
+@requires_extension
+@pytest.mark.parametrize("limit", ["layers", "width", "steps"])
+def test_one_past_each_limit_is_refused_by_both_checks(limit):
+    op_module = importlib.import_module("metafast.ops.mlp_adapt")  # the module, not the function of that name
+
+    sizes, steps = [2, 3], 1
+    if limit == "layers":
+        sizes = [2] * (op_module.MAX_LAYERS + 2)
+    elif limit == "width":
+        sizes = [2, op_module.MAX_WIDTH + 1, 3]
+    else:
+        steps = op_module.MAX_STEPS + 1
+    p = torch.zeros(mlp_num_params(sizes), dtype=torch.float64)
+    sx, sy = torch.zeros(1, 2, 2, dtype=torch.float64), torch.zeros(1, 2, sizes[-1], dtype=torch.float64)
+    match = {"layers": "sizes must list 2 to", "width": "layer width 1 must be in", "steps": "steps must be in"}[limit]
+    with pytest.raises(ValueError, match=match):
+        op_module.check_mlp_adapt_args(p, None, 0.1, sx, sy, None, None, sizes, steps, "relu", "mse")
+    with pytest.raises(ValueError, match=match):
+        torch.ops.metafast.mlp_adapt(p, None, 0.1, sx, sy, None, None, sizes, steps, "relu", "mse", False)
 
 
 def _poison_cuda_allocator():

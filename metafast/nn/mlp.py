@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
-from metafast.ops.mlp_adapt import MAX_LAYERS, MAX_WIDTH
+from metafast.ops.mlp_adapt import MAX_LAYERS, MAX_WIDTH, within
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -61,8 +61,8 @@ def mlp_spec(model: nn.Module) -> tuple[list[int], str] | str:
                 return "mixed activations"
             activation = kind
         expect_linear = not expect_linear
-    if len(sizes) - 1 > MAX_LAYERS:
+    if not within(len(sizes) - 1, MAX_LAYERS):
         return f"{len(sizes) - 1} Linear layers (the fused kernel serves up to {MAX_LAYERS})"
-    if max(sizes) > MAX_WIDTH:
+    if not within(max(sizes), MAX_WIDTH):
         return f"a layer {max(sizes)} wide (the fused kernel serves widths up to {MAX_WIDTH})"
     return sizes, activation or "relu"

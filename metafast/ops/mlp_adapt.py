@@ -22,10 +22,13 @@ from metafast.ops._dispatch import kernel_available
 
 ACTIVATIONS = ("relu", "tanh")
 LOSSES = ("mse", "cross_entropy")
-# The limits of csrc/kernels/mlp/limits.h (kMaxLayers, kMaxWidth, kMaxSteps), stated once for Python.
-MAX_LAYERS = 8
-MAX_WIDTH = 65536
-MAX_STEPS = 1000
+# The kernels' limits (csrc/kernels/mlp/limits.h, copied by the build); None where unbuilt.
+MAX_LAYERS, MAX_WIDTH, MAX_STEPS = _extension.mlp_limits()
+
+
+def within(value: int, limit: int | None) -> bool:
+    """value <= limit, where a limit of None (no kernel built) admits anything."""
+    return limit is None or value <= limit
 
 
 def mlp_num_params(sizes: Sequence[int]) -> int:
@@ -90,9 +93,10 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
     def check(cond, message):
         torch._check_value(cond, lambda: f"metafast::mlp_adapt: {message}")
 
-    check(2 <= len(sizes) <= MAX_LAYERS + 1, f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, got {len(sizes)}")
+    check(len(sizes) >= 2 and within(len(sizes) - 1, MAX_LAYERS),
+          f"sizes must list 2 to {MAX_LAYERS + 1} layer widths, got {len(sizes)}")
     for i, w in enumerate(sizes):
-        check(1 <= w <= MAX_WIDTH, f"layer width {i} must be in [1, {MAX_WIDTH}], got {w}")
+        check(w >= 1 and within(w, MAX_WIDTH), f"layer width {i} must be in [1, {MAX_WIDTH}], got {w}")
     check(activation in ACTIVATIONS, f"unsupported activation '{activation}' (supported: {ACTIVATIONS})")
     check(loss in LOSSES, f"unsupported loss '{loss}' (supported: {LOSSES})")
     check(params.dtype in (torch.float32, torch.float64), f"params must be float32 or float64, got {params.dtype}")
@@ -115,7 +119,7 @@ def check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y
           f"support_x must be [tasks, shots, {sizes[0]}], got {list(support_x.shape)}")
     t, k = support_x.shape[:2]
     check(t > 0 and k > 0, f"support_x has an empty task or support set: {list(support_x.shape)}")
-    check(1 <= steps <= MAX_STEPS, f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    check(steps >= 1 and within(steps, MAX_STEPS), f"steps must be in [1, {MAX_STEPS}], got {steps}")
     if support_weights is not None:
         check(support_weights.shape == (t, k), f"support_weights must be [{t}, {k}] (one weight per support "
                                                f"example), got {list(support_weights.shape)}")

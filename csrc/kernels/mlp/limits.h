@@ -1,7 +1,8 @@
 // The limits of the fused MLP kernels, each written once: the host checks
 // (ops/mlp_adapt/host.h) enforce them, the kernels rely on them, and the
-// Python side mirrors the first three (metafast/ops/mlp_adapt.py: MAX_LAYERS,
-// MAX_WIDTH, MAX_STEPS).
+// build copies the three kMax values into metafast/_build_config.py for the
+// Python checks (metafast/ops/mlp_adapt.py: MAX_LAYERS, MAX_WIDTH, MAX_STEPS).
+// CMakeLists.txt reads them as `constexpr <type> kMax<Name> = <digits>;`.
 #pragma once
 #include <stdint.h>
 

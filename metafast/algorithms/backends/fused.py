@@ -18,7 +18,7 @@ from metafast.nn.mlp import mlp_spec
 from metafast.nn.per_step import has_per_step_layers
 from metafast.ops import mlp_adapt
 from metafast.ops._dispatch import kernel_unavailable_reason
-from metafast.ops.mlp_adapt import MAX_STEPS
+from metafast.ops.mlp_adapt import MAX_STEPS, within
 
 # On the CPU the fused kernel (task packs, or one task per thread for larger
 # nets) beats batched BLAS while the per-task work is small; above this many
@@ -44,7 +44,7 @@ class FusedBackend(Backend):
     def unavailable(self, meta, support_x, steps):
         if meta.loss_name is None:
             return "a custom loss callable (the fused kernel computes 'mse' and 'cross_entropy')"
-        if steps > MAX_STEPS:
+        if not within(steps, MAX_STEPS):
             return f"{steps} inner steps (the fused kernel runs at most {MAX_STEPS})"
         if has_per_step_layers(meta.model):
             return "per-step layers (MAML++'s per-step batch norm)"
