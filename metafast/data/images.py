@@ -21,7 +21,7 @@ import torch
 from metafast.data.episodes import Episode, check_episode, draw_episode_indices, episode_labels
 from metafast.data.transforms import normalize, random_crop_flip, resolve_normalization
 
-__all__ = ["FewShotImages", "check_split", "check_split_sizes"]
+__all__ = ["ClassesOnDevice", "FewShotImages", "check_split", "check_split_sizes"]
 
 SPLITS = ("train", "val", "test")
 
@@ -46,7 +46,58 @@ def check_split_sizes(dataset: str, path: Path, split: str, counts: Sequence[int
         )
 
 
-class FewShotImages:
+class ClassesOnDevice:
+    """What :class:`FewShotImages` and :class:`~metafast.data.Omniglot` share: the
+    container protocol over ``num_classes`` classes and ``sample``'s checks.
+    A subclass holds its images as the tensor ``images``, provides
+    ``num_classes``, ``to(device)`` and what :func:`check_episode` reads, and
+    draws the episodes in ``_draw``."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+    def _class_index(self, c: int) -> int:
+        """Class ``c`` as an index in ``0..num_classes-1`` (a negative ``c`` counts from the end)."""
+        if not -self.num_classes <= c < self.num_classes:
+            raise IndexError(f"class {c} out of range for {self.num_classes} classes")
+        return c % self.num_classes
+
+    def sample(
+        self,
+        tasks: int,
+        ways: int,
+        shots: int,
+        queries: int | None = None,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+    ) -> Episode:
+        """Draw ``tasks`` N-way K-shot tasks at once.
+
+        Each task draws ``ways`` distinct classes and, per class, ``shots +
+        queries`` distinct images (``queries`` defaults to ``shots``).  Labels
+        are 0..ways-1 in the order the classes were drawn; the support and
+        query sets are ordered class by class.  With ``device`` the images are
+        first moved there (once).  The random draws (and the augmentation's,
+        where the data set augments) use ``generator`` (on its own device) or
+        the default generator of the images' device.
+        """
+        queries = shots if queries is None else queries
+        check_episode(self, ways, shots, queries, tasks)
+        if device is not None and torch.device(device) != self.images.device:
+            self.to(device)
+        return self._draw(tasks, ways, shots, queries, generator, self.images.device)
+
+    def _draw(self, tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator | None,
+              dev: torch.device) -> Episode:
+        """``sample`` once its arguments are checked and the images are on ``dev``."""
+        raise NotImplementedError
+
+
+class FewShotImages(ClassesOnDevice):
     """Images ``[N, H, W, C]`` uint8 grouped by class, and episodes drawn from them.
 
     Args:
@@ -130,18 +181,9 @@ class FewShotImages:
         n, h, w, c = self.images.shape
         return c, h, w
 
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    def __len__(self) -> int:
-        return self.num_classes
-
     def __getitem__(self, c: int) -> torch.Tensor:
         """All images of class ``c``, float32 ``[count, C, H, W]`` in [0, 1] (neither normalised nor augmented)."""
-        if not -self.num_classes <= c < self.num_classes:
-            raise IndexError(f"class {c} out of range for {self.num_classes} classes")
-        c %= self.num_classes
+        c = self._class_index(c)
         s, n = int(self.class_start[c]), int(self.class_count[c])
         return self.images[s : s + n].permute(0, 3, 1, 2).float().div_(255.0)
 
@@ -158,30 +200,9 @@ class FewShotImages:
                 f"augment={self.augment}, device={self.device})")
 
     # -- episodes -------------------------------------------------------------
-    def sample(
-        self,
-        tasks: int,
-        ways: int,
-        shots: int,
-        queries: int | None = None,
-        generator: torch.Generator | None = None,
-        device: str | torch.device | None = None,
-    ) -> Episode:
-        """Draw ``tasks`` N-way K-shot tasks at once.
-
-        Each task draws ``ways`` distinct classes and, per class, ``shots +
-        queries`` distinct images (``queries`` defaults to ``shots``).  Labels
-        are 0..ways-1 in the order the classes were drawn; the support and
-        query sets are ordered class by class.  With ``device`` the images are
-        first moved there (once).  The random draws (and the augmentation's)
-        use ``generator`` (on its own device) or the default generator of the
-        images' device.
-        """
-        queries = shots if queries is None else queries
-        check_episode(self, ways, shots, queries, tasks)
-        if device is not None and torch.device(device) != self.images.device:
-            self.to(device)
-        dev = self.images.device
+    def _draw(self, tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator | None,
+              dev: torch.device) -> Episode:
+        """``sample``: per class ``shots + queries`` distinct images, augmented and normalised as set."""
         n = shots + queries
         counts = self._uniform if self._uniform is not None else self.class_count
         cls, items = draw_episode_indices(tasks, ways, n, counts, self.num_classes, generator, dev)

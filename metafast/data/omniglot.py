@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from metafast.data.cache import blank_images, default_cache_dir, load_cache, save_cache
-from metafast.data.episodes import Episode, EpisodeSampler, check_episode, draw_episode_indices, episode_labels
+from metafast.data.episodes import Episode, EpisodeSampler, draw_episode_indices, episode_labels
+from metafast.data.images import ClassesOnDevice
 
 __all__ = [
     "ARCHIVES",
@@ -334,7 +335,7 @@ def _check_protocol(root: Path, names: list[str]) -> None:
 # --------------------------------------------------------------------------- #
 # Data set and episode sampling
 # --------------------------------------------------------------------------- #
-class Omniglot:
+class Omniglot(ClassesOnDevice):
     """One split of Omniglot under the MAML protocol, images held as one tensor.
 
     Args:
@@ -413,18 +414,9 @@ class Omniglot:
     def images_per_class(self) -> int:
         return self.num_drawers
 
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    def __len__(self) -> int:
-        return self.num_classes
-
     def __getitem__(self, c: int) -> torch.Tensor:
         """All drawings of class ``c``: ``[drawers, 1, S, S]``."""
-        if not -self.num_classes <= c < self.num_classes:
-            raise IndexError(f"class {c} out of range for {self.num_classes} classes")
-        c %= self.num_classes
+        c = self._class_index(c)
         x = self.images[c % self.num_characters]
         return torch.rot90(x, c // self.num_characters, dims=(-2, -1)).unsqueeze(1)
 
@@ -451,29 +443,9 @@ class Omniglot:
         )
 
     # -- episodes -----------------------------------------------------------
-    def sample(
-        self,
-        tasks: int,
-        ways: int,
-        shots: int,
-        queries: int | None = None,
-        generator: torch.Generator | None = None,
-        device: str | torch.device | None = None,
-    ) -> Episode:
-        """Draw ``tasks`` N-way K-shot tasks at once.
-
-        Each task draws ``ways`` distinct classes and, per class, ``shots + queries``
-        distinct drawers (``queries`` defaults to ``shots``).  Labels are 0..ways-1
-        in the order the classes were drawn; the support and query sets are
-        ordered class by class.  With ``device`` the image tensor is first moved
-        there (once).  The random draws use ``generator`` (on its own device)
-        or the default generator of the images' device.
-        """
-        queries = shots if queries is None else queries
-        check_episode(self, ways, shots, queries, tasks)
-        if device is not None and torch.device(device) != self.images.device:
-            self.to(device)
-        dev = self.images.device
+    def _draw(self, tasks: int, ways: int, shots: int, queries: int, generator: torch.Generator | None,
+              dev: torch.device) -> Episode:
+        """``sample``: per class ``shots + queries`` distinct drawers."""
         cls, draw = draw_episode_indices(tasks, ways, shots + queries, self.num_drawers, self.num_classes,
                                          generator, dev)
         char = cls % self.num_characters
