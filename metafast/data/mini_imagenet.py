@@ -121,7 +121,16 @@ def _read_folder(root: Path, split: str, cache_dir, progress: bool) -> tuple[np.
     return images, labels, names, path
 
 
-class MiniImageNet(FewShotImages):
+class ImageNet84(FewShotImages):
+    """The base of :class:`MiniImageNet` and :class:`~metafast.data.TieredImageNet`: 84x84
+    ImageNet images, normalised (``normalize=True``) with MetaOptNet's ImageNet-84
+    statistics, and a random crop (``augment``) that pads by 8."""
+
+    MEAN_STD = IMAGENET84_MEAN_STD
+    CROP_PADDING = 8
+
+
+class MiniImageNet(ImageNet84):
     """One split of mini-ImageNet (Ravi & Larochelle): 64 / 16 / 20 classes of 600 images of 84x84.
 
     Args:
@@ -140,8 +149,6 @@ class MiniImageNet(FewShotImages):
     """
 
     name = "mini-ImageNet"
-    MEAN_STD = IMAGENET84_MEAN_STD
-    CROP_PADDING = 8
     SIZES = {"train": 64, "val": 16, "test": 20}
 
     def __init__(self, root: str | os.PathLike, split: str = "train", device: str | torch.device = "cpu",

@@ -25,8 +25,8 @@ import torch
 from metafast.data.cache import default_cache_dir, file_signature
 from metafast.data.decode import cached_images, decode_all
 from metafast.data.files import as_bytes, bad_file, load_pickle, missing_file, require_folder
-from metafast.data.images import FewShotImages, check_split, check_split_sizes
-from metafast.data.mini_imagenet import IMAGENET84_MEAN_STD
+from metafast.data.images import check_split, check_split_sizes
+from metafast.data.mini_imagenet import ImageNet84
 
 __all__ = ["TieredImageNet"]
 
@@ -56,7 +56,7 @@ def _read_labels(path: Path, n_images: int | None = None):
     return specific, general, specific_str, general_str
 
 
-class TieredImageNet(FewShotImages):
+class TieredImageNet(ImageNet84):
     """One split of tiered-ImageNet (Ren et al.): 351 / 97 / 160 classes of 84x84 images.
 
     Args:
@@ -71,8 +71,6 @@ class TieredImageNet(FewShotImages):
     """
 
     name = "tiered-ImageNet"
-    MEAN_STD = IMAGENET84_MEAN_STD
-    CROP_PADDING = 8
     SIZES = {"train": 351, "val": 97, "test": 160}
 
     def __init__(self, root: str | os.PathLike, split: str = "train", device: str | torch.device = "cpu",
