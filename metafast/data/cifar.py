@@ -131,24 +131,38 @@ def load_cifar100(root: str | os.PathLike):
     return (*_read(str(path), (st.st_size, st.st_mtime_ns)), path)
 
 
+def _require(wanted, available, path: Path, what: str) -> None:
+    """The archive's meta names every one of ``wanted`` (its ``what``: classes or superclasses)."""
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise bad_file(path, "CIFAR-100", f"its meta lacks the {what} {missing[:5]}", _SOURCE)
+
+
 class _CIFARFewShot(FewShotImages):
+    """A split of CIFAR-100's classes: ``_classes_of`` picks them (fine label indices, in label order)."""
+
     MEAN_STD = CIFAR_MEAN_STD
     CROP_PADDING = 4
 
-    def __init__(self, root, split, classes_of, published, device, normalize, augment, crop_padding, flip,
-                 strict):
+    def __init__(self, root, split: str = "train", device: str | torch.device = "cpu", normalize=False,
+                 augment: bool = False, crop_padding: int | None = None, flip: bool = True, strict: bool = True):
         check_split(split)
         images, fine, coarse, fine_names, coarse_names, path = load_cifar100(root)
-        wanted = classes_of(fine, coarse, fine_names, coarse_names, path)
+        wanted = self._classes_of(split, fine, coarse, fine_names, coarse_names, path)
         keep = np.isin(fine, wanted)
         remap = np.full(len(fine_names), -1, dtype=np.int64)
         remap[wanted] = np.arange(len(wanted))
         labels = remap[fine[keep]]
         if strict:
-            check_split_sizes(self.name, path, split, np.bincount(labels, minlength=len(wanted)), published, 600)
+            check_split_sizes(self.name, path, split, np.bincount(labels, minlength=len(wanted)), self.SIZES[split],
+                              600)
         self.root, self.path = Path(root), path
         super().__init__(images[keep], labels, [fine_names[i] for i in wanted], split, device, normalize,
                          augment, crop_padding, flip)
+
+    def _classes_of(self, split: str, fine: np.ndarray, coarse: np.ndarray, fine_names: list[str],
+                    coarse_names: list[str], path: Path) -> np.ndarray:
+        raise NotImplementedError
 
 
 class CIFARFS(_CIFARFewShot):
@@ -165,18 +179,11 @@ class CIFARFS(_CIFARFewShot):
     name = "CIFAR-FS"
     SIZES = {"train": 64, "val": 16, "test": 20}
 
-    def __init__(self, root, split: str = "train", device: str | torch.device = "cpu", normalize=False,
-                 augment: bool = False, crop_padding: int | None = None, flip: bool = True, strict: bool = True):
-        def classes_of(fine, coarse, fine_names, coarse_names, path):
-            missing = [c for c in CIFAR_FS_SPLITS[split] if c not in fine_names]
-            if missing:
-                raise bad_file(path, "CIFAR-100", f"its meta lacks the classes {missing[:5]}", _SOURCE)
-            index = {n: i for i, n in enumerate(fine_names)}
-            return np.array(sorted(index[c] for c in CIFAR_FS_SPLITS[split] if np.any(fine == index[c])),
-                            dtype=np.int64)
-
-        super().__init__(root, split, classes_of, self.SIZES[check_split(split)], device, normalize, augment,
-                         crop_padding, flip, strict)
+    def _classes_of(self, split, fine, coarse, fine_names, coarse_names, path):
+        _require(CIFAR_FS_SPLITS[split], fine_names, path, "classes")
+        index = {n: i for i, n in enumerate(fine_names)}
+        return np.array(sorted(index[c] for c in CIFAR_FS_SPLITS[split] if np.any(fine == index[c])),
+                        dtype=np.int64)
 
 
 class FC100(_CIFARFewShot):
@@ -189,15 +196,8 @@ class FC100(_CIFARFewShot):
     name = "FC100"
     SIZES = {"train": 60, "val": 20, "test": 20}
 
-    def __init__(self, root, split: str = "train", device: str | torch.device = "cpu", normalize=False,
-                 augment: bool = False, crop_padding: int | None = None, flip: bool = True, strict: bool = True):
-        def classes_of(fine, coarse, fine_names, coarse_names, path):
-            missing = [c for c in FC100_SPLITS[split] if c not in coarse_names]
-            if missing:
-                raise bad_file(path, "CIFAR-100", f"its meta lacks the superclasses {missing[:5]}", _SOURCE)
-            sup = np.array([coarse_names.index(c) for c in FC100_SPLITS[split]])
-            self.superclasses = list(FC100_SPLITS[split])
-            return np.unique(fine[np.isin(coarse, sup)])
-
-        super().__init__(root, split, classes_of, self.SIZES[check_split(split)], device, normalize, augment,
-                         crop_padding, flip, strict)
+    def _classes_of(self, split, fine, coarse, fine_names, coarse_names, path):
+        _require(FC100_SPLITS[split], coarse_names, path, "superclasses")
+        sup = np.array([coarse_names.index(c) for c in FC100_SPLITS[split]])
+        self.superclasses = list(FC100_SPLITS[split])
+        return np.unique(fine[np.isin(coarse, sup)])
