@@ -50,12 +50,18 @@ def _stopped_and_saved(rc: int, err: str, ck: Path) -> int:
     return saved["iteration"]
 
 
+def _sigterm_once_saved(args: list[str], out: Path, n: int) -> int:
+    """Start the worker on ``args`` writing to ``out``, SIGTERM it once its checkpoint holds ``n``
+    iterations, check that it stopped and saved: the iteration it saved."""
+    proc = _start([sys.executable, WORKER, *args, "--iterations", "100000", "--out", str(out)])
+    _wait_for_iterations(proc, out / "checkpoint.pt", n)
+    proc.send_signal(signal.SIGTERM)
+    return _stopped_and_saved(*_finish(proc)[::2], out / "checkpoint.pt")
+
+
 def test_sigterm_saves_an_omniglot_run_that_resumes(tmp_path):
     out = tmp_path / "run"
-    proc = _start([sys.executable, WORKER, *TINY, "--iterations", "100000", "--out", str(out)])
-    _wait_for_iterations(proc, out / "checkpoint.pt", 3)
-    proc.send_signal(signal.SIGTERM)
-    done = _stopped_and_saved(*_finish(proc)[::2], out / "checkpoint.pt")
+    done = _sigterm_once_saved(TINY, out, 3)
     assert 3 <= done < 100000 and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     rc, text, err = _finish(_start([sys.executable, WORKER, *TINY, "--iterations", str(done + 2), "--out", str(out),
                                     "--resume"]))
@@ -65,10 +71,7 @@ def test_sigterm_saves_an_omniglot_run_that_resumes(tmp_path):
 
 def test_sigterm_saves_a_navigation_run_that_resumes(tmp_path):
     out = tmp_path / "nav"
-    proc = _start([sys.executable, WORKER, *NAVIGATION, "--iterations", "100000", "--out", str(out)])
-    _wait_for_iterations(proc, out / "checkpoint.pt", 2)
-    proc.send_signal(signal.SIGTERM)
-    done = _stopped_and_saved(*_finish(proc)[::2], out / "checkpoint.pt")
+    done = _sigterm_once_saved(NAVIGATION, out, 2)
     rc, _, err = _finish(_start([sys.executable, WORKER, *NAVIGATION, "--iterations", str(done + 1),
                                  "--out", str(out), "--resume"]))
     assert rc == 0, err
