@@ -22,6 +22,13 @@ def l2l_style_meta_loss(wrapper, sx, sy, qx, qy, steps, loss_fn):
     return total / sx.shape[0]
 
 
+def _tanh_mlp_and_task(seed, sizes, tasks, shots, queries, loss):
+    """After ``torch.manual_seed(seed)``: a float64 tanh MLP of ``sizes`` and a random task for it."""
+    torch.manual_seed(seed)
+    model = metafast.nn.MLP(sizes, "tanh").double()
+    return model, random_mlp_task(sizes, tasks, shots, queries, loss)
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("steps", [1, 3])
@@ -40,10 +47,7 @@ def test_maml_equals_reference(first_order, loss, steps):
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_metasgd_equals_reference_including_rates(first_order):
-    torch.manual_seed(1)
-    sizes = [2, 6, 2]
-    model = metafast.nn.MLP(sizes, "tanh").double()
-    sx, sy, qx, qy = random_mlp_task(sizes, 4, 5, 3, "mse")
+    model, (sx, sy, qx, qy) = _tanh_mlp_and_task(1, [2, 6, 2], 4, 5, 3, "mse")
     msgd = MetaSGD(model, lr=0.2, first_order=first_order)
     with torch.no_grad():
         for r in msgd.lrs:
@@ -79,10 +83,7 @@ def test_clone_shares_nothing_mutable_and_handles_buffers():
 def test_clone_of_a_clone_keeps_the_chain(first_order):
     # Adapt a clone, clone it again and adapt the second clone: the meta-gradient through both
     # clones and both steps equals the reference's two-step meta-gradient.
-    torch.manual_seed(0)
-    sizes = [2, 5, 3]
-    model = metafast.nn.MLP(sizes, "tanh").double()
-    sx, sy, qx, qy = random_mlp_task(sizes, 3, 4, 3, "cross_entropy")
+    model, (sx, sy, qx, qy) = _tanh_mlp_and_task(0, [2, 5, 3], 3, 4, 3, "cross_entropy")
     loss_fn = metafast.losses.cross_entropy
     maml = MAML(model, lr=0.4, first_order=first_order)
     total = 0.0
@@ -99,10 +100,7 @@ def test_clone_of_a_clone_keeps_the_chain(first_order):
 
 @pytest.mark.parametrize("as_parameter", [False, True])
 def test_tensor_learning_rate_gets_the_reference_gradient(as_parameter):
-    torch.manual_seed(0)
-    sizes = [3, 6, 2]
-    model = metafast.nn.MLP(sizes, "tanh").double()
-    sx, sy, qx, qy = random_mlp_task(sizes, 3, 5, 4, "mse")
+    model, (sx, sy, qx, qy) = _tanh_mlp_and_task(0, [3, 6, 2], 3, 5, 4, "mse")
     lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     if as_parameter:
         lr = nn.Parameter(lr.detach())
