@@ -6,7 +6,9 @@
 // NaN semantics can be compared with PyTorch's eager autograd without
 // building the extension. Arrays are contiguous float64 / int64 with the
 // shapes of metafast::mlp_adapt and mlp_adapt_backward (support weights
-// [T, K] after the rates); optional ones are NULL.
+// [T, K] after the rates); optional ones are NULL. The structs of
+// kernels/mlp (examples, arguments) are filled by aggregate initialisation, in
+// the order of their fields.
 #include <stdint.h>
 
 #include <algorithm>
@@ -32,14 +34,7 @@ MlpProblem<double> problem(const int64_t* sizes, int n, int act, int loss, int t
   shape.shots = shots;
   shape.queries = queries;
   shape.steps = steps;
-  MlpExamples<double> support, query;
-  support.x = x;
-  support.y_float = y_float;
-  support.y_class = y_class;
-  support.weights = weights;
-  query.x = qx;
-  query.y_float = qy_float;
-  query.y_class = qy_class;
+  MlpExamples<double> support{x, y_float, y_class, weights}, query{qx, qy_float, qy_class};
   workspace.assign(size_t(tasks * shape.workspace_per_task()), __builtin_nan(""));
   return mlp_problem<double>(shape, lr, lrs, support, query, workspace.data());
 }
@@ -81,16 +76,9 @@ void mf_test_mlp_adapt(const int64_t* sizes, int n, int act, int loss, int tasks
                        double* adapted, double* losses, double* query_output, double* query_losses,
                        double* trajectory) {
   std::vector<double> ws;
-  MlpAdaptForwardArgs<double> a;
-  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x, y_float, y_class, qx,
-                qy_float, qy_class, ws);
-  a.init = init;
-  a.adapted = adapted;
-  a.losses = losses;
-  a.query_output = query_output;
-  a.query_losses = query_losses;
-  a.trajectory = trajectory;
-  run(a);
+  run(MlpAdaptForwardArgs<double>{problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x,
+                                          y_float, y_class, qx, qy_float, qy_class, ws),
+                                  init, adapted, losses, query_output, query_losses, trajectory});
 }
 
 void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, int tasks, int shots, int queries,
@@ -102,21 +90,10 @@ void mf_test_mlp_adapt_backward(const int64_t* sizes, int n, int act, int loss, 
                                 const double* grad_query_losses, const double* adapted, const double* trajectory,
                                 double* grad_init, double* grad_lrs, double* grad_x, double* grad_qx) {
   std::vector<double> ws;
-  MlpAdaptBackwardArgs<double> a;
-  a.p = problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x, y_float, y_class, qx,
-                qy_float, qy_class, ws);
-  a.second_order = second_order != 0;
-  a.grad_adapted = grad_adapted;
-  a.grad_losses = grad_losses;
-  a.grad_query_output = grad_query_output;
-  a.grad_query_losses = grad_query_losses;
-  a.adapted = adapted;
-  a.trajectory = trajectory;
-  a.grad_init = grad_init;
-  a.grad_lrs = grad_lrs;
-  a.grad_x = grad_x;
-  a.grad_qx = grad_qx;
-  run(a);
+  run(MlpAdaptBackwardArgs<double>{problem(sizes, n, act, loss, tasks, shots, queries, steps, lr, lrs, weights, x,
+                                           y_float, y_class, qx, qy_float, qy_class, ws),
+                                   second_order != 0, grad_adapted, grad_losses, grad_query_output,
+                                   grad_query_losses, adapted, trajectory, grad_init, grad_lrs, grad_x, grad_qx});
 }
 
 }  // extern "C"
