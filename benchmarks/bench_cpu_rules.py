@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 metafast = common.import_metafast()
-from metafast.batched import CPU_FUSED_MAX_WORK  # noqa: E402
+from metafast.algorithms.backends.fused import CPU_FUSED_MAX_WORK  # noqa: E402
 
 # (sizes, support examples K, inner steps S)
 SWEEP = [
