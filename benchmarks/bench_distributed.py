@@ -141,8 +141,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.hidden = min(a.hidden, 32)
-    devices = ([torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-               if a.device == "auto" else [common.resolve_device(a.device)])
+    devices = common.devices_for(a.device)
     cores = os.cpu_count() or 1
     n = a.processes or max(2, cores)
 
@@ -173,9 +172,7 @@ def main(argv=None) -> int:
             for r in rows:
                 if r["problem"] == problem:
                     r["speedup_vs_1_process_1_thread"] = r["it_per_s"] / base
-        path = a.out or common.default_out_path("distributed", device)
-        if a.out and len(devices) > 1:
-            path = path.replace(".json", f"_{device.type}.json")
+        path = common.out_path(a.out, "distributed", device, several=len(devices) > 1)
         common.write_json(path, {
             "benchmark": "meta-training iterations per second, 1 and N processes (DDP, metafast.distributed)",
             "environment": env, "settings": {"problems": {k: PROBLEMS[k] for k in a.problems}, "hidden": a.hidden,

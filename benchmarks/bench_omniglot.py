@@ -38,24 +38,18 @@ writes benchmarks/results/omniglot_<device>_<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
-import re
-import resource
-import statistics
+import os
 import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-ROOT = Path(__file__).resolve().parents[1]  # results go under ROOT/benchmarks/results
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 metafast = common.import_metafast()  # the installed package (the source tree only when none is installed)
@@ -152,24 +146,12 @@ def make_step(method: str, model, batch, steps: int, first_order: bool, inner_lr
 
 
 # --------------------------------------------------------------------------- measuring
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _maxrss_mib() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
-
-
 def measure(config: str, method: str, order: str, device: torch.device, hidden: int, quick: bool,
             runs: int, min_time: float) -> dict:
-    from torch.utils.benchmark import Timer
-
     cfg = CONFIGS[config]
     model, batch = make_problem(cfg, device, hidden)
     step = make_step(method, model, batch, cfg["steps"], order == "first", cfg.get("inner_lr", INNER_LR))
-    rss0 = _maxrss_mib()
+    rss0 = common.max_rss_mib()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -179,23 +161,18 @@ def measure(config: str, method: str, order: str, device: torch.device, hidden: 
         warnings.simplefilter("ignore", UserWarning)     # the compile backend's one-time note
         first = time.perf_counter()
         step()  # warm-up (vmap/autograd caches, cuDNN algorithm choice, compilation)
-        _sync(device)
+        common.synchronize(device)
         first = time.perf_counter() - first
-        timer = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads(),
-                      label="omniglot", sub_label=f"{config} {order}", description=method)
-        if quick:
-            times = [timer.timeit(1).median for _ in range(runs)]
-        else:
-            m = timer.blocked_autorange(min_run_time=min_time)
-            times = list(m.times)
+        timing = common.time_fn(step, min_run_time=min_time, threads=torch.get_num_threads(), label="omniglot",
+                                sub_label=f"{config} {order}", description=method, runs=runs if quick else None)
     if device.type == "cuda":
         mem = (torch.cuda.max_memory_allocated(device) - mem0) / 2**20
         mem_kind = "cuda max_memory_allocated"
     else:
-        mem = _maxrss_mib() - rss0
+        mem = common.max_rss_mib() - rss0
         mem_kind = "maxrss growth"
-    return {"config": config, **cfg, "order": order, "method": method, "median_s": statistics.median(times),
-            "runs": len(times), "first_call_s": round(first, 2), "peak_mem_mib": round(mem, 1), "mem_kind": mem_kind,
+    return {"config": config, **cfg, "order": order, "method": method, "median_s": timing.median_s,
+            "runs": timing.runs, "first_call_s": round(first, 2), "peak_mem_mib": round(mem, 1), "mem_kind": mem_kind,
             "backend_used": getattr(step, "meta", None) and step.meta.backend_used}
 
 
@@ -237,33 +214,14 @@ def check_gradients() -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def add_speedups(rows: list[dict]) -> None:
-    for r in rows:
-        group = {x["method"]: x["median_s"] for x in rows if x["config"] == r["config"] and x["order"] == r["order"]}
-        r["speedup_vs_eager"] = group["eager"] / r["median_s"] if "eager" in group else None
-        r["speedup_vs_vmap"] = group["vmap"] / r["median_s"] if "vmap" in group else None
-
-
 def print_table(rows: list[dict]) -> None:
     head = (f"{'setting':<17} {'order':<6} {'method':<16} {'median':>10} {'vs eager':>9} {'vs vmap':>8} "
             f"{'peak MiB':>9} {'first call':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        se = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else "-"
-        sv = f"{r['speedup_vs_vmap']:.2f}x" if r.get("speedup_vs_vmap") else "-"
+        se = common.fmt_ratio(r.get("speedup_vs_eager")) or "-"
+        sv = common.fmt_ratio(r.get("speedup_vs_vmap")) or "-"
         t = r["median_s"]
         ts = f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.2f} s"
         mem = "n/a" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:.0f}"
@@ -271,7 +229,7 @@ def print_table(rows: list[dict]) -> None:
               f"{r.get('first_call_s', 0):>9.1f}s")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, and CUDA when available)")
     p.add_argument("--quick", action="store_true", help="a fixed few runs per row instead of blocked_autorange")
@@ -285,7 +243,63 @@ def main(argv=None) -> int:
     p.add_argument("--no-isolate", action="store_true", help="CPU: measure rows in this process")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/omniglot_<device>_<date>.json)")
     p.add_argument("--_row", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def report_gradient_check() -> dict:
+    err = check_gradients()
+    print("meta-gradient vs eager (float64, 3 tasks, 2 steps), relative difference: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
+    if err.get("vmap second", 0) > 1e-8:
+        print("  note: plain vmap + torch.func.grad is inexact at second order through batch norm "
+              "(pytorch/functorch#534); its times are for reference only")
+    return err
+
+
+def run_rows(a, device: torch.device) -> list[dict]:
+    """Every (setting, order, method) row on ``device``, printed as it completes, with speed-ups."""
+    rows = []
+    print(f"\nOmniglot Conv-4 ({a.hidden} channels), one meta-iteration, on {common.device_name(device)} "
+          f"({torch.get_num_threads()} threads)" if device.type == "cpu" else
+          f"\nOmniglot Conv-4 ({a.hidden} channels), one meta-iteration, on {common.device_name(device)}")
+    for config in a.configs:
+        for order in a.orders:
+            for method in a.methods:
+                t0 = time.perf_counter()
+                row = dict(config=config, method=method, order=order, device=str(device), hidden=a.hidden,
+                           quick=a.quick, runs=a.runs, min_time=a.min_time)
+                if device.type == "cpu" and not a.no_isolate:
+                    r = measure_isolated(row, a.threads)
+                else:
+                    r = measure(config, method, order, device, a.hidden, a.quick, a.runs, a.min_time)
+                rows.append(r)
+                print(f"  {config} {order:<6} {method:<14} {r['median_s'] * 1e3:9.1f} ms  "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    common.add_speedups(rows, name_key="method", time_key="median_s", group=("config", "order"))
+    return rows
+
+
+def result_document(a, device: torch.device, err: dict, rows: list[dict]) -> dict:
+    """The result file: the environment (from common.environment) under this file's field names, settings, rows."""
+    env = common.environment(device, torch.get_num_threads())
+    return {
+        "benchmark": "omniglot meta-iteration (forward + backward), Conv-4",
+        "device": env["device"], "device_name": env["device_name"],
+        "threads": env["torch_threads"] if device.type == "cpu" else None,
+        "torch_version": str(env["torch"]), "metafast_version": str(env["metafast"]),
+        "metafast_build": env.get("metafast_build_info", {}), "python": env["python"], "platform": env["platform"],
+        "date": env["date"], "quick": a.quick, "hidden": a.hidden,
+        "inner_lr": INNER_LR, "gradient_check_rel_diff_vs_eager": err,
+        "memory_note": ("cuda: torch.cuda.max_memory_allocated above the allocation before the iteration"
+                        if device.type == "cuda" else
+                        "cpu: growth of peak RSS (ru_maxrss) during warm-up and timed runs, "
+                        + ("in this process (lower bound)" if a.no_isolate else "fresh process per row")),
+        "rows": rows,
+    }
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
 
@@ -295,64 +309,14 @@ def main(argv=None) -> int:
                                  r["quick"], r["runs"], r["min_time"])))
         return 0
 
-    if a.device == "auto":
-        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    else:
-        devices = [torch.device(a.device)]
-        if devices[0].type == "cuda" and not torch.cuda.is_available():
-            print("error: CUDA is not available", file=sys.stderr)
-            return 1
-
-    err = check_gradients()
-    print("meta-gradient vs eager (float64, 3 tasks, 2 steps), relative difference: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in err.items()))
-    if err.get("vmap second", 0) > 1e-8:
-        print("  note: plain vmap + torch.func.grad is inexact at second order through batch norm "
-              "(pytorch/functorch#534); its times are for reference only")
-
-    info = metafast.build_info() if hasattr(metafast, "build_info") else {}
-    stamp = dt.datetime.now()
+    devices = common.devices_for(a.device)
+    err = report_gradient_check()
     for device in devices:
-        rows = []
-        print(f"\nOmniglot Conv-4 ({a.hidden} channels), one meta-iteration, on {device_name(device)} "
-              f"({torch.get_num_threads()} threads)" if device.type == "cpu" else
-              f"\nOmniglot Conv-4 ({a.hidden} channels), one meta-iteration, on {device_name(device)}")
-        for config in a.configs:
-            for order in a.orders:
-                for method in a.methods:
-                    t0 = time.perf_counter()
-                    row = dict(config=config, method=method, order=order, device=str(device), hidden=a.hidden,
-                               quick=a.quick, runs=a.runs, min_time=a.min_time)
-                    if device.type == "cpu" and not a.no_isolate:
-                        r = measure_isolated(row, a.threads)
-                    else:
-                        r = measure(config, method, order, device, a.hidden, a.quick, a.runs, a.min_time)
-                    rows.append(r)
-                    print(f"  {config} {order:<6} {method:<14} {r['median_s'] * 1e3:9.1f} ms  "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        add_speedups(rows)
+        rows = run_rows(a, device)
         print()
         print_table(rows)
-        slug = re.sub(r"[^a-z0-9]+", "-", (device.type if device.type == "cpu" else device_name(device)).lower())
-        path = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"omniglot_{slug.strip('-')}_{stamp:%Y-%m-%d}.json"
-        if a.out and len(devices) > 1:
-            path = path.with_name(f"{path.stem}_{device.type}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "benchmark": "omniglot meta-iteration (forward + backward), Conv-4",
-            "device": str(device), "device_name": device_name(device),
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "torch_version": str(torch.__version__), "metafast_version": str(getattr(metafast, "__version__", "?")),
-            "metafast_build": info, "python": platform.python_version(), "platform": platform.platform(),
-            "date": stamp.isoformat(timespec="seconds"), "quick": a.quick, "hidden": a.hidden,
-            "inner_lr": INNER_LR, "gradient_check_rel_diff_vs_eager": err,
-            "memory_note": ("cuda: torch.cuda.max_memory_allocated above the allocation before the iteration"
-                            if device.type == "cuda" else
-                            "cpu: growth of peak RSS (ru_maxrss) during warm-up and timed runs, "
-                            + ("in this process (lower bound)" if a.no_isolate else "fresh process per row")),
-            "rows": rows,
-        }
-        path.write_text(json.dumps(doc, indent=2))
+        path = common.out_path(a.out, "omniglot", device, several=len(devices) > 1)
+        common.write_json(path, result_document(a, device, err, rows))
         print(f"\nwrote {path}")
     return 0
 

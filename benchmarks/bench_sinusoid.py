@@ -490,142 +490,199 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = common.resolve_device(args.device)
-    thread_counts = list(dict.fromkeys(args.threads))
-    torch.set_num_threads(thread_counts[0])
-    min_run_time = args.min_run_time if args.min_run_time is not None else (0.3 if args.quick else 2.0)
-    orders = {"1": [True], "2": [False], "both": [True, False]}[args.order]
-    cfgs = configs(args.quick, sorted(set(args.steps)), orders, args.problems, args.tasks)
-    names = [n for n in VARIANTS if n in args.variants]
+@dataclass(frozen=True)
+class Run:
+    """What every row of one invocation shares."""
+    device: torch.device
+    thread_counts: list[int]
+    min_run_time: float
+
+
+def select_variants(requested: list[str], device: torch.device) -> list[str]:
+    """The variants to run, in VARIANTS' order: eager always (the reference of the
+    check and of the speedups), the CUDA-only ones only on CUDA (with a note)."""
+    names = [n for n in VARIANTS if n in requested]
     if "eager" not in names:
-        names.insert(0, "eager")  # the reference of the check and of the speedups
+        names.insert(0, "eager")
     if device.type != "cuda":
         dropped = [n for n in names if n in CUDA_ONLY]
         names = [n for n in names if n not in CUDA_ONLY]
         if dropped:
             print(f"note: {', '.join(dropped)} run on CUDA only")
-    env = common.environment(device, thread_counts[0])
-    env["thread_counts"] = thread_counts
-    sgemm = single_core_sgemm_gflops(device)
+    return names
+
+
+def describe_environment(run: Run) -> dict[str, Any]:
+    """The result file's environment record (with the single-core sgemm rate), printed in brief."""
+    env = common.environment(run.device, run.thread_counts[0])
+    env["thread_counts"] = run.thread_counts
+    sgemm = single_core_sgemm_gflops(run.device)
     env["single_core_sgemm_gflops"] = sgemm
-    print(f"device: {env['device_name']} ({device}), torch {env['torch']}, metafast {env.get('metafast')}, "
-          f"threads {thread_counts}, min_run_time {min_run_time} s")
+    print(f"device: {env['device_name']} ({run.device}), torch {env['torch']}, metafast {env.get('metafast')}, "
+          f"threads {run.thread_counts}, min_run_time {run.min_run_time} s")
     if sgemm:
         print(f"single-core float32 sgemm (torch's BLAS, 2048²): {sgemm:.1f} GFLOP/s")
-    if device.type == "cpu":
+    if run.device.type == "cpu":
         print("note: on the CPU peak memory is n/a (no per-call allocator statistics); "
               "the process's max RSS is in the JSON")
+    return env
 
-    rows: list[dict[str, Any]] = []
-    failed = False
-    t_start = time.perf_counter()
-    for cfg in cfgs:
-        group = f"{cfg.problem} {cfg.label}"
-        print(f"\n== {group}")
-        ref_grads = None
-        if not args.no_check:
-            ref_grads = meta_gradient("eager", cfg, device)
-        flops = count_flops(cfg, device)
-        results: dict[tuple[str, int], dict[str, Any]] = {}
-        for name in names:
-            base: dict[str, Any] = {
-                "problem": cfg.problem, "config": cfg.label, "variant": name,
-                "tasks": cfg.tasks, "support": cfg.support, "query": cfg.query, "ways": cfg.ways or None,
-                "shots": cfg.shots or None, "steps": cfg.steps, "order": cfg.order, "inner_lr": cfg.inner_lr,
-                "loss": cfg.loss, "sizes": list(cfg.sizes), "flops": flops, "status": "ok",
-            }
-            variant_rows = [dict(base, _group=group, threads=th) for th in thread_counts]
-            rows.extend(variant_rows)
 
-            def mark(status):
-                for r in variant_rows:
-                    r["status"] = status
-                print(f"  {name:16s} {status}")
+def variant_rows(cfg: Config, name: str, flops: int | None, group: str, thread_counts: list[int]) -> list[dict]:
+    """One row per thread count for variant ``name`` on ``cfg``, status "ok" until told otherwise."""
+    base: dict[str, Any] = {
+        "problem": cfg.problem, "config": cfg.label, "variant": name,
+        "tasks": cfg.tasks, "support": cfg.support, "query": cfg.query, "ways": cfg.ways or None,
+        "shots": cfg.shots or None, "steps": cfg.steps, "order": cfg.order, "inner_lr": cfg.inner_lr,
+        "loss": cfg.loss, "sizes": list(cfg.sizes), "flops": flops, "status": "ok",
+    }
+    return [dict(base, _group=group, threads=th) for th in thread_counts]
 
-            try:
-                if ref_grads is not None and name != "eager":
-                    err = gradient_error(meta_gradient(name, cfg, device), ref_grads)
-                    for r in variant_rows:
-                        r["check_rel_err"] = err
-                    if not err <= CHECK_TOL:
-                        mark(f"CHECK FAILED: meta-gradient differs from eager by {err:.2e} (> {CHECK_TOL})")
-                        failed = True
-                        continue
-                elif name == "eager" and ref_grads is not None:
-                    for r in variant_rows:
-                        r["check_rel_err"] = 0.0
-                model = make_model(cfg, device, torch.float32)
-                b = make_batch(cfg, device, torch.float32)
-                step, info = VARIANTS[name](model, b, cfg)
-                for row, th in zip(variant_rows, thread_counts):
-                    torch.set_num_threads(th)
-                    row.update(info)
-                    step()
-                    step()  # warm-up
-                    timing = common.time_fn(step, min_run_time=min_run_time, threads=th,
-                                            label=cfg.problem, sub_label=cfg.label, description=name)
-                    row.update(median_ms=timing.median_s * 1e3, iqr_ms=timing.iqr_s * 1e3,
-                               mean_ms=timing.mean_s * 1e3, blocks=timing.runs, calls_per_block=timing.per_run)
-                    if flops:
-                        row["gflops"] = flops / timing.median_s / 1e9
-                        row["gflops_per_core"] = row["gflops"] / th if device.type == "cpu" else None
-                    if row is variant_rows[0]:
-                        mem = common.peak_memory(step, device)
-                        row["peak_mib"] = mem["peak_mib"]
-                        if device.type == "cuda":
-                            row["peak_total_mib"] = mem["peak_total_mib"]
-                    else:
-                        row["thread_scaling"] = variant_rows[0]["median_ms"] / row["median_ms"]
-                    results[name, th] = row
-                    print(f"  {name:16s} {th:2d} thr {row['median_ms']:9.3f} ms"
-                          + (f"  {row['gflops']:6.1f} GFLOP/s" if row.get("gflops") else "")
-                          + (f"  ({row['backend_used']})" if row.get("backend_used") else ""))
-                torch.set_num_threads(thread_counts[0])
-                del step
-            except Skip as exc:
-                mark(f"skipped: {exc}")
-            except Exception as exc:
-                mark(f"error: {_short(exc, 300)}")
-                failed = True
-                traceback.print_exc()
-            torch.set_num_threads(thread_counts[0])
-        for (name, th), row in results.items():
-            eager = results.get(("eager", th), {}).get("median_ms")
-            vm = results.get(("vmap", th), {}).get("median_ms")
-            row["speedup_vs_eager"] = eager / row["median_ms"] if eager else None
-            row["speedup_vs_vmap"] = vm / row["median_ms"] if vm else None
 
-    print()
-    table_rows = []
+def mark(rows: list[dict], name: str, status: str) -> None:
     for r in rows:
-        table_rows.append({
-            "_group": r["_group"], "problem": r["problem"], "config": r["config"], "variant": r["variant"],
-            "threads": str(r["threads"]),
-            "median": common.fmt_ms(_s(r.get("median_ms"))), "iqr": common.fmt_ms(_s(r.get("iqr_ms"))),
-            "eager": common.fmt_ratio(r.get("speedup_vs_eager")), "vmap": common.fmt_ratio(r.get("speedup_vs_vmap")),
-            "gflops": None if r.get("gflops") is None else
-                      f"{r['gflops']:.1f}" + (f" ({r['gflops_per_core']:.1f}/core)" if r.get("gflops_per_core")
-                                              and r["threads"] > 1 else ""),
-            "scaling": common.fmt_ratio(r.get("thread_scaling")),
-            "mem": "n/a" if r.get("median_ms") and r.get("peak_mib") is None and r is not None and
-                   r["threads"] == thread_counts[0] else
-                   (None if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"),
-            "err": None if r.get("check_rel_err") is None else f"{r['check_rel_err']:.0e}",
-            "note": (r.get("backend_used") or "") if r["status"] == "ok" else r["status"],
-        })
+        r["status"] = status
+    print(f"  {name:16s} {status}")
+
+
+def check_variant(name: str, cfg: Config, device: torch.device, ref_grads: list[torch.Tensor] | None,
+                  rows: list[dict]) -> bool:
+    """Records the variant's meta-gradient error against eager's in its rows;
+    False (rows marked) when it exceeds CHECK_TOL. True without a reference."""
+    if ref_grads is None:
+        return True
+    err = 0.0 if name == "eager" else gradient_error(meta_gradient(name, cfg, device), ref_grads)
+    for r in rows:
+        r["check_rel_err"] = err
+    if not err <= CHECK_TOL:
+        mark(rows, name, f"CHECK FAILED: meta-gradient differs from eager by {err:.2e} (> {CHECK_TOL})")
+        return False
+    return True
+
+
+def time_row(step: Callable[[], None], row: dict, name: str, cfg: Config, flops: int | None, run: Run) -> None:
+    """Times ``step`` at ``row["threads"]`` threads into ``row`` (after two warm-up calls)."""
+    th = row["threads"]
+    step()
+    step()  # warm-up
+    timing = common.time_fn(step, min_run_time=run.min_run_time, threads=th,
+                            label=cfg.problem, sub_label=cfg.label, description=name)
+    row.update(median_ms=timing.median_s * 1e3, iqr_ms=timing.iqr_s * 1e3,
+               mean_ms=timing.mean_s * 1e3, blocks=timing.runs, calls_per_block=timing.per_run)
+    if flops:
+        row["gflops"] = flops / timing.median_s / 1e9
+        row["gflops_per_core"] = row["gflops"] / th if run.device.type == "cpu" else None
+
+
+def add_memory(step: Callable[[], None], row: dict, device: torch.device) -> None:
+    mem = common.peak_memory(step, device)
+    row["peak_mib"] = mem["peak_mib"]
+    if device.type == "cuda":
+        row["peak_total_mib"] = mem["peak_total_mib"]
+
+
+def print_timed(name: str, row: dict) -> None:
+    print(f"  {name:16s} {row['threads']:2d} thr {row['median_ms']:9.3f} ms"
+          + (f"  {row['gflops']:6.1f} GFLOP/s" if row.get("gflops") else "")
+          + (f"  ({row['backend_used']})" if row.get("backend_used") else ""))
+
+
+def time_variant(name: str, cfg: Config, flops: int | None, run: Run, rows: list[dict],
+                 results: dict[tuple[str, int], dict]) -> None:
+    """Builds the variant in float32 and times it at each thread count (one row
+    each, entered in ``results`` as it completes); peak memory on the first
+    count, thread scaling against it on the others."""
+    model = make_model(cfg, run.device, torch.float32)
+    b = make_batch(cfg, run.device, torch.float32)
+    step, info = VARIANTS[name](model, b, cfg)
+    for row in rows:
+        torch.set_num_threads(row["threads"])
+        row.update(info)
+        time_row(step, row, name, cfg, flops, run)
+        if row is rows[0]:
+            add_memory(step, row, run.device)
+        else:
+            row["thread_scaling"] = rows[0]["median_ms"] / row["median_ms"]
+        results[name, row["threads"]] = row
+        print_timed(name, row)
+
+
+def run_variant(name: str, cfg: Config, flops: int | None, run: Run, ref_grads: list[torch.Tensor] | None,
+                rows: list[dict], results: dict[tuple[str, int], dict]) -> bool:
+    """Checks, then times, one variant; True when it failed its check or raised (a Skip is no failure)."""
+    try:
+        if not check_variant(name, cfg, run.device, ref_grads, rows):
+            return True
+        time_variant(name, cfg, flops, run, rows, results)
+    except Skip as exc:
+        mark(rows, name, f"skipped: {exc}")
+    except Exception as exc:
+        mark(rows, name, f"error: {_short(exc, 300)}")
+        traceback.print_exc()
+        return True
+    finally:
+        torch.set_num_threads(run.thread_counts[0])
+    return False
+
+
+def run_config(cfg: Config, names: list[str], run: Run, check: bool) -> tuple[list[dict], bool]:
+    """Every variant on one configuration: (its rows, whether any variant failed)."""
+    group = f"{cfg.problem} {cfg.label}"
+    print(f"\n== {group}")
+    ref_grads = meta_gradient("eager", cfg, run.device) if check else None
+    flops = count_flops(cfg, run.device)
+    rows: list[dict] = []
+    results: dict[tuple[str, int], dict] = {}
+    failed = False
+    for name in names:
+        vrows = variant_rows(cfg, name, flops, group, run.thread_counts)
+        rows.extend(vrows)
+        failed |= run_variant(name, cfg, flops, run, ref_grads, vrows, results)
+    common.add_speedups(list(results.values()), name_key="variant", time_key="median_ms", group=("threads",))
+    return rows, failed
+
+
+def table_row(r: dict, first_threads: int) -> dict[str, Any]:
+    """The printed cells of one result row."""
+    gflops = None if r.get("gflops") is None else (
+        f"{r['gflops']:.1f}" + (f" ({r['gflops_per_core']:.1f}/core)" if r.get("gflops_per_core")
+                                and r["threads"] > 1 else ""))
+    mem_na = r.get("median_ms") and r.get("peak_mib") is None and r["threads"] == first_threads
+    return {
+        "_group": r["_group"], "problem": r["problem"], "config": r["config"], "variant": r["variant"],
+        "threads": str(r["threads"]),
+        "median": common.fmt_ms(_s(r.get("median_ms"))), "iqr": common.fmt_ms(_s(r.get("iqr_ms"))),
+        "eager": common.fmt_ratio(r.get("speedup_vs_eager")), "vmap": common.fmt_ratio(r.get("speedup_vs_vmap")),
+        "gflops": gflops,
+        "scaling": common.fmt_ratio(r.get("thread_scaling")),
+        "mem": "n/a" if mem_na else (None if r.get("peak_mib") is None else f"{r['peak_mib']:.1f}"),
+        "err": None if r.get("check_rel_err") is None else f"{r['check_rel_err']:.0e}",
+        "note": (r.get("backend_used") or "") if r["status"] == "ok" else r["status"],
+    }
+
+
+def table_columns(thread_counts: list[int]) -> list[tuple[str, str]]:
+    """The table's (cell key, header) pairs; the threads and scaling columns only for several thread counts."""
+    several = len(thread_counts) > 1
     columns = [("problem", "problem"), ("config", "config"), ("variant", "variant")]
-    if len(thread_counts) > 1:
+    if several:
         columns.append(("threads", "threads"))
     columns += [("median", "median ms"), ("iqr", "IQR ms"), ("eager", "vs eager"), ("vmap", "vs vmap"),
                 ("gflops", "GFLOP/s")]
-    if len(thread_counts) > 1:
+    if several:
         columns.append(("scaling", f"vs {thread_counts[0]} thr"))
-    columns += [("mem", "peak MiB"), ("err", "grad err"), ("note", "note")]
-    print(common.format_table(table_rows, columns))
+    return columns + [("mem", "peak MiB"), ("err", "grad err"), ("note", "note")]
 
-    out = args.out or common.default_out_path("sinusoid", device)
+
+def print_table(rows: list[dict], thread_counts: list[int]) -> None:
+    print()
+    table_rows = [table_row(r, thread_counts[0]) for r in rows]
+    print(common.format_table(table_rows, table_columns(thread_counts)))
+
+
+def write_results(args, run: Run, env: dict[str, Any], rows: list[dict], elapsed_s: float) -> None:
+    """The result JSON (rows without their table grouping), at --out or the default path."""
+    out = args.out or common.default_out_path("sinusoid", run.device)
     for r in rows:
         r.pop("_group", None)
     env["process_max_rss_mib"] = common.max_rss_mib()
@@ -633,15 +690,37 @@ def main(argv=None) -> int:
         "benchmark": "maml-meta-training-iteration",
         "definition": "median wall time of one forward + backward of the meta-loss (no optimizer step)",
         "environment": env,
-        "settings": {"quick": args.quick, "min_run_time_s": min_run_time, "threads": thread_counts,
+        "settings": {"quick": args.quick, "min_run_time_s": run.min_run_time, "threads": run.thread_counts,
                      "tasks": args.tasks or [25], "flops_counted_on": "metafast-torch (torch.utils.flop_counter)",
                      "check": not args.no_check, "check_tolerance": CHECK_TOL, "check_tasks": 3,
                      "check_dtype": "float64", "timed_dtype": "float32"},
-        "elapsed_s": time.perf_counter() - t_start,
+        "elapsed_s": elapsed_s,
         "rows": rows,
     }
     common.write_json(out, payload)
     print(f"\nwrote {out}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    thread_counts = list(dict.fromkeys(args.threads))
+    run = Run(device=common.resolve_device(args.device), thread_counts=thread_counts,
+              min_run_time=args.min_run_time if args.min_run_time is not None else (0.3 if args.quick else 2.0))
+    torch.set_num_threads(thread_counts[0])
+    orders = {"1": [True], "2": [False], "both": [True, False]}[args.order]
+    cfgs = configs(args.quick, sorted(set(args.steps)), orders, args.problems, args.tasks)
+    names = select_variants(args.variants, run.device)
+    env = describe_environment(run)
+
+    rows: list[dict[str, Any]] = []
+    failed = False
+    t_start = time.perf_counter()
+    for cfg in cfgs:
+        cfg_rows, cfg_failed = run_config(cfg, names, run, check=not args.no_check)
+        rows += cfg_rows
+        failed |= cfg_failed
+    print_table(rows, thread_counts)
+    write_results(args, run, env, rows, time.perf_counter() - t_start)
     if failed:
         print("error: some variants failed their meta-gradient check or raised (see the table)", file=sys.stderr)
         return 1

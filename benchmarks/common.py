@@ -47,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
         sys.exit(2)
 
 
+def devices_for(name: str) -> list[torch.device]:
+    """The devices a benchmark with rows and a result file per device runs on:
+    for ``auto`` the CPU and, when available, CUDA; otherwise the one
+    :func:`resolve_device` reads."""
+    if name == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [resolve_device(name)]
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -139,17 +148,23 @@ class Timing:
 
 
 def time_fn(fn: Callable[[], Any], *, min_run_time: float, threads: int, label: str = "",
-            sub_label: str = "", description: str = "") -> Timing:
-    """Times ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange``.
+            sub_label: str = "", description: str = "", runs: int | None = None) -> Timing:
+    """Times ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange``, or
+    with ``runs`` separate ``Timer.timeit(1)`` calls (one call each, after the
+    Timer's own two warm-up calls) when ``runs`` is given (``min_run_time`` is
+    then unused).
 
     The Timer synchronises CUDA around each block, so GPU work is counted.
     ``threads`` is passed on explicitly (the Timer would otherwise run with 1).
     """
-    from torch.utils.benchmark import Timer
+    from torch.utils.benchmark import Measurement, Timer
 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=label, sub_label=sub_label,
                   description=description)
-    m = timer.blocked_autorange(min_run_time=min_run_time)
+    if runs is None:
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+    else:
+        m, = Measurement.merge([timer.timeit(1) for _ in range(runs)])
     return Timing(median_s=m.median, iqr_s=m.iqr, mean_s=m.mean, runs=len(m.times),
                   per_run=m.number_per_run, times_s=list(m.times))
 
@@ -172,11 +187,28 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
 
 
 def max_rss_mib() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far (``ru_maxrss``), in MiB."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
 
 
 # --------------------------------------------------------------------------- output
+
+def add_speedups(rows: Sequence[dict[str, Any]], *, name_key: str, time_key: str, group: Sequence[str],
+                 baselines: Sequence[str] = ("eager", "vmap")) -> None:
+    """Adds ``speedup_vs_<baseline>`` to each row: the time of the row named
+    ``baseline`` (under ``name_key``) among the rows that agree on the ``group``
+    keys, divided by this row's time (``time_key``); None where there is no such
+    row or it has no time."""
+    def key(r: dict[str, Any]) -> tuple:
+        return tuple(r[k] for k in group)
+
+    times = {(key(r), r[name_key]): r[time_key] for r in rows}
+    for r in rows:
+        for b in baselines:
+            t = times.get((key(r), b))
+            r[f"speedup_vs_{b}"] = t / r[time_key] if t else None
+
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """Plain-text table. ``columns``: (key in row, header). Floats are printed by the caller's str()."""
@@ -212,6 +244,17 @@ def fmt_ratio(x: float | None) -> str | None:
 def default_out_path(name: str, device: torch.device) -> str:
     date = _dt.date.today().isoformat()
     return os.path.join(RESULTS_DIR, f"{name}_{device_slug(device)}_{date}.json")
+
+
+def out_path(out: str | None, name: str, device: torch.device, several: bool) -> str:
+    """Where a device's result file goes: ``--out`` (``x.json`` becomes ``x_<device type>.json``
+    when one run writes ``several`` devices' files), else :func:`default_out_path`."""
+    if not out:
+        return default_out_path(name, device)
+    if not several:
+        return out
+    root, ext = os.path.splitext(out)
+    return f"{root}_{device.type}{ext}"
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
