@@ -227,158 +227,214 @@ def _train(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run(a: argparse.Namespace, ck: dict | None, ctx: distributed.Context) -> int:
-    from tqdm.auto import tqdm
+    run = _Run(a, ck, ctx)
+    if run.start < a.iterations:
+        run.announce()
+    stop = run.train()
+    if stop:
+        return run.save_interrupted(stop)
+    run.finish()
+    return 0
 
-    device, main = ctx.device, ctx.is_main
-    out = Path(a.out).expanduser()
-    ck_path = out / checkpoint.NAME
 
-    def load_data():
-        return _load(a, "train", device, a.quiet or not main), _load(a, "val", device, True)
+class _Run:
+    """One rank's training run: its data, model, optimizer, generator, history and clock."""
 
-    train_ds, val_ds = ctx.first_on_each_machine(load_data)  # the first load writes the image cache
+    def __init__(self, a: argparse.Namespace, ck: dict | None, ctx: distributed.Context):
+        self.a, self.ctx = a, ctx
+        self.device, self.main = ctx.device, ctx.is_main
+        self.out = Path(a.out).expanduser()
+        self.ck_path = self.out / checkpoint.NAME
+        # the first load writes the image cache
+        self.train_ds, self.val_ds = ctx.first_on_each_machine(self._load_data)
+        with ctx.agreement():
+            self._init_state(ck)
+        self.ddp = ctx.wrap(self.meta)
+        self.share, self.weight = ctx.share(a.meta_batch), ctx.weight(a.meta_batch)
+        self.mine = self.share.stop - self.share.start
+        self.t0 = time.perf_counter()
 
-    with ctx.agreement():
+    def _load_data(self):
+        a, device = self.a, self.device
+        return _load(a, "train", device, a.quiet or not self.main), _load(a, "val", device, True)
+
+    def _init_state(self, ck: dict | None) -> None:
+        """The seeded model, optimizer and generator of a new run, or those of checkpoint ``ck``."""
+        a = self.a
         torch.manual_seed(a.seed)
-        model, meta = _build(a, device)
-        opt = torch.optim.Adam(meta.parameters(), lr=a.meta_lr)
-        gen = torch.Generator().manual_seed(a.seed)
-        history, start, elapsed = _new_history(), 0, 0.0
+        self.model, self.meta = _build(a, self.device)
+        self.opt = torch.optim.Adam(self.meta.parameters(), lr=a.meta_lr)
+        self.gen = torch.Generator().manual_seed(a.seed)
+        self.history, self.start, self.elapsed = _new_history(), 0, 0.0
         if ck is not None:
-            checkpoint.restore(ck, a, meta, opt, gen)
-            history, start, elapsed = ck["history"], int(ck["iteration"]), float(ck.get("train_seconds", 0.0))
-            if (not isinstance(history, dict) or set(history) != set(_new_history())
-                    or history["iteration"][-1:] != ([start] if start else [])):
-                raise CLIError(f"checkpoint {ck_path} is inconsistent: its history does not end at its iteration "
-                               f"{start}")
-            print(f"resuming {setting(a)} from iteration {start} of {a.iterations} ({ck_path})")
-    ddp = ctx.wrap(meta)
-    share, weight = ctx.share(a.meta_batch), ctx.weight(a.meta_batch)
-    mine = share.stop - share.start
+            self._resume(ck)
 
-    def save(iteration: int) -> None:
-        with ctx.agreement():  # a write error on rank 0 (disk full) stops every rank, not rank 0 alone
-            if main:
-                checkpoint.save(ck_path, {
-                    "format": checkpoint.FORMAT, "iteration": iteration, "args": vars(a),
-                    "model": model.state_dict(), "meta": meta.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "history": history, "train_seconds": elapsed,
-                    "world_size": ctx.world_size, "versions": versions(),
-                })
+    def _resume(self, ck: dict) -> None:
+        checkpoint.restore(ck, self.a, self.meta, self.opt, self.gen)
+        history, start = ck["history"], int(ck["iteration"])
+        self.history, self.start, self.elapsed = history, start, float(ck.get("train_seconds", 0.0))
+        if (not isinstance(history, dict) or set(history) != set(_new_history())
+                or history["iteration"][-1:] != ([start] if start else [])):
+            raise CLIError(f"checkpoint {self.ck_path} is inconsistent: its history does not end at its iteration "
+                           f"{start}")
+        print(f"resuming {setting(self.a)} from iteration {start} of {self.a.iterations} ({self.ck_path})")
 
-    def validate_at(iteration: int) -> None:
-        if a.val_tasks == 0:
-            return
-        r = evaluation.evaluate(meta, val_ds, a.val_tasks, a.ways, a.shots, a.queries, a.test_steps, a.meta_batch,
-                                seed=evaluation.VAL_SEED, ctx=ctx)
-        history["val_iteration"].append(iteration)
-        history["val_accuracy"].append(r["accuracy"])
-        history["val_ci95"].append(r["ci95"])
-        tqdm.write(f"iteration {iteration}: validation accuracy {evaluation.fmt(r)} ({a.val_tasks} tasks, "
-                   f"{a.test_steps} steps)")
-
-    if start < a.iterations:
+    def announce(self) -> None:
+        a, ctx = self.a, self.ctx
         split = ""
         if ctx.distributed:
             sizes = sorted({a.meta_batch // ctx.world_size, -(-a.meta_batch // ctx.world_size)})
             split = (f", split over {ctx.world_size} processes ({ctx.backend}) as "
                      f"{' or '.join(map(str, sizes))} tasks each")
-        print(f"meta-training {setting(a)} on {DATASETS[a.dataset][0]} ({device}): {a.iterations} iterations, "
+        print(f"meta-training {setting(a)} on {DATASETS[a.dataset][0]} ({self.device}): {a.iterations} iterations, "
               f"meta-batch {a.meta_batch}{split}, {a.inner_steps} inner step(s) at rate {a.inner_lr}, "
-              f"{_model_name(a)}; out: {out}")
+              f"{_model_name(a)}; out: {self.out}")
 
-    def state() -> dict:
+    def save(self, iteration: int) -> None:
+        with self.ctx.agreement():  # a write error on rank 0 (disk full) stops every rank, not rank 0 alone
+            if self.main:
+                checkpoint.save(self.ck_path, {
+                    "format": checkpoint.FORMAT, "iteration": iteration, "args": vars(self.a),
+                    "model": self.model.state_dict(), "meta": self.meta.state_dict(),
+                    "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(), "history": self.history,
+                    "train_seconds": self.elapsed, "world_size": self.ctx.world_size, "versions": versions(),
+                })
+
+    def _validate_at(self, iteration: int) -> None:
+        from tqdm.auto import tqdm
+
+        a = self.a
+        if a.val_tasks == 0:
+            return
+        r = evaluation.evaluate(self.meta, self.val_ds, a.val_tasks, a.ways, a.shots, a.queries, a.test_steps,
+                                a.meta_batch, seed=evaluation.VAL_SEED, ctx=self.ctx)
+        self.history["val_iteration"].append(iteration)
+        self.history["val_accuracy"].append(r["accuracy"])
+        self.history["val_ci95"].append(r["ci95"])
+        tqdm.write(f"iteration {iteration}: validation accuracy {evaluation.fmt(r)} ({a.val_tasks} tasks, "
+                   f"{a.test_steps} steps)")
+
+    def _state(self) -> dict:
         """Everything an iteration changes: an interrupted iteration is rolled back to it."""
-        return {"meta": {k: v.clone() for k, v in meta.state_dict().items()},
-                "optimizer": copy.deepcopy(opt.state_dict()), "generator": gen.get_state(),
-                "history": {k: len(v) for k, v in history.items()}}
+        return {"meta": {k: v.clone() for k, v in self.meta.state_dict().items()},
+                "optimizer": copy.deepcopy(self.opt.state_dict()), "generator": self.gen.get_state(),
+                "history": {k: len(v) for k, v in self.history.items()}}
 
-    def roll_back(saved: dict) -> None:
-        meta.load_state_dict(saved["meta"])
-        opt.load_state_dict(saved["optimizer"])
-        gen.set_state(saved["generator"])
+    def _roll_back(self, saved: dict) -> None:
+        self.meta.load_state_dict(saved["meta"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.gen.set_state(saved["generator"])
         for k, n in saved["history"].items():
-            del history[k][n:]
+            del self.history[k][n:]
 
-    bar = tqdm(total=a.iterations, initial=start, desc="meta-train", unit="it", disable=a.quiet or not main,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    saved = state()
-    stop = 0  # the exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)
-    with ctx.deferred_interrupts() as signals:
-        try:
-            for it in range(start, a.iterations):
-                # Ctrl-C or SIGTERM can land anywhere (after the episode is drawn, mid opt.step(), before the
-                # history is updated): rolling back to the state before the iteration makes every stop
-                # resumable bit-identically.
-                saved = state()
-                # every rank draws the whole meta-batch (the same generator state) and keeps its share
-                episode = train_ds.sample(a.meta_batch, a.ways, a.shots, a.queries, generator=gen)
-                o = ddp(*(t[share] for t in episode), step_weights=_schedule(a, it, meta, opt))
-                opt.zero_grad(set_to_none=True)
-                (o.loss if weight == 1 else o.loss * weight).backward()  # DDP averages the gradients over ranks
-                # A finite loss can hide NaN adapted weights; their meta-gradient cannot.
-                grads = [p.grad for p in meta.parameters() if p.grad is not None]
-                finite = torch.stack([t.detach().isfinite().all() for t in (o.loss, o.support_losses, *grads)]).all()
-                # one collective (and one device sync) per iteration: loss and accuracy sums, failure, signals
-                sums = torch.stack([o.loss.detach().double() * mine, o.accuracy.detach().double() * mine,
-                                    (~finite).double()])
-                local = torch.cat([sums, sums.new_tensor(signals())])
-                loss_sum, acc_sum, failed, *seen = ctx.sum(local).tolist()
-                loss, acc = loss_sum / a.meta_batch, acc_sum / a.meta_batch
-                if failed:
-                    raise CLIError(f"at iteration {it + 1} the meta-loss ({loss:.4g}) or its gradient is not finite; "
-                                   f"stopped before updating the weights. Try a smaller --inner-lr or --meta-lr")
-                opt.step()
-                history["iteration"].append(it + 1)
-                history["loss"].append(loss)
-                history["accuracy"].append(acc)
-                bar.update(1)
-                if (it + 1) % 10 == 0 or it + 1 == a.iterations:
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
-                if (it + 1) % a.val_every == 0 or it + 1 == a.iterations:
-                    elapsed += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    validate_at(it + 1)
-                    save(it + 1)
-                    t0 = time.perf_counter()
-                if any(seen):  # every rank stops after this same iteration
-                    stop = distributed.exit_status(seen)
-                    break
-        except KeyboardInterrupt as e:  # one process: Ctrl-C, or SIGTERM as distributed.Terminated
-            roll_back(saved)
-            stop = distributed.exit_status(e)
-        late = signals()
-    bar.close()
-    if not stop and ctx.distributed:  # a signal after the last iteration's collective stops the run too
-        seen = ctx.sum(torch.tensor(late, dtype=torch.float64)).tolist()
-        stop = distributed.exit_status(seen) if any(seen) else 0
-    if stop:
-        done = history["iteration"][-1] if history["iteration"] else 0
-        elapsed += time.perf_counter() - t0
-        save(done)
-        if main:
-            print(f"\ninterrupted: saved iteration {done} to {ck_path}; continue with --resume", file=sys.stderr)
+    def train(self) -> int:
+        """The iterations from ``start`` on; the exit status of a stop by Ctrl-C (130) or SIGTERM (143), else 0."""
+        from tqdm.auto import tqdm
+
+        a = self.a
+        bar = tqdm(total=a.iterations, initial=self.start, desc="meta-train", unit="it",
+                   disable=a.quiet or not self.main, dynamic_ncols=True)
+        self.t0 = time.perf_counter()
+        saved = self._state()
+        stop = 0
+        with self.ctx.deferred_interrupts() as signals:
+            try:
+                for it in range(self.start, a.iterations):
+                    # Ctrl-C or SIGTERM can land anywhere (after the episode is drawn, mid opt.step(), before the
+                    # history is updated): rolling back to the state before the iteration makes every stop
+                    # resumable bit-identically.
+                    saved = self._state()
+                    seen = self._iteration(it, signals, bar)
+                    if any(seen):  # every rank stops after this same iteration
+                        stop = distributed.exit_status(seen)
+                        break
+            except KeyboardInterrupt as e:  # one process: Ctrl-C, or SIGTERM as distributed.Terminated
+                self._roll_back(saved)
+                stop = distributed.exit_status(e)
+            late = signals()
+        bar.close()
+        if not stop and self.ctx.distributed:  # a signal after the last iteration's collective stops the run too
+            seen = self.ctx.sum(torch.tensor(late, dtype=torch.float64)).tolist()
+            stop = distributed.exit_status(seen) if any(seen) else 0
         return stop
-    if start < a.iterations:
-        elapsed += time.perf_counter() - t0
 
-    test = None
-    if a.test_tasks > 0:
-        del train_ds
-        test_ds = ctx.first_on_each_machine(
-            lambda: _load(a, "test", device, True))
-        test = evaluation.evaluate(meta, test_ds, a.test_tasks, a.ways, a.shots, a.queries, a.test_steps,
-                                   a.meta_batch, quiet=a.quiet, desc="test", ctx=ctx)
+    def _iteration(self, it: int, signals, bar) -> list[float]:
+        """Meta-training iteration ``it`` (0-based); the signal flags seen by any rank."""
+        a = self.a
+        # every rank draws the whole meta-batch (the same generator state) and keeps its share
+        episode = self.train_ds.sample(a.meta_batch, a.ways, a.shots, a.queries, generator=self.gen)
+        o = self.ddp(*(t[self.share] for t in episode), step_weights=_schedule(a, it, self.meta, self.opt))
+        self.opt.zero_grad(set_to_none=True)
+        (o.loss if self.weight == 1 else o.loss * self.weight).backward()  # DDP averages the gradients over ranks
+        loss, acc, failed, seen = self._reduce(o, signals)
+        if failed:
+            raise CLIError(f"at iteration {it + 1} the meta-loss ({loss:.4g}) or its gradient is not finite; "
+                           f"stopped before updating the weights. Try a smaller --inner-lr or --meta-lr")
+        self.opt.step()
+        self._record(it + 1, loss, acc, bar)
+        return seen
+
+    def _reduce(self, o, signals) -> tuple[float, float, float, list[float]]:
+        """The meta-batch's mean loss and accuracy, whether any rank's loss or meta-gradient is not finite,
+        and the signal flags, in one collective (and one device sync) per iteration."""
+        # A finite loss can hide NaN adapted weights; their meta-gradient cannot.
+        grads = [p.grad for p in self.meta.parameters() if p.grad is not None]
+        finite = torch.stack([t.detach().isfinite().all() for t in (o.loss, o.support_losses, *grads)]).all()
+        sums = torch.stack([o.loss.detach().double() * self.mine, o.accuracy.detach().double() * self.mine,
+                            (~finite).double()])
+        local = torch.cat([sums, sums.new_tensor(signals())])
+        loss_sum, acc_sum, failed, *seen = self.ctx.sum(local).tolist()
+        return loss_sum / self.a.meta_batch, acc_sum / self.a.meta_batch, failed, seen
+
+    def _record(self, done: int, loss: float, acc: float, bar) -> None:
+        """The history and progress bar after ``done`` iterations; validation and checkpoint when due."""
+        a = self.a
+        self.history["iteration"].append(done)
+        self.history["loss"].append(loss)
+        self.history["accuracy"].append(acc)
+        bar.update(1)
+        if done % 10 == 0 or done == a.iterations:
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{100 * acc:.1f}%")
+        if done % a.val_every == 0 or done == a.iterations:
+            self.elapsed += time.perf_counter() - self.t0
+            self.t0 = time.perf_counter()
+            self._validate_at(done)
+            self.save(done)
+            self.t0 = time.perf_counter()
+
+    def save_interrupted(self, stop: int) -> int:
+        """Saves the last completed iteration of a stopped run; returns its exit status ``stop``."""
+        done = self.history["iteration"][-1] if self.history["iteration"] else 0
+        self.elapsed += time.perf_counter() - self.t0
+        self.save(done)
+        if self.main:
+            print(f"\ninterrupted: saved iteration {done} to {self.ck_path}; continue with --resume", file=sys.stderr)
+        return stop
+
+    def finish(self) -> None:
+        """The test accuracy (--test-tasks), curves.png and results.json."""
+        if self.start < self.a.iterations:
+            self.elapsed += time.perf_counter() - self.t0
+        test = self._test() if self.a.test_tasks > 0 else None
+        a, out = self.a, self.out
+        with self.ctx.agreement():  # a write error on rank 0 is reported on every rank
+            if self.main:
+                title = f"{setting(a)} on {DATASETS[a.dataset][0]}, {_model_name(a)}"
+                plot_curves(self.history, out / "curves.png", title)
+                write_json(out / "results.json", train_results(a, self.history, self.elapsed, self.device,
+                                                               self.meta.backend_used, self.ctx, test))
+                print(f"wrote {self.ck_path}, {out / 'curves.png'}, {out / 'results.json'}")
+
+    def _test(self) -> dict:
+        a = self.a
+        del self.train_ds
+        test_ds = self.ctx.first_on_each_machine(lambda: _load(a, "test", self.device, True))
+        test = evaluation.evaluate(self.meta, test_ds, a.test_tasks, a.ways, a.shots, a.queries, a.test_steps,
+                                   a.meta_batch, quiet=a.quiet, desc="test", ctx=self.ctx)
         paper = evaluation.paper_line(a.ways, a.shots, a.meta_sgd, a.algorithm, a.dataset)
         print(f"test accuracy, {setting(a)}, {test['tasks']} tasks, {test['steps']} inner steps: "
               f"{evaluation.fmt(test)}   ({paper})")
-    with ctx.agreement():  # a write error on rank 0 is reported on every rank
-        if main:
-            plot_curves(history, out / "curves.png", f"{setting(a)} on {DATASETS[a.dataset][0]}, {_model_name(a)}")
-            write_json(out / "results.json", train_results(a, history, elapsed, device, meta.backend_used, ctx, test))
-            print(f"wrote {ck_path}, {out / 'curves.png'}, {out / 'results.json'}")
-    return 0
+        return test
 
 
 # --------------------------------------------------------------------------- eval
