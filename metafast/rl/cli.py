@@ -315,61 +315,88 @@ def _restore(state: dict, path: Path, policy, meta, gen) -> tuple[list, int, flo
 
 
 def _train(a) -> int:
-    _validate_train(a)
-    device = resolve_device(a.device)
-    out, state = _prepare(a)
-    ckpt_path = out / CHECKPOINT
-    config = _config(a)
-    env, policy = _build(vars(a), device)  # before touching --out: a missing `mujoco` extra fails here
-    if state is None:  # a new run: never beside another run's files
-        files.start_afresh(out, a.overwrite, _OUTPUTS, _EVAL_PLOTS, _LEFTOVERS)
-    files.make_out(out)
-    meta = MetaRL(env, policy, config)
-    gen = torch.Generator(device=device).manual_seed(a.seed + 1)
-    history, start, elapsed = [], 0, 0.0
-    if state is not None:
-        history, start, elapsed = _restore(state, ckpt_path, policy, meta, gen)
-
-    def snapshot():  # the state after the last completed iteration (a signal may land mid-iteration)
-        return {"format": FORMAT, "iteration": len(history), "args": dict(vars(a)), "config": config.to_dict(),
-                "policy": {k: v.clone() for k, v in policy.state_dict().items()}, "generator": gen.get_state(),
-                "history": list(history), "elapsed_s": elapsed,
-                "optimizer": None if meta.optimizer is None else copy.deepcopy(meta.optimizer.state_dict())}
-
-    label = "pretrained" if a.pretrain else "MAML"
-    if not a.quiet:
-        print(f"train {a.env}: {label}, {'first' if a.first_order else 'second'}-order, outer {a.outer}, "
-              f"policy {a.hidden} {a.activation}, {a.meta_batch} tasks x {a.trajectories} trajectories, "
-              f"device {device}, {torch.get_num_threads()} threads, iterations {start}->{a.iterations}, out {out}")
-    tqdm = require("tqdm", "the progress bar").tqdm
-    bar = tqdm(range(start, a.iterations), initial=start, total=a.iterations, disable=a.quiet, unit="it",
-               dynamic_ncols=True)
-    last, stop = snapshot(), 0
-    with distributed.Context().deferred_interrupts():  # SIGTERM raises distributed.Terminated, like Ctrl-C
-        try:
-            for iteration in bar:
-                t0 = time.perf_counter()
-                logs = meta.step(gen)
-                if not all(torch.isfinite(p).all() for p in policy.parameters()):
-                    raise CLIError(f"non-finite policy parameters after iteration {iteration + 1}; lower --max-kl "
-                                   "or --meta-lr")
-                elapsed += time.perf_counter() - t0
-                history.append({"iteration": iteration + 1, **logs, "time_s": elapsed})
-                last = snapshot()
-                bar.set_postfix(before=f"{logs['train_return']:.1f}", after=f"{logs['valid_return']:.1f}")
-                if (iteration + 1) % a.checkpoint_every == 0:
-                    checkpoint.save(ckpt_path, last)
-        except KeyboardInterrupt as e:
-            stop = distributed.exit_status(e)
-        finally:
-            bar.close()
-    checkpoint.save(ckpt_path, last)
+    run = _Run(a)
+    run.announce()
+    stop = run.train()
+    checkpoint.save(run.ckpt_path, run.last)
     if stop:
-        print(f"\ninterrupted: saved iteration {last['iteration']} to {ckpt_path}; continue with --resume",
+        print(f"\ninterrupted: saved iteration {run.last['iteration']} to {run.ckpt_path}; continue with --resume",
               file=sys.stderr)
         return stop
-    _finish(a, out, env, policy, config, history, elapsed, device, label)
+    _finish(a, run.out, run.env, run.policy, run.config, run.history, run.elapsed, run.device, run.label)
     return 0
+
+
+class _Run:
+    """A training run: its output folder, environment, policy, MetaRL, generator, history and clock."""
+
+    def __init__(self, a):
+        _validate_train(a)
+        self.a = a
+        self.device = resolve_device(a.device)
+        self.out, state = _prepare(a)
+        self.ckpt_path = self.out / CHECKPOINT
+        self.config = _config(a)
+        # before touching --out: a missing `mujoco` extra fails here
+        self.env, self.policy = _build(vars(a), self.device)
+        if state is None:  # a new run: never beside another run's files
+            files.start_afresh(self.out, a.overwrite, _OUTPUTS, _EVAL_PLOTS, _LEFTOVERS)
+        files.make_out(self.out)
+        self.meta = MetaRL(self.env, self.policy, self.config)
+        self.gen = torch.Generator(device=self.device).manual_seed(a.seed + 1)
+        self.history, self.start, self.elapsed = [], 0, 0.0
+        if state is not None:
+            self.history, self.start, self.elapsed = _restore(state, self.ckpt_path, self.policy, self.meta, self.gen)
+        self.label = "pretrained" if a.pretrain else "MAML"
+
+    def snapshot(self) -> dict:
+        """The state after the last completed iteration (a signal may land mid-iteration)."""
+        optimizer = self.meta.optimizer
+        return {"format": FORMAT, "iteration": len(self.history), "args": dict(vars(self.a)),
+                "config": self.config.to_dict(),
+                "policy": {k: v.clone() for k, v in self.policy.state_dict().items()},
+                "generator": self.gen.get_state(), "history": list(self.history), "elapsed_s": self.elapsed,
+                "optimizer": None if optimizer is None else copy.deepcopy(optimizer.state_dict())}
+
+    def announce(self) -> None:
+        a = self.a
+        if not a.quiet:
+            print(f"train {a.env}: {self.label}, {'first' if a.first_order else 'second'}-order, outer {a.outer}, "
+                  f"policy {a.hidden} {a.activation}, {a.meta_batch} tasks x {a.trajectories} trajectories, "
+                  f"device {self.device}, {torch.get_num_threads()} threads, iterations {self.start}->{a.iterations}, "
+                  f"out {self.out}")
+
+    def train(self) -> int:
+        """The iterations from ``start`` on, each followed by its snapshot (``last``); the exit status of a stop
+        by Ctrl-C (130) or SIGTERM (143), else 0."""
+        a = self.a
+        tqdm = require("tqdm", "the progress bar").tqdm
+        bar = tqdm(range(self.start, a.iterations), initial=self.start, total=a.iterations, disable=a.quiet,
+                   unit="it", dynamic_ncols=True)
+        self.last, stop = self.snapshot(), 0
+        with distributed.Context().deferred_interrupts():  # SIGTERM raises distributed.Terminated, like Ctrl-C
+            try:
+                for iteration in bar:
+                    self._iteration(iteration, bar)
+            except KeyboardInterrupt as e:
+                stop = distributed.exit_status(e)
+            finally:
+                bar.close()
+        return stop
+
+    def _iteration(self, iteration: int, bar) -> None:
+        """Iteration ``iteration`` (0-based), then its snapshot ``last`` (checkpointed every --checkpoint-every)."""
+        t0 = time.perf_counter()
+        logs = self.meta.step(self.gen)
+        if not all(torch.isfinite(p).all() for p in self.policy.parameters()):
+            raise CLIError(f"non-finite policy parameters after iteration {iteration + 1}; lower --max-kl "
+                           "or --meta-lr")
+        self.elapsed += time.perf_counter() - t0
+        self.history.append({"iteration": iteration + 1, **logs, "time_s": self.elapsed})
+        self.last = self.snapshot()
+        bar.set_postfix(before=f"{logs['train_return']:.1f}", after=f"{logs['valid_return']:.1f}")
+        if (iteration + 1) % self.a.checkpoint_every == 0:
+            checkpoint.save(self.ckpt_path, self.last)
 
 
 def _finish(a, out: Path, env, policy, config, history: list, elapsed: float, device, label: str) -> None:
