@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+import metafast
 from metafast._validate import argparse_type, positive_int, positive_number
 from metafast.devices import resolve_device
 from metafast.stats import mean_ci95, moving_average
@@ -196,7 +197,7 @@ def _table(rows: list[tuple[str, dict | None, dict]]) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in body])
 
 
-def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_it, curve_loss, title: str,
+def _plot(path: str, test: dict, model, meta, adapted: dict, curve_it, curve_loss, title: str,
           num_panels: int = 4) -> None:
     import matplotlib
 
@@ -204,6 +205,19 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
     import matplotlib.pyplot as plt
 
     n = min(num_panels, test["support_x"].shape[0])
+    fig = plt.figure(figsize=(4.2 * n, 7.6), layout="constrained")
+    gs = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
+    _plot_tasks(fig, gs, test, model, meta, adapted, n)
+    _plot_curve(fig.add_subplot(gs[1, :]), curve_it, curve_loss, title)
+    try:
+        files.write_rendered(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def _plot_tasks(fig, gs, test: dict, model, meta, adapted: dict, n: int) -> None:
+    """The first ``n`` test tasks, one a panel on the top row of ``gs``: the true function, the support
+    points and the predictions of the meta-learned init and after 1 and 10 steps."""
     device = test["support_x"].device
     grid = torch.linspace(X_RANGE[0], X_RANGE[1], 200, device=device)
     gx = grid.view(1, -1, 1).expand(n, -1, -1).contiguous()
@@ -215,9 +229,6 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
         p10 = meta.predict({k: v[:n] for k, v in adapted[10].items()}, gx)
     cpu = lambda t: t.detach().float().cpu().numpy()
     g = cpu(grid)
-
-    fig = plt.figure(figsize=(4.2 * n, 7.6), layout="constrained")
-    gs = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
     for i in range(n):
         ax = fig.add_subplot(gs[0, i])
         ax.plot(g, cpu(true[i]), color="black", lw=2.2, label="true function")
@@ -236,28 +247,25 @@ def _plot(path: str, test: dict, model, meta, adapted: dict, init_model, curve_i
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=5, frameon=False, fontsize=10)
 
-    ax = fig.add_subplot(gs[1, :])
-    it = curve_it
-    ax.plot(it, curve_loss, color="tab:blue", alpha=0.25, lw=0.8, label="meta-batch query MSE")
+
+def _plot_curve(ax, curve_it, curve_loss, title: str) -> None:
+    """The meta-training curve (and its moving average) on ``ax``, log scale."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.plot(curve_it, curve_loss, color="tab:blue", alpha=0.25, lw=0.8, label="meta-batch query MSE")
     if len(curve_loss) >= 10:
         window = max(1, len(curve_loss) // 50)
-        ax.plot(it[window - 1:], moving_average(curve_loss, window), color="tab:blue", lw=2,
+        ax.plot(curve_it[window - 1:], moving_average(curve_loss, window), color="tab:blue", lw=2,
                 label=f"moving average ({window} points)")
     ax.set_yscale("log")
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("meta-training iteration")
     ax.set_ylabel("query MSE after inner adaptation")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right")
-    try:
-        files.write_rendered(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    finally:
-        plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         return _main(argv)
-    except CLIError as exc:  # a write error (disk full): one line
+    except CLIError as exc:  # a write error (disk full), a bad --device, --out or --backend: one line
         print(f"metafast demo: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -277,160 +285,190 @@ def _main(argv: Sequence[str] | None) -> int:
     if argv[:1] == ["demo"]:  # tolerate `main(["demo", ...])`
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
-        print(f"metafast demo: error: {exc}", file=sys.stderr)
-        return 2
-    try:  # before training, so that a bad --out fails now rather than after the run
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as exc:
-        why = "it is a file" if os.path.isfile(args.out) else exc.strerror or exc
-        print(f"metafast demo: error: cannot use --out {args.out} as the output folder: {why}", file=sys.stderr)
-        return 2
-
+        raise CLIError(str(exc)) from None
+    _make_out(args.out)  # before training, so that a bad --out fails now rather than after the run
     if args.threads is not None or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
-
-    import metafast
-    from tqdm.auto import tqdm
-
-    torch.manual_seed(args.seed)
-    model = metafast.nn.MLP([1, 40, 40, 1], activation="relu").to(device)
-    untrained = copy.deepcopy(model)
-    try:
-        meta = metafast.BatchedMAML(model, inner_lr=args.inner_lr, inner_steps=1, first_order=args.first_order,
-                                    meta_sgd=False, loss="mse", backend=args.backend)
-    except (RuntimeError, ValueError, NotImplementedError) as exc:
-        print(f"metafast demo: error: backend {args.backend!r} is not available: {exc}", file=sys.stderr)
-        return 2
-    opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
-    tasks = metafast.data.Sinusoid(amplitude=AMPLITUDE, phase=PHASE, x_range=X_RANGE)
-    train_gen = torch.Generator().manual_seed(args.seed)
-
-    order = "first-order" if args.first_order else "second-order"
-    print(f"metafast {metafast.__version__} demo: sinusoid regression, {order} MAML, device {device}"
-          f"{f' ({torch.get_num_threads()} thread(s))' if device.type == 'cpu' else ''}, backend {args.backend!r}")
-    print(f"meta-training {args.iterations:,} iterations (the paper used {PAPER_ITERATIONS:,}): "
-          f"K={args.shots} support + {args.queries} query points, 1 inner step at alpha={args.inner_lr:g}, "
-          f"meta-batch {args.meta_batch}, Adam {args.meta_lr:g}")
-
-    losses = torch.empty(args.iterations, device=device)
-    start = time.perf_counter()
-    bar = tqdm(range(args.iterations), desc="meta-train", unit="it", disable=args.quiet, mininterval=0.5,
-               dynamic_ncols=True)
-    for i in bar:
-        b = _sample(tasks, args.meta_batch, args.shots, args.queries, train_gen, device)
-        out = meta(b["support_x"], b["support_y"], b["query_x"], b["query_y"])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        losses[i] = out.loss.detach()
-        if (i + 1) % 100 == 0 or i + 1 == args.iterations:
-            lo = max(0, i + 1 - 100)
-            bar.set_postfix(loss=f"{losses[lo:i + 1].mean().item():.3f}", refresh=False)
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    train_s = time.perf_counter() - start
-    backend_used = getattr(meta, "backend_used", args.backend)
-    print(f"meta-training took {train_s:.1f} s ({args.iterations / train_s:,.0f} it/s) on backend {backend_used!r}")
-    losses_cpu = losses.cpu()
-    if not torch.isfinite(losses_cpu).all():
-        print("metafast demo: warning: non-finite meta-training loss", file=sys.stderr)
-
-    test = _sample(tasks, args.test_tasks, args.test_shots, 100, torch.Generator().manual_seed(TEST_SEED), device)
-    eval_meta = meta
-    maml_res, adapted = _evaluate(eval_meta, model, test, EVAL_STEPS)
-
-    untrained_meta = metafast.BatchedMAML(untrained, inner_lr=args.inner_lr, inner_steps=1,
-                                          first_order=True, loss="mse", backend="torch")
-    untrained_res, _ = _evaluate(untrained_meta, untrained, test, EVAL_STEPS)
-
-    pretrained_res, pretrain_s = None, None
-    if not args.no_baseline:
-        pretrained = copy.deepcopy(untrained)
-        pretrain_s = _pretrain(pretrained, tasks, args.iterations, args.meta_batch, args.shots + args.queries,
-                               args.meta_lr, torch.Generator().manual_seed(args.seed), device, args.quiet)
-        pre_meta = metafast.BatchedMAML(pretrained, inner_lr=args.inner_lr, inner_steps=1, first_order=True,
-                                        loss="mse", backend="torch")
-        pretrained_res, _ = _evaluate(pre_meta, pretrained, test, EVAL_STEPS)
-
-    rows = [
-        (f"MAML, this run ({args.iterations:,} it)", maml_res, PAPER_MSE["maml"]),
-        (f"MAML, paper ({PAPER_ITERATIONS:,} it)", None, PAPER_MSE["maml"]),
-    ]
-    if pretrained_res is not None:
-        rows += [("pretrained, this run", pretrained_res, PAPER_MSE["pretrained"]),
-                 ("pretrained, paper", None, PAPER_MSE["pretrained"])]
-    rows.append(("untrained init, this run", untrained_res, {}))
-    print()
-    print(f"Test MSE on {args.test_tasks} held-out tasks, K={args.test_shots} shots, SGD alpha={args.inner_lr:g} "
-          f"from the learned init (lower is better): mean ± 95% interval over the tasks that did not diverge, "
-          f"median over all tasks, and how many diverged (query MSE non-finite or above {DIVERGED_MSE:g}):")
-    print(_table(rows))
-    if pretrained_res is not None:
-        print(f"pretrained: the same network trained by plain regression on points pooled over tasks "
-              f"({args.iterations:,} Adam steps), then fine-tuned like MAML's init.")
-
-    plot_path = os.path.join(args.out, "sinusoid.png")
-    json_path = os.path.join(args.out, "results.json")
-    model_path = os.path.join(args.out, "model.pt")
-    files.save_torch(model_path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-
-    stride = max(1, args.iterations // 2000)
-    curve_it = list(range(1, args.iterations + 1, stride))
-    curve_loss = losses_cpu[::stride].tolist()
-    if not args.no_plot:
-        title = (f"meta-training: {order} MAML, {args.iterations:,} iterations, {train_s:.0f} s on {device} "
-                 f"({backend_used}); median test MSE K={args.test_shots}: "
-                 + ", ".join(f"{s} step{'s' if s > 1 else ''} {_fmt(maml_res[str(s)]['median'])}" for s in EVAL_STEPS))
-        _plot(plot_path, test, model, eval_meta, adapted, untrained, curve_it, curve_loss, title)
-    else:  # a plot of an earlier run would sit beside this run's results
-        files.remove_outputs([Path(plot_path)])
-
-    try:
-        build = metafast.build_info()
-    except Exception as exc:  # pragma: no cover - informational only
-        build = {"error": repr(exc)}
-    payload = {
-        "demo": "sinusoid",
-        "argv": argv,
-        "config": {
-            "iterations": args.iterations, "paper_iterations": PAPER_ITERATIONS, "seed": args.seed,
-            "test_seed": TEST_SEED, "device": str(device), "backend": args.backend, "backend_used": backend_used,
-            "first_order": args.first_order, "meta_batch": args.meta_batch, "inner_lr": args.inner_lr,
-            "meta_lr": args.meta_lr, "shots": args.shots, "queries": args.queries, "inner_steps_train": 1,
-            "test_tasks": args.test_tasks, "test_shots": args.test_shots, "test_queries": 100,
-            "threads": torch.get_num_threads(),
-            "network": [1, 40, 40, 1], "amplitude": AMPLITUDE, "phase": PHASE, "x_range": X_RANGE,
-        },
-        "train": {
-            "wall_s": train_s, "it_per_s": args.iterations / train_s,
-            "final_loss_mean_last_100": _finite_or_none(losses_cpu[-100:].mean().item()),
-            "loss_curve": {"iteration": curve_it, "loss": curve_loss},
-        },
-        "eval": {"maml": maml_res, "untrained": untrained_res, "pretrained": pretrained_res,
-                 "pretrain_wall_s": pretrain_s,
-                 "definitions": {
-                     "diverged": f"tasks whose query MSE is non-finite or above {DIVERGED_MSE:g}",
-                     "mse, ci95, std": "mean, 95% interval (1.96 std / sqrt n) and std over the other tasks",
-                     "median": "over all tasks, diverged ones counted as +inf (null if that is infinite)",
-                     "support_mse_median": "median support-set MSE over all tasks, likewise"}},
-        "paper": {"iterations": PAPER_ITERATIONS, **PAPER_MSE},
-        "versions": {"metafast": metafast.__version__, "torch": torch.__version__,
-                     "python": platform.python_version(), "build_info": build},
-        "files": {"plot": None if args.no_plot else plot_path, "json": json_path, "model": model_path},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    files.write_json(json_path, payload)  # non-finite numbers as null, others as their str
-    print()
-    if not args.no_plot:
-        print(f"wrote {plot_path}")
-    print(f"wrote {json_path}")
-    print(f"wrote {model_path}")
+    run = _Demo(args, device)
+    run.meta_train()
+    run.evaluate()
+    run.report()
+    run.write(argv)
     return 0
+
+
+def _make_out(out: str) -> None:
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        why = "it is a file" if os.path.isfile(out) else exc.strerror or exc
+        raise CLIError(f"cannot use --out {out} as the output folder: {why}") from None
+
+
+def _baseline_results(model: torch.nn.Module, inner_lr: float, test: dict) -> dict:
+    """:func:`_evaluate` of a network fine-tuned from its own weights (first-order SGD, torch backend)."""
+    meta = metafast.BatchedMAML(model, inner_lr=inner_lr, inner_steps=1, first_order=True, loss="mse",
+                                backend="torch")
+    return _evaluate(meta, model, test, EVAL_STEPS)[0]
+
+
+class _Demo:
+    """One run of the demo: the network and its meta-learner, the training losses and the test results."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device = args, device
+        torch.manual_seed(args.seed)
+        self.model = metafast.nn.MLP([1, 40, 40, 1], activation="relu").to(device)
+        self.untrained = copy.deepcopy(self.model)
+        try:
+            self.meta = metafast.BatchedMAML(self.model, inner_lr=args.inner_lr, inner_steps=1,
+                                             first_order=args.first_order, meta_sgd=False, loss="mse",
+                                             backend=args.backend)
+        except (RuntimeError, ValueError, NotImplementedError) as exc:
+            raise CLIError(f"backend {args.backend!r} is not available: {exc}") from None
+        self.tasks = metafast.data.Sinusoid(amplitude=AMPLITUDE, phase=PHASE, x_range=X_RANGE)
+        self.order = "first-order" if args.first_order else "second-order"
+
+    def meta_train(self) -> None:
+        """--iterations meta-updates (Adam); the loss of each in ``losses`` (on the CPU), the time in ``train_s``."""
+        from tqdm.auto import tqdm
+
+        args, device = self.args, self.device
+        opt = torch.optim.Adam(self.model.parameters(), lr=args.meta_lr)
+        train_gen = torch.Generator().manual_seed(args.seed)
+        print(f"metafast {metafast.__version__} demo: sinusoid regression, {self.order} MAML, device {device}"
+              f"{f' ({torch.get_num_threads()} thread(s))' if device.type == 'cpu' else ''}, "
+              f"backend {args.backend!r}")
+        print(f"meta-training {args.iterations:,} iterations (the paper used {PAPER_ITERATIONS:,}): "
+              f"K={args.shots} support + {args.queries} query points, 1 inner step at alpha={args.inner_lr:g}, "
+              f"meta-batch {args.meta_batch}, Adam {args.meta_lr:g}")
+        losses = torch.empty(args.iterations, device=device)
+        start = time.perf_counter()
+        bar = tqdm(range(args.iterations), desc="meta-train", unit="it", disable=args.quiet, mininterval=0.5,
+                   dynamic_ncols=True)
+        for i in bar:
+            b = _sample(self.tasks, args.meta_batch, args.shots, args.queries, train_gen, device)
+            out = self.meta(b["support_x"], b["support_y"], b["query_x"], b["query_y"])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            losses[i] = out.loss.detach()
+            if (i + 1) % 100 == 0 or i + 1 == args.iterations:
+                lo = max(0, i + 1 - 100)
+                bar.set_postfix(loss=f"{losses[lo:i + 1].mean().item():.3f}", refresh=False)
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.train_s = time.perf_counter() - start
+        print(f"meta-training took {self.train_s:.1f} s ({args.iterations / self.train_s:,.0f} it/s) on backend "
+              f"{self.meta.backend_used!r}")
+        self.losses = losses.cpu()
+        if not torch.isfinite(self.losses).all():
+            print("metafast demo: warning: non-finite meta-training loss", file=sys.stderr)
+
+    def evaluate(self) -> None:
+        """The held-out tasks (``test``): MAML's results (``results``, and its adapted weights ``adapted``),
+        the untrained init's and, unless --no-baseline, the pretrained baseline's."""
+        args = self.args
+        test_gen = torch.Generator().manual_seed(TEST_SEED)
+        self.test = _sample(self.tasks, args.test_tasks, args.test_shots, 100, test_gen, self.device)
+        maml, self.adapted = _evaluate(self.meta, self.model, self.test, EVAL_STEPS)
+        self.results = {"maml": maml, "untrained": _baseline_results(self.untrained, args.inner_lr, self.test),
+                        "pretrained": None, "pretrain_wall_s": None}
+        if not args.no_baseline:
+            pretrained = copy.deepcopy(self.untrained)
+            self.results["pretrain_wall_s"] = _pretrain(
+                pretrained, self.tasks, args.iterations, args.meta_batch, args.shots + args.queries, args.meta_lr,
+                torch.Generator().manual_seed(args.seed), self.device, args.quiet)
+            self.results["pretrained"] = _baseline_results(pretrained, args.inner_lr, self.test)
+
+    def report(self) -> None:
+        """The table of test MSEs beside the paper's."""
+        args, r = self.args, self.results
+        rows = [
+            (f"MAML, this run ({args.iterations:,} it)", r["maml"], PAPER_MSE["maml"]),
+            (f"MAML, paper ({PAPER_ITERATIONS:,} it)", None, PAPER_MSE["maml"]),
+        ]
+        if r["pretrained"] is not None:
+            rows += [("pretrained, this run", r["pretrained"], PAPER_MSE["pretrained"]),
+                     ("pretrained, paper", None, PAPER_MSE["pretrained"])]
+        rows.append(("untrained init, this run", r["untrained"], {}))
+        print()
+        print(f"Test MSE on {args.test_tasks} held-out tasks, K={args.test_shots} shots, SGD alpha={args.inner_lr:g} "
+              f"from the learned init (lower is better): mean ± 95% interval over the tasks that did not diverge, "
+              f"median over all tasks, and how many diverged (query MSE non-finite or above {DIVERGED_MSE:g}):")
+        print(_table(rows))
+        if r["pretrained"] is not None:
+            print(f"pretrained: the same network trained by plain regression on points pooled over tasks "
+                  f"({args.iterations:,} Adam steps), then fine-tuned like MAML's init.")
+
+    def write(self, argv: list[str]) -> None:
+        """model.pt, sinusoid.png (or, with --no-plot, no earlier run's) and results.json in --out."""
+        args = self.args
+        paths = {"plot": os.path.join(args.out, "sinusoid.png"), "json": os.path.join(args.out, "results.json"),
+                 "model": os.path.join(args.out, "model.pt")}
+        files.save_torch(paths["model"], {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        stride = max(1, args.iterations // 2000)
+        curve = {"iteration": list(range(1, args.iterations + 1, stride)), "loss": self.losses[::stride].tolist()}
+        if not args.no_plot:
+            _plot(paths["plot"], self.test, self.model, self.meta, self.adapted, curve["iteration"], curve["loss"],
+                  self._plot_title())
+        else:  # a plot of an earlier run would sit beside this run's results
+            files.remove_outputs([Path(paths["plot"])])
+        # non-finite numbers as null, others as their str
+        files.write_json(paths["json"], self._payload(argv, curve, paths))
+        print()
+        if not args.no_plot:
+            print(f"wrote {paths['plot']}")
+        print(f"wrote {paths['json']}")
+        print(f"wrote {paths['model']}")
+
+    def _plot_title(self) -> str:
+        args, maml = self.args, self.results["maml"]
+        return (f"meta-training: {self.order} MAML, {args.iterations:,} iterations, {self.train_s:.0f} s on "
+                f"{self.device} ({self.meta.backend_used}); median test MSE K={args.test_shots}: "
+                + ", ".join(f"{s} step{'s' if s > 1 else ''} {_fmt(maml[str(s)]['median'])}" for s in EVAL_STEPS))
+
+    def _payload(self, argv: list[str], curve: dict, paths: dict) -> dict:
+        """The contents of results.json."""
+        args = self.args
+        try:
+            build = metafast.build_info()
+        except Exception as exc:  # pragma: no cover - informational only
+            build = {"error": repr(exc)}
+        return {
+            "demo": "sinusoid",
+            "argv": argv,
+            "config": {
+                "iterations": args.iterations, "paper_iterations": PAPER_ITERATIONS, "seed": args.seed,
+                "test_seed": TEST_SEED, "device": str(self.device), "backend": args.backend,
+                "backend_used": self.meta.backend_used, "first_order": args.first_order,
+                "meta_batch": args.meta_batch, "inner_lr": args.inner_lr, "meta_lr": args.meta_lr,
+                "shots": args.shots, "queries": args.queries, "inner_steps_train": 1,
+                "test_tasks": args.test_tasks, "test_shots": args.test_shots, "test_queries": 100,
+                "threads": torch.get_num_threads(),
+                "network": [1, 40, 40, 1], "amplitude": AMPLITUDE, "phase": PHASE, "x_range": X_RANGE,
+            },
+            "train": {
+                "wall_s": self.train_s, "it_per_s": args.iterations / self.train_s,
+                "final_loss_mean_last_100": _finite_or_none(self.losses[-100:].mean().item()),
+                "loss_curve": curve,
+            },
+            "eval": {**self.results,
+                     "definitions": {
+                         "diverged": f"tasks whose query MSE is non-finite or above {DIVERGED_MSE:g}",
+                         "mse, ci95, std": "mean, 95% interval (1.96 std / sqrt n) and std over the other tasks",
+                         "median": "over all tasks, diverged ones counted as +inf (null if that is infinite)",
+                         "support_mse_median": "median support-set MSE over all tasks, likewise"}},
+            "paper": {"iterations": PAPER_ITERATIONS, **PAPER_MSE},
+            "versions": {"metafast": metafast.__version__, "torch": torch.__version__,
+                         "python": platform.python_version(), "build_info": build},
+            "files": {"plot": None if args.no_plot else paths["plot"], "json": paths["json"], "model": paths["model"]},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
 
 if __name__ == "__main__":  # pragma: no cover
