@@ -103,8 +103,11 @@ class Barrier {
   const int n_;
 };
 
+// R: examples per register block (kExampleBlock): 1 as on the GPU, more as in a CPU task pack.
+template <int R = 1>
 struct ThreadLanes {
   static constexpr bool kSerial = false;
+  static constexpr int kExampleBlock = R;
   int id, n;
   Barrier* barrier;
   long drop_sync;         // skip this (1-based) sync() call; 0: none
@@ -119,7 +122,7 @@ struct ThreadLanes {
 };
 
 // Runs f(lanes) on N threads, one ThreadLanes each; returns the sync() count.
-template <typename F>
+template <int R = 1, typename F>
 long run_on_threads(int N, long drop_sync, F f) {
   Barrier barrier(N);
   std::vector<std::thread> threads;
@@ -127,7 +130,7 @@ long run_on_threads(int N, long drop_sync, F f) {
   threads.reserve(N);
   for (int i = 0; i < N; ++i)
     threads.emplace_back([&, i] {
-      ThreadLanes lanes{i, N, &barrier, drop_sync};
+      ThreadLanes<R> lanes{i, N, &barrier, drop_sync};
       f(lanes);
       syncs[i] = lanes.syncs;
     });
@@ -228,8 +231,10 @@ struct Runner {
 
   // The forward or the backward (by argument type) of every task, split as
   // `lanes` says: 0 SerialLanes (the CPU kernel's per-task path), -2 or -8
-  // task packs of that many tasks, else that many threads (the syncs they made
-  // are returned).
+  // task packs of that many tasks (two examples per register block), -3 three
+  // threads with three examples per block (the packs' blocking split across
+  // lanes), else that many threads, one example per block as on the GPU (the
+  // syncs they made are returned).
   template <typename Args>
   long run_split(const Args& a, int lanes, long drop_sync) const {
     if (lanes == 0) {
@@ -238,8 +243,10 @@ struct Runner {
       run_packed<2>(a);
     } else if (lanes == -8) {
       run_packed<8>(a);
+    } else if (lanes == -3) {
+      return run_on_threads<3>(3, drop_sync, [&](const ThreadLanes<3>& L) { run_tasks(L, a, 0, c.tasks); });
     } else {
-      return run_on_threads(lanes, drop_sync, [&](const ThreadLanes& L) { run_tasks(L, a, 0, c.tasks); });
+      return run_on_threads(lanes, drop_sync, [&](const ThreadLanes<>& L) { run_tasks(L, a, 0, c.tasks); });
     }
     return 0;
   }
@@ -667,7 +674,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < cases; ++i) {
     Case c = random_case(uint64_t(i) * 7919 + 1);
     c.name = " case " + std::to_string(i);
-    std::vector<int> lanes = {1, 3, -2, -8};
+    std::vector<int> lanes = {1, 3, -2, -8, -3};
     if (i % 3 == 0) lanes.push_back(32);
     if (i % (quick ? 10 : 8) == 0) lanes.push_back(256);
     check_case(c, lanes, true, rep);
@@ -677,7 +684,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < nan_cases; ++i) {
     Case c = with_random_nan(random_case(uint64_t(i) * 104729 + 5), uint64_t(i) + 99);
     c.name += " nan-case " + std::to_string(i);
-    std::vector<int> lanes = {1, 3, -2, -8};
+    std::vector<int> lanes = {1, 3, -2, -8, -3};
     if (i % 3 == 0) lanes.push_back(32);
     if (i % 8 == 0) lanes.push_back(256);
     check_case(c, lanes, false, rep);

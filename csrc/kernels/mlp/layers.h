@@ -22,6 +22,12 @@ MF_HD int num_blocks(int n) { return (n + kBlock - 1) / kBlock; }
 // The last block of a row is clamped to the row's last element: it recomputes
 // that element (never stored twice) instead of reading past the row.
 MF_HD int clamp_to(int i, int n) { return i < n ? i : n - 1; }
+// Examples per work item where the layer's weights are the operand: R
+// examples share each weight load (Lanes::kExampleBlock; 1 on the GPU, whose
+// threads want many small items, more in a CPU task pack, where a layer's
+// weights outgrow the L1 cache). The last block is clamped like a row's.
+template <int R>
+MF_HD int num_example_blocks(int K) { return (K + R - 1) / R; }
 
 // ---------------------------------------------------------------------------
 // One layer of the backward pass (and its tangent):
@@ -79,38 +85,56 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
     if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
   }
   if (l == 1 && !input_grad) return;
-  // δ_{l-1}: a lane sums over the dout units for example k and a block of inputs i0.. .
+  // δ_{l-1}: a lane sums over the dout units for R examples k0.. and a block of inputs i0.. .
+  constexpr int R = Lanes::kExampleBlock;
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
-  for (int64_t idx = lanes.lane(); idx < int64_t(K) * ib; idx += lanes.count()) {
-    const int k = int(idx) / ib, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
-    int col[kBlock];
-    T s[kBlock], sd[kBlock];
-    for (int r = 0; r < kBlock; ++r) {
-      col[r] = clamp_to(i0 + r, din);
-      s[r] = T(0);
-      sd[r] = T(0);
+  const int kb = num_example_blocks<R>(K);
+  for (int64_t idx = lanes.lane(); idx < int64_t(kb) * ib; idx += lanes.count()) {
+    const int k0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
+    int col[kBlock], row[R];
+    T s[R][kBlock], sd[R][kBlock];
+    for (int r = 0; r < kBlock; ++r) col[r] = clamp_to(i0 + r, din);
+    for (int e = 0; e < R; ++e) {
+      row[e] = clamp_to(k0 + e, K);
+      for (int r = 0; r < kBlock; ++r) {
+        s[e][r] = T(0);
+        sd[e][r] = T(0);
+      }
     }
     for (int j = 0; j < dout; ++j) {
-      const T c = dz[int64_t(k) * dout + j];
       const T* w_row = W + int64_t(j) * din;
-      for (int r = 0; r < kBlock; ++r) s[r] += c * w_row[col[r]];
+      T wv[kBlock];
+      for (int r = 0; r < kBlock; ++r) wv[r] = w_row[col[r]];
       if (dir) {
-        const T cd = dz_dot[int64_t(k) * dout + j];
         const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
-        for (int r = 0; r < kBlock; ++r) sd[r] += cd * w_row[col[r]] + c * u_row[col[r]];
-      }
-    }
-    for (int r = 0; r < kBlock && i0 + r < din; ++r) {
-      const int64_t e = int64_t(k) * din + i0 + r;
-      if (l == 1) {
-        ws.dx[e] = s[r];
-        if (dir) ws.dx_dot[e] = sd[r];
+        T uv[kBlock];
+        for (int r = 0; r < kBlock; ++r) uv[r] = u_row[col[r]];
+        for (int e = 0; e < R; ++e) {
+          const T c = dz[int64_t(row[e]) * dout + j], cd = dz_dot[int64_t(row[e]) * dout + j];
+          for (int r = 0; r < kBlock; ++r) {
+            s[e][r] += c * wv[r];
+            sd[e][r] += cd * wv[r] + c * uv[r];
+          }
+        }
       } else {
-        const T h = ws.h[prev + e];
-        ws.dz[prev + e] = activation_backward(act, h, s[r]);
-        if (dir) ws.dz_dot[prev + e] = activation_backward_tangent(act, h, ws.z_dot[prev + e], s[r], sd[r]);
+        for (int e = 0; e < R; ++e) {
+          const T c = dz[int64_t(row[e]) * dout + j];
+          for (int r = 0; r < kBlock; ++r) s[e][r] += c * wv[r];
+        }
       }
     }
+    for (int e = 0; e < R && k0 + e < K; ++e)
+      for (int r = 0; r < kBlock && i0 + r < din; ++r) {
+        const int64_t x = int64_t(k0 + e) * din + i0 + r;
+        if (l == 1) {
+          ws.dx[x] = s[e][r];
+          if (dir) ws.dx_dot[x] = sd[e][r];
+        } else {
+          const T h = ws.h[prev + x];
+          ws.dz[prev + x] = activation_backward(act, h, s[e][r]);
+          if (dir) ws.dz_dot[prev + x] = activation_backward_tangent(act, h, ws.z_dot[prev + x], s[e][r], sd[e][r]);
+        }
+      }
   }
 }
 
@@ -190,10 +214,10 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 //   z[k,j] = b[j] + Σ_i W[j,i]·in[k,i]          h = σ(z) (identity at the output)
 //   ż[k,j] = u_b[j] + Σ_i u_W[j,i]·in[k,i] + Σ_i W[j,i]·ḣ_in[k,i]     ḣ = σ'(z)·ż
 // Two decompositions of the same sums: with lanes (GPU threads, CPU task
-// packs) each lane computes a register block of kBlock units j of one example,
-// so every input element it loads feeds kBlock FMAs, and kBlock independent
-// sums keep the FMA pipeline full; the CPU's per-task path takes a SIMD
-// reduction along each row instead.
+// packs) each lane computes a register block of kBlock units j of R examples
+// (Lanes::kExampleBlock), so every input element it loads feeds kBlock FMAs,
+// every weight R, and R·kBlock independent sums keep the FMA pipeline full;
+// the CPU's per-task path takes a SIMD reduction along each row instead.
 // ---------------------------------------------------------------------------
 template <typename T>
 MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T z, const T* dir, T z_dot,
@@ -211,48 +235,77 @@ MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T
 template <typename T, typename Lanes>
 MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
                                   const T* theta, const T* in, const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
+  constexpr int R = Lanes::kExampleBlock;
   const int din = m.sizes[l - 1], dout = m.sizes[l];
-  const int nb = num_blocks(dout);
+  const int nb = num_blocks(dout), kb = num_example_blocks<R>(K);
   const T* W = theta + m.weight_offset[l];
   const T* b = theta + m.bias_offset[l];
-  for (int64_t idx = lanes.lane(); idx < int64_t(K) * nb; idx += lanes.count()) {
-    const int k = int(idx) / nb, j0 = (int(idx) % nb) * kBlock;  // idx < K·dout < 2^31
-    const T* x_row = in + int64_t(k) * din;
-    const T* xd_row = in_dot ? in_dot + int64_t(k) * din : nullptr;
+  for (int64_t idx = lanes.lane(); idx < int64_t(kb) * nb; idx += lanes.count()) {
+    const int k0 = (int(idx) / nb) * R, j0 = (int(idx) % nb) * kBlock;  // idx < K·dout < 2^31
+    const T* x_row[R];
+    const T* xd_row[R];
+    for (int e = 0; e < R; ++e) {
+      const int k = clamp_to(k0 + e, K);
+      x_row[e] = in + int64_t(k) * din;
+      xd_row[e] = in_dot ? in_dot + int64_t(k) * din : nullptr;
+    }
     const T* w[kBlock];
     const T* u[kBlock];
-    T acc[kBlock], t[kBlock];
+    T acc[R][kBlock], t[R][kBlock];
     for (int r = 0; r < kBlock; ++r) {
       const int j = clamp_to(j0 + r, dout);
       w[r] = W + int64_t(j) * din;
-      acc[r] = b[j];
       u[r] = dir ? dir + m.weight_offset[l] + int64_t(j) * din : nullptr;
-      t[r] = dir ? dir[m.bias_offset[l] + j] : T(0);
+      for (int e = 0; e < R; ++e) {
+        acc[e][r] = b[j];
+        t[e][r] = dir ? dir[m.bias_offset[l] + j] : T(0);
+      }
     }
     if (!dir) {
       for (int i = 0; i < din; ++i) {
-        const T xi = x_row[i];
-        for (int r = 0; r < kBlock; ++r) acc[r] += w[r][i] * xi;
+        T wi[kBlock];
+        for (int r = 0; r < kBlock; ++r) wi[r] = w[r][i];
+        for (int e = 0; e < R; ++e) {
+          const T xi = x_row[e][i];
+          for (int r = 0; r < kBlock; ++r) acc[e][r] += wi[r] * xi;
+        }
       }
-    } else if (!xd_row) {
+    } else if (!in_dot) {
       for (int i = 0; i < din; ++i) {
-        const T xi = x_row[i];
+        T wi[kBlock], ui[kBlock];
         for (int r = 0; r < kBlock; ++r) {
-          acc[r] += w[r][i] * xi;
-          t[r] += u[r][i] * xi;
+          wi[r] = w[r][i];
+          ui[r] = u[r][i];
+        }
+        for (int e = 0; e < R; ++e) {
+          const T xi = x_row[e][i];
+          for (int r = 0; r < kBlock; ++r) {
+            acc[e][r] += wi[r] * xi;
+            t[e][r] += ui[r] * xi;
+          }
         }
       }
     } else {
       for (int i = 0; i < din; ++i) {
-        const T xi = x_row[i], xdi = xd_row[i];
+        T wi[kBlock], ui[kBlock];
         for (int r = 0; r < kBlock; ++r) {
-          acc[r] += w[r][i] * xi;
-          t[r] += u[r][i] * xi + w[r][i] * xdi;
+          wi[r] = w[r][i];
+          ui[r] = u[r][i];
+        }
+        for (int e = 0; e < R; ++e) {
+          const T xi = x_row[e][i], xdi = xd_row[e][i];
+          for (int r = 0; r < kBlock; ++r) {
+            acc[e][r] += wi[r] * xi;
+            t[e][r] += ui[r] * xi + wi[r] * xdi;
+          }
         }
       }
     }
-    const int64_t row = int64_t(K) * m.act_offset[l] + int64_t(k) * dout;
-    for (int r = 0; r < kBlock && j0 + r < dout; ++r) store_forward(m, act, l, row + j0 + r, acc[r], dir, t[r], ws);
+    for (int e = 0; e < R && k0 + e < K; ++e) {
+      const int64_t row = int64_t(K) * m.act_offset[l] + int64_t(k0 + e) * dout;
+      for (int r = 0; r < kBlock && j0 + r < dout; ++r)
+        store_forward(m, act, l, row + j0 + r, acc[e][r], dir, t[e][r], ws);
+    }
   }
 }
 
