@@ -103,11 +103,11 @@ class Barrier {
   const int n_;
 };
 
-// R: examples per register block (kExampleBlock): 1 as on the GPU, more as in a CPU task pack.
+// R: rows per register block (kRowBlock): 1 as on the GPU, more as in a CPU task pack.
 template <int R = 1>
 struct ThreadLanes {
   static constexpr bool kSerial = false;
-  static constexpr int kExampleBlock = R;
+  static constexpr int kRowBlock = R;
   int id, n;
   Barrier* barrier;
   long drop_sync;         // skip this (1-based) sync() call; 0: none
@@ -231,9 +231,9 @@ struct Runner {
 
   // The forward or the backward (by argument type) of every task, split as
   // `lanes` says: 0 SerialLanes (the CPU kernel's per-task path), -2 or -8
-  // task packs of that many tasks (two examples per register block), -3 three
-  // threads with three examples per block (the packs' blocking split across
-  // lanes), else that many threads, one example per block as on the GPU (the
+  // task packs of that many tasks (two rows per register block), -3 three
+  // threads with three rows per block (the packs' blocking split across
+  // lanes), else that many threads, one row per block as on the GPU (the
   // syncs they made are returned).
   template <typename Args>
   long run_split(const Args& a, int lanes, long drop_sync) const {

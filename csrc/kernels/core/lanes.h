@@ -6,8 +6,8 @@
 // separated by lanes.sync(); lanes.leader() does what one lane must (a sum in
 // fixed order, a scalar output). kSerial picks a layer decomposition
 // (kernels/mlp/layers.h): true, one lane's contiguous row-by-row loops; false,
-// the register blocks the lanes share. kExampleBlock: how many examples one
-// register block spans where the weights are the operand (layers.h).
+// the register blocks the lanes share. kRowBlock: how many rows (examples or
+// weight rows) one register block spans (kernels/mlp/layers.h).
 //   SerialLanes  the CPU's per-task path: one lane does all of it.
 //   BlockLanes   the GPU: a thread block's threads, one block per task.
 //   PackLanes    the CPU's task packs (kernels/core/task_pack.h): one lane
@@ -22,7 +22,7 @@ namespace metafast {
 
 struct SerialLanes {
   static constexpr bool kSerial = true;
-  static constexpr int kExampleBlock = 1;  // unused: the serial layers go row by row
+  static constexpr int kRowBlock = 1;  // unused: the serial layers go row by row
   MF_HD int lane() const { return 0; }
   MF_HD int count() const { return 1; }
   MF_HD void sync() const {}
@@ -37,10 +37,10 @@ struct SerialLanes {
 // stored until the sum is done.
 struct PackLanes {
   static constexpr bool kSerial = false;
-  // Two examples per block: a pack's weights (a vector per scalar) outgrow the
-  // L1 cache, so sharing each weight load halves the traffic from L2; at two,
-  // the tangent passes' 16 sums and their operands still fit the 32 registers.
-  static constexpr int kExampleBlock = 2;
+  // Two rows per block: a pack's weights (a vector per scalar) outgrow the L1
+  // cache, so sharing each load halves the traffic from L2; at two, the
+  // tangent passes' 16 sums and their operands still fit the 32 registers.
+  static constexpr int kRowBlock = 2;
   int lane() const { return 0; }
   int count() const { return 1; }
   void sync() const {}
@@ -50,7 +50,7 @@ struct PackLanes {
 #if defined(__CUDACC__)
 struct BlockLanes {
   static constexpr bool kSerial = false;
-  static constexpr int kExampleBlock = 1;  // many small work items for the block's threads
+  static constexpr int kRowBlock = 1;  // many small work items for the block's threads
   __device__ __forceinline__ int lane() const { return threadIdx.x; }
   __device__ __forceinline__ int count() const { return blockDim.x; }
   __device__ __forceinline__ void sync() const { __syncthreads(); }

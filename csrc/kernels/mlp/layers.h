@@ -22,12 +22,13 @@ MF_HD int num_blocks(int n) { return (n + kBlock - 1) / kBlock; }
 // The last block of a row is clamped to the row's last element: it recomputes
 // that element (never stored twice) instead of reading past the row.
 MF_HD int clamp_to(int i, int n) { return i < n ? i : n - 1; }
-// Examples per work item where the layer's weights are the operand: R
-// examples share each weight load (Lanes::kExampleBlock; 1 on the GPU, whose
-// threads want many small items, more in a CPU task pack, where a layer's
-// weights outgrow the L1 cache). The last block is clamped like a row's.
+// Rows per work item (Lanes::kRowBlock): R examples share each weight load in
+// the forward and input-gradient sums, R weight rows each input load in the
+// weight gradients. 1 on the GPU, whose threads want many small items; more
+// in a CPU task pack, where a layer's weights outgrow the L1 cache. The last
+// block is clamped like a row's.
 template <int R>
-MF_HD int num_example_blocks(int K) { return (K + R - 1) / R; }
+MF_HD int num_row_blocks(int n) { return (n + R - 1) / R; }
 
 // ---------------------------------------------------------------------------
 // One layer of the backward pass (and its tangent):
@@ -46,33 +47,51 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
                                    MlpWorkspace<T>& ws, const T* dir, bool input_grad) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   const int ib = num_blocks(din);
-  // Weight gradients: a lane sums over the K examples for unit j and a block of inputs i0.. .
-  for (int64_t idx = lanes.lane(); idx < int64_t(dout) * ib; idx += lanes.count()) {
-    const int j = int(idx) / ib, i0 = (int(idx) % ib) * kBlock;  // idx < dout·din < 2^31
-    int col[kBlock];
-    T g[kBlock], gd[kBlock];
-    for (int r = 0; r < kBlock; ++r) {
-      col[r] = clamp_to(i0 + r, din);
-      g[r] = T(0);
-      gd[r] = T(0);
-    }
-    for (int k = 0; k < K; ++k) {
-      const T c = dz[int64_t(k) * dout + j];
-      const T* in_k = in + int64_t(k) * din;
-      for (int r = 0; r < kBlock; ++r) g[r] += c * in_k[col[r]];
-      if (dir) {
-        const T cd = dz_dot[int64_t(k) * dout + j];
-        for (int r = 0; r < kBlock; ++r) gd[r] += cd * in_k[col[r]];
-        if (in_dot) {
-          const T* ind_k = in_dot + int64_t(k) * din;
-          for (int r = 0; r < kBlock; ++r) gd[r] += c * ind_k[col[r]];
-        }
+  // Weight gradients: a lane sums over the K examples for R units j0.. and a block of inputs i0.. .
+  constexpr int R = Lanes::kRowBlock;
+  const int jb = num_row_blocks<R>(dout);
+  for (int64_t idx = lanes.lane(); idx < int64_t(jb) * ib; idx += lanes.count()) {
+    const int j0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < dout·din < 2^31
+    int col[kBlock], unit[R];
+    T g[R][kBlock], gd[R][kBlock];
+    for (int r = 0; r < kBlock; ++r) col[r] = clamp_to(i0 + r, din);
+    for (int e = 0; e < R; ++e) {
+      unit[e] = clamp_to(j0 + e, dout);
+      for (int r = 0; r < kBlock; ++r) {
+        g[e][r] = T(0);
+        gd[e][r] = T(0);
       }
     }
-    const int64_t o = m.weight_offset[l] + int64_t(j) * din + i0;
-    for (int r = 0; r < kBlock && i0 + r < din; ++r) {
-      ws.grad[o + r] = g[r];
-      if (dir) ws.hvp[o + r] = gd[r];
+    for (int k = 0; k < K; ++k) {
+      const T* in_k = in + int64_t(k) * din;
+      T xin[kBlock];
+      for (int r = 0; r < kBlock; ++r) xin[r] = in_k[col[r]];
+      if (!dir) {
+        for (int e = 0; e < R; ++e) {
+          const T c = dz[int64_t(k) * dout + unit[e]];
+          for (int r = 0; r < kBlock; ++r) g[e][r] += c * xin[r];
+        }
+        continue;
+      }
+      T xind[kBlock];
+      if (in_dot)
+        for (int r = 0; r < kBlock; ++r) xind[r] = in_dot[int64_t(k) * din + col[r]];
+      for (int e = 0; e < R; ++e) {
+        const T c = dz[int64_t(k) * dout + unit[e]], cd = dz_dot[int64_t(k) * dout + unit[e]];
+        for (int r = 0; r < kBlock; ++r) {
+          g[e][r] += c * xin[r];
+          gd[e][r] += cd * xin[r];
+        }
+        if (in_dot)
+          for (int r = 0; r < kBlock; ++r) gd[e][r] += c * xind[r];
+      }
+    }
+    for (int e = 0; e < R && j0 + e < dout; ++e) {
+      const int64_t o = m.weight_offset[l] + int64_t(j0 + e) * din + i0;
+      for (int r = 0; r < kBlock && i0 + r < din; ++r) {
+        ws.grad[o + r] = g[e][r];
+        if (dir) ws.hvp[o + r] = gd[e][r];
+      }
     }
   }
   for (int64_t j = lanes.lane(); j < dout; j += lanes.count()) {
@@ -86,9 +105,8 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   }
   if (l == 1 && !input_grad) return;
   // δ_{l-1}: a lane sums over the dout units for R examples k0.. and a block of inputs i0.. .
-  constexpr int R = Lanes::kExampleBlock;
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
-  const int kb = num_example_blocks<R>(K);
+  const int kb = num_row_blocks<R>(K);
   for (int64_t idx = lanes.lane(); idx < int64_t(kb) * ib; idx += lanes.count()) {
     const int k0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
     int col[kBlock], row[R];
@@ -215,7 +233,7 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 //   ż[k,j] = u_b[j] + Σ_i u_W[j,i]·in[k,i] + Σ_i W[j,i]·ḣ_in[k,i]     ḣ = σ'(z)·ż
 // Two decompositions of the same sums: with lanes (GPU threads, CPU task
 // packs) each lane computes a register block of kBlock units j of R examples
-// (Lanes::kExampleBlock), so every input element it loads feeds kBlock FMAs,
+// (Lanes::kRowBlock), so every input element it loads feeds kBlock FMAs,
 // every weight R, and R·kBlock independent sums keep the FMA pipeline full;
 // the CPU's per-task path takes a SIMD reduction along each row instead.
 // ---------------------------------------------------------------------------
@@ -235,9 +253,9 @@ MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T
 template <typename T, typename Lanes>
 MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
                                   const T* theta, const T* in, const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
-  constexpr int R = Lanes::kExampleBlock;
+  constexpr int R = Lanes::kRowBlock;
   const int din = m.sizes[l - 1], dout = m.sizes[l];
-  const int nb = num_blocks(dout), kb = num_example_blocks<R>(K);
+  const int nb = num_blocks(dout), kb = num_row_blocks<R>(K);
   const T* W = theta + m.weight_offset[l];
   const T* b = theta + m.bias_offset[l];
   for (int64_t idx = lanes.lane(); idx < int64_t(kb) * nb; idx += lanes.count()) {
