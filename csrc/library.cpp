@@ -32,6 +32,17 @@ STABLE_TORCH_LIBRARY(metafast, m) {
       "Tensor support_x, Tensor support_y, Tensor? query_x, Tensor? query_y, int[] sizes, str activation, "
       "str loss, bool first_order, bool lrs_grad, bool x_grad, bool query_x_grad, Tensor? support_weights=None, "
       "bool query_every_step=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // One meta-iteration in one call: mlp_adapt with its query set, then its
+  // backward with grad_query_losses (the meta-loss's weight of each query loss,
+  // [T] or [T, steps]) as the only upstream gradient. Returns (support_losses
+  // [T, steps], query_output [T, Q, d_out], query_losses, grad_params [P],
+  // grad_lrs [P] or [steps, P], empty unless lrs_grad): the gradients of
+  // Σ grad_query_losses·query_losses, summed over the tasks. Not differentiable.
+  m.def(
+      "mlp_meta_grad(Tensor params, Tensor? lrs, float lr, Tensor support_x, Tensor support_y, Tensor query_x, "
+      "Tensor query_y, int[] sizes, int steps, str activation, str loss, bool first_order, "
+      "Tensor grad_query_losses, bool lrs_grad, Tensor? support_weights=None, bool query_every_step=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // An empty module: importing it runs the registrations above.

@@ -281,7 +281,69 @@ def mlp_adapt(
     return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
 
+def mlp_meta_grad(params: torch.Tensor, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                  query_y: torch.Tensor, sizes: Sequence[int], steps: int = 1, lr: float = 0.01,
+                  lrs: torch.Tensor | None = None, activation: str = "relu", loss: str = "mse",
+                  first_order: bool = False, grad_query_losses: torch.Tensor | None = None, lrs_grad: bool = False,
+                  support_weights: torch.Tensor | None = None, query_every_step: bool = False,
+                  check_labels: bool = True) -> tuple[torch.Tensor, ...]:
+    """One meta-iteration in one call: ``mlp_adapt`` with its query set, and the
+    gradient of the meta-loss Σ grad_query_losses·query_losses with respect to
+    params (and lrs when ``lrs_grad``), summed over the tasks.
+
+    ``grad_query_losses``: the meta-loss's weight of each query loss, [T] (or
+    [T, steps] with ``query_every_step``); default 1/T each, the mean query
+    loss. The other arguments are ``mlp_adapt``'s. Returns (support_losses
+    [T, steps], query_output [T, Q, d_out], query_losses, grad_params [P],
+    grad_lrs (lrs' shape) or None). Nothing returned is differentiable: this is
+    the forward and the backward of the meta-loss at once, for a caller that
+    puts the gradient into autograd itself (BatchedMAML's fused backend).
+    """
+    sizes = as_layer_sizes(sizes)
+    steps = int(steps)
+    t = support_x.shape[0]
+    if grad_query_losses is None:
+        grad_query_losses = torch.full((t, steps) if query_every_step else (t,), 1.0 / t, dtype=params.dtype,
+                                       device=params.device)
+    if lrs_grad and lrs is None:
+        raise ValueError("metafast::mlp_meta_grad: lrs_grad needs lrs")
+    if not kernel_available(params.device):
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                             support_weights, query_every_step)
+        if loss == "cross_entropy":
+            check_label_range(sizes[-1], support_y, query_y)
+        with torch.enable_grad():
+            inputs = [params.detach().requires_grad_()] + ([lrs.detach().requires_grad_()] if lrs_grad else [])
+            _, support_losses, query_output, query_losses = mlp_adapt_torch(
+                inputs[0], inputs[1] if lrs_grad else lrs, lr, support_x, support_y, sizes, steps, activation, loss,
+                first_order, query_x, query_y, support_weights, bool(query_every_step),
+                step_rates=lrs is not None and lrs.dim() == 2)
+            grads = torch.autograd.grad(query_losses, inputs, grad_query_losses)
+        return (support_losses.detach(), query_output.detach(), query_losses.detach(), grads[0],
+                grads[1] if lrs_grad else None)
+    if loss == "cross_entropy" and params.device.type == "cuda" and check_labels:
+        check_label_range(sizes[-1], support_y, query_y)
+    support_losses, query_output, query_losses, grad_params, grad_lrs = torch.ops.metafast.mlp_meta_grad(
+        params, lrs, float(lr), support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+        bool(first_order), grad_query_losses, bool(lrs_grad), support_weights, bool(query_every_step))
+    return support_losses, query_output, query_losses, grad_params, grad_lrs if lrs_grad else None
+
+
 if _extension.available():
+
+    @torch.library.register_fake("metafast::mlp_meta_grad")
+    def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order,
+          grad_query_losses, lrs_grad, support_weights=None, query_every_step=False):
+        check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
+                             support_weights, query_every_step)
+        t = support_x.shape[0]
+        shape = (t, steps) if query_every_step else (t,)
+        torch._check_value(grad_query_losses.shape == shape, lambda: f"metafast::mlp_meta_grad: grad_query_losses "
+                           f"must have the query losses' shape {list(shape)}, got {list(grad_query_losses.shape)}")
+        torch._check_value(not lrs_grad or lrs is not None, lambda: "metafast::mlp_meta_grad: lrs_grad needs lrs")
+        return (params.new_empty(t, steps), params.new_empty(t, query_x.shape[1], sizes[-1]),
+                params.new_empty(shape), params.new_empty(params.shape),
+                params.new_empty(lrs.shape if lrs_grad else (0,)))
 
     @torch.library.register_fake("metafast::mlp_adapt")
     def _(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss, first_order,

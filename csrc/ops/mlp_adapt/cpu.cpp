@@ -33,6 +33,7 @@ struct MlpAdaptCpu {
 STABLE_TORCH_LIBRARY_IMPL(metafast, CPU, m) {
   m.impl("mlp_adapt", TORCH_BOX(&mlp_adapt_op<MlpAdaptCpu>));
   m.impl("mlp_adapt_backward", TORCH_BOX(&mlp_adapt_backward_op<MlpAdaptCpu>));
+  m.impl("mlp_meta_grad", TORCH_BOX(&mlp_meta_grad_op<MlpAdaptCpu>));
 }
 
 }  // namespace metafast

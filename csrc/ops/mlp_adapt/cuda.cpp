@@ -30,6 +30,7 @@ struct MlpAdaptCuda {
 STABLE_TORCH_LIBRARY_IMPL(metafast, CUDA, m) {
   m.impl("mlp_adapt", TORCH_BOX(&mlp_adapt_op<MlpAdaptCuda>));
   m.impl("mlp_adapt_backward", TORCH_BOX(&mlp_adapt_backward_op<MlpAdaptCuda>));
+  m.impl("mlp_meta_grad", TORCH_BOX(&mlp_meta_grad_op<MlpAdaptCuda>));
 }
 
 }  // namespace metafast

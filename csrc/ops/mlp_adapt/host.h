@@ -392,6 +392,55 @@ typename Call::Outputs run_mlp_adapt(const typename Call::Params& p) {
   return call.outputs();
 }
 
+// metafast::mlp_meta_grad: the forward call, then the backward call from its
+// outputs with the meta-loss's weights of the query losses as the only upstream
+// gradient (what autograd would pass after query_losses.mean()), in one op:
+// no autograd nodes, no second dispatch, and on the GPU two launches with no
+// host round trip. The per-task gradients are summed over the tasks here.
+struct MlpMetaGradParams {
+  MlpAdaptParams forward;
+  Tensor grad_query_losses;
+  bool lrs_grad;
+  const Tensor& key() const { return forward.params; }
+};
+
+inline Tensor sum_over_tasks(const Tensor& per_task) {
+  const std::vector<int64_t> tasks_dim{0};
+  return torch::stable::sum(per_task, torch::headeronly::IntHeaderOnlyArrayRef(tasks_dim));
+}
+
+template <typename Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_mlp_meta_grad(const MlpMetaGradParams& p) {
+  constexpr const char* kOp = "metafast::mlp_meta_grad";
+  const Tensor& params = p.forward.params;
+  check_device<typename Backend::Device>(params, kOp, "params");
+  const typename Backend::Device::Guard guard(params);
+  MlpAdaptForward fwd(p.forward);
+  const MlpShape& c = fwd.c;
+  const Tensor& w = p.grad_query_losses;
+  MF_CHECK(c.query_every_step ? has_sizes(w, {c.tasks, c.steps}) : has_sizes(w, {c.tasks}), kOp,
+           ": grad_query_losses must have the query losses' shape [", c.tasks,
+           c.query_every_step ? ", " + std::to_string(c.steps) : std::string(), "], got ", w.sizes());
+  MF_CHECK(w.scalar_type() == params.scalar_type() && same_device(w, params), kOp,
+           ": grad_query_losses must have params' dtype and device");
+  MF_CHECK(!p.lrs_grad || p.forward.lrs.has_value(), kOp, ": lrs_grad needs lrs");
+  dispatch_float(params.scalar_type(), kOp, [&](auto t) { Backend::template run<decltype(t)>(fwd); });
+  const MlpAdaptBackwardParams b{torch::stable::new_zeros(params, {c.tasks, c.layout.num_params}),
+                                 std::nullopt,
+                                 std::nullopt,
+                                 w,
+                                 fwd.adapted,
+                                 fwd.trajectory,
+                                 p.forward,
+                                 p.lrs_grad,
+                                 false,
+                                 false};
+  MlpAdaptBackward bwd(b);
+  dispatch_float(params.scalar_type(), kOp, [&](auto t) { Backend::template run<decltype(t)>(bwd); });
+  Tensor grad_lrs = p.lrs_grad ? sum_over_tasks(bwd.grad_lrs) : torch::stable::new_empty(params, {0});
+  return {fwd.losses, fwd.query_output, fwd.query_losses, sum_over_tasks(bwd.grad_init), grad_lrs};
+}
+
 // The entry points the schemas bind (TORCH_BOX(&mlp_adapt_op<Backend>)): the
 // schema's arguments become one params struct here, once.
 template <typename Backend>
@@ -428,6 +477,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mlp_adapt_backward_op(
       x_grad,
       query_x_grad};
   return run_mlp_adapt<Backend, MlpAdaptBackward>(p);
+}
+
+template <typename Backend>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_meta_grad_op(
+    Tensor params, OptTensor lrs, double lr, Tensor support_x, Tensor support_y, Tensor query_x, Tensor query_y,
+    std::vector<int64_t> sizes, int64_t steps, std::string activation, std::string loss, bool first_order,
+    Tensor grad_query_losses, bool lrs_grad, OptTensor support_weights, bool query_every_step) {
+  const MlpMetaGradParams p{{std::move(params), std::move(lrs), lr, std::move(support_x), std::move(support_y),
+                             std::move(query_x), std::move(query_y), std::move(sizes), steps, std::move(activation),
+                             std::move(loss), first_order, std::move(support_weights), query_every_step},
+                            std::move(grad_query_losses),
+                            lrs_grad};
+  return run_mlp_meta_grad<Backend>(p);
 }
 
 }  // namespace metafast

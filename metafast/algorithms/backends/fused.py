@@ -2,6 +2,10 @@
 task in one kernel launch) for plain Linear + ReLU/Tanh stacks, and for the
 Linear head of ANIL (adapt="head").
 
+A training call (gradients wanted) runs metafast::mlp_meta_grad: the inner
+loop, the query set and the meta-loss's gradient in one op call, carried into
+autograd by _MetaGradOutputs; evaluation and ``adapt`` run mlp_adapt.
+
 It serves a model only when the model's forward provably is the MLP the kernel
 computes (model_facts.fused_mlp_reason / fused_head_reason); ``backend="auto"``
 also asks the measured size rules below.
@@ -16,7 +20,7 @@ from metafast.algorithms.backends.base import Backend
 from metafast.functional import flat
 from metafast.nn.mlp import mlp_spec
 from metafast.nn.per_step import has_per_step_layers
-from metafast.ops import mlp_adapt
+from metafast.ops import mlp_adapt, mlp_meta_grad
 from metafast.ops._dispatch import kernel_unavailable_reason
 from metafast.ops.mlp_adapt import MAX_STEPS, within
 
@@ -94,8 +98,9 @@ class FusedBackend(Backend):
         return torch.stack([flat(r.expand_as(p) for r, p in zip(meta.rates(meta.adapt_names, s), adapted))
                             for s in range(steps)])
 
-    def _call(self, meta, support_x, support_y, steps, query_x=None, query_y=None, weights=None):
-        lrs = self._rates(meta, steps)
+    def _inputs(self, meta, support_x, query_x, steps):
+        """(params, support_x, query_x, the op's other arguments): the head's
+        inputs are the body's features in ANIL."""
         every_step = query_x is not None and meta.step_weights is not None  # MAML++'s multi-step loss
         if meta.adapt_mode == "head":
             features = self._features(meta)
@@ -104,15 +109,18 @@ class FusedBackend(Backend):
             sizes, activation = [meta.head.in_features, meta.head.out_features], "relu"
         else:
             sizes, activation = mlp_spec(meta.model)
-        params = flat(self._adapted(meta))
-        args = dict(lr=meta.inner_lr, lrs=lrs, activation=activation, loss=meta.loss_name,
-                    first_order=meta.first_order, query_every_step=every_step,
+        args = dict(sizes=sizes, steps=steps, lr=meta.inner_lr, lrs=self._rates(meta, steps), activation=activation,
+                    loss=meta.loss_name, first_order=meta.first_order, query_every_step=every_step,
                     check_labels=False)  # BatchedMAML checked them (or was told not to)
+        return flat(self._adapted(meta)), support_x, query_x, args
+
+    def _call(self, params, support_x, support_y, query_x, query_y, weights, args):
+        """mlp_adapt on prepared inputs (``_inputs``); under no_grad in chunks of tasks."""
         if torch.is_grad_enabled():
-            return mlp_adapt(params, support_x, support_y, sizes, steps, query_x=query_x, query_y=query_y,
-                             support_weights=weights, **args)
-        chunk = max(1, NO_GRAD_TRAJECTORY_BYTES // (steps * params.numel() * params.element_size()))
-        pieces = [mlp_adapt(params, support_x[i:i + chunk], support_y[i:i + chunk], sizes, steps,
+            return mlp_adapt(params, support_x, support_y, query_x=query_x, query_y=query_y, support_weights=weights,
+                             **args)
+        chunk = max(1, NO_GRAD_TRAJECTORY_BYTES // (args["steps"] * params.numel() * params.element_size()))
+        pieces = [mlp_adapt(params, support_x[i:i + chunk], support_y[i:i + chunk],
                             query_x=None if query_x is None else query_x[i:i + chunk],
                             query_y=None if query_y is None else query_y[i:i + chunk],
                             support_weights=None if weights is None else weights[i:i + chunk], **args)
@@ -127,7 +135,8 @@ class FusedBackend(Backend):
         return out
 
     def adapt(self, meta, support_x, support_y, steps, weights=None):
-        adapted, support_losses = self._call(meta, support_x, support_y, steps, weights=weights)
+        params, support_x, _, args = self._inputs(meta, support_x, None, steps)
+        adapted, support_losses = self._call(params, support_x, support_y, None, None, weights, args)
         return self._unflatten(meta, adapted), support_losses
 
     def predict(self, meta, params, x):
@@ -135,9 +144,75 @@ class FusedBackend(Backend):
         return VmapBackend().predict(meta, params, x)
 
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
-        _, support_losses, query_output, query_losses = self._call(
-            meta, support_x, support_y, meta.inner_steps, query_x, query_y, weights)
-        if meta.step_weights is None:
-            return support_losses, query_output, query_losses.mean()
-        # [T, steps]: Σ_s w_s · (the mean query loss after step s)
-        return support_losses, query_output, (query_losses.mean(0) * meta.step_weights).sum()
+        params, sx, qx, args = self._inputs(meta, support_x, query_x, meta.inner_steps)
+        differentiated = [t is not None and t.requires_grad for t in (params, args["lrs"])]
+        if torch.is_grad_enabled() and any(differentiated) and not (sx.requires_grad or qx.requires_grad):
+            return _MetaGradOutputs.apply(params, args["lrs"], _MetaGradCall(meta, sx, support_y, qx, query_y,
+                                                                             weights, args, differentiated))
+        _, support_losses, query_output, query_losses = self._call(params, sx, support_y, qx, query_y, weights, args)
+        return support_losses, query_output, meta_loss(query_losses, meta.step_weights)
+
+
+def meta_loss(query_losses, step_weights):
+    """The mean query loss, or with MAML++'s multi-step loss ([T, steps])
+    Σ_s w_s · (the mean query loss after step s)."""
+    if step_weights is None:
+        return query_losses.mean()
+    return (query_losses.mean(0) * step_weights).sum()
+
+
+class _MetaGradCall:
+    """One meta-iteration on the kernel: ``run`` (mlp_meta_grad: forward and
+    meta-gradient in one call) and ``recompute`` (the differentiable mlp_adapt,
+    for what ``run``'s precomputed gradient does not cover)."""
+
+    def __init__(self, meta, support_x, support_y, query_x, query_y, weights, args, differentiated):
+        self.data = dict(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y,
+                         support_weights=weights)
+        self.args, self.step_weights, self.differentiated = args, meta.step_weights, differentiated
+
+    def run(self, params, lrs):
+        args, w = {**self.args, "lrs": lrs}, self.step_weights
+        t = self.data["support_x"].shape[0]
+        # What autograd would pass back from meta_loss: 1/T each, or w_s/T per step.
+        weights = None if w is None else (w / t).expand(t, -1)
+        support_losses, query_output, query_losses, grad_params, grad_lrs = mlp_meta_grad(
+            params, **self.data, grad_query_losses=weights, lrs_grad=self.differentiated[1], **args)
+        grads = (grad_params if self.differentiated[0] else None, grad_lrs)
+        return support_losses, query_output, meta_loss(query_losses, w), grads
+
+    def recompute(self, params, lrs):
+        d = self.data
+        _, support_losses, query_output, query_losses = mlp_adapt(
+            params, d["support_x"], d["support_y"], query_x=d["query_x"], query_y=d["query_y"],
+            support_weights=d["support_weights"], **{**self.args, "lrs": lrs})
+        return support_losses, query_output, meta_loss(query_losses, self.step_weights)
+
+
+class _MetaGradOutputs(torch.autograd.Function):
+    """(support losses, query output, meta-loss) of a _MetaGradCall, with the
+    meta-loss's gradient w.r.t. params and rates precomputed by the kernel. A
+    gradient of the support losses or the query output, or of the gradient
+    itself (create_graph=True), re-runs the differentiable mlp_adapt instead:
+    exact in every case, as on the two-op path."""
+
+    @staticmethod
+    def forward(ctx, params, lrs, call):
+        support_losses, query_output, loss, grads = call.run(params, lrs)
+        ctx.call, ctx.grads = call, grads
+        ctx.save_for_backward(params, lrs)
+        ctx.set_materialize_grads(False)
+        return support_losses, query_output, loss
+
+    @staticmethod
+    def backward(ctx, grad_support, grad_output, grad_loss):
+        if grad_support is None and grad_output is None and not torch.is_grad_enabled():
+            return (*[None if g is None or grad_loss is None else grad_loss * g for g in ctx.grads], None)
+        params, lrs = ctx.saved_tensors
+        wanted = [t for t, need in zip((params, lrs), ctx.needs_input_grad[:2]) if need]
+        with torch.enable_grad():
+            outputs = ctx.call.recompute(params, lrs)
+            pairs = [(o, g) for o, g in zip(outputs, (grad_support, grad_output, grad_loss)) if g is not None]
+            grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                             create_graph=torch.is_grad_enabled(), allow_unused=True))
+        return (*[next(grads) if need else None for need in ctx.needs_input_grad[:2]], None)
