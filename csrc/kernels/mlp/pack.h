@@ -91,7 +91,7 @@ struct PackedMlpAdapt {
     MlpAdaptBackwardArgs<Pack> b;
     b.p = pack_problem(pr, first, n, sc);
     b.second_order = a.second_order;
-    Pack* g_adapted = sc.take<Pack>(P);
+    Pack* g_adapted = a.grad_adapted ? sc.take<Pack>(P) : nullptr;
     Pack* g_losses = a.grad_losses ? sc.take<Pack>(S_) : nullptr;
     Pack* g_qout = a.grad_query_output ? sc.take<Pack>(Q * dL) : nullptr;
     Pack* g_qloss = a.grad_query_losses ? sc.take<Pack>(pr.query_loss_count()) : nullptr;
@@ -108,7 +108,7 @@ struct PackedMlpAdapt {
     b.grad_x = a.grad_x ? sc.take<Pack>(K * d0) : nullptr;
     b.grad_qx = a.grad_qx ? sc.take<Pack>(Q * d0) : nullptr;
     if (!scratch) return sc.used;
-    gather_pack(g_adapted, a.grad_adapted, P, first, n);
+    if (g_adapted) gather_pack(g_adapted, a.grad_adapted, P, first, n);
     if (g_losses) gather_pack(g_losses, a.grad_losses, S_, first, n);
     if (g_qout) gather_pack(g_qout, a.grad_query_output, Q * dL, first, n);
     if (g_qloss) gather_pack(g_qloss, a.grad_query_losses, pr.query_loss_count(), first, n);
@@ -122,12 +122,59 @@ struct PackedMlpAdapt {
     return sc.used;
   }
 
-  // The forward or the backward, by argument type.
+  // One meta-iteration on a pack: the forward, then the backward from its
+  // adapted parameters and trajectory, which stay in the pack's scratch (no
+  // scatter to [T, S, P] and gather back); only the support losses, the query
+  // outputs and losses and the gradients are scattered.
+  static size_t meta_grad(const MlpMetaGradArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    const MlpProblem<S>& pr = a.p;
+    const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
+    ScratchCarver sc{scratch};
+    MlpAdaptForwardArgs<Pack> f;
+    f.p = pack_problem(pr, first, n, sc);
+    Pack* init = sc.take<Pack>(P);
+    f.init = init;
+    f.adapted = sc.take<Pack>(P);
+    f.losses = sc.take<Pack>(S_);
+    f.query_output = sc.take<Pack>(Q * dL);
+    f.query_losses = sc.take<Pack>(pr.query_loss_count());
+    f.trajectory = sc.take<Pack>(S_ * P);
+    MlpAdaptBackwardArgs<Pack> b;
+    b.p = f.p;
+    b.second_order = a.backward.second_order;
+    b.grad_adapted = nullptr;
+    b.grad_losses = nullptr;
+    b.grad_query_output = nullptr;
+    Pack* g_qloss = sc.take<Pack>(pr.query_loss_count());
+    b.grad_query_losses = g_qloss;
+    b.adapted = f.adapted;
+    b.trajectory = f.trajectory;
+    b.grad_init = sc.take<Pack>(P);
+    b.grad_lrs = a.backward.grad_lrs ? sc.take<Pack>(pr.rate_count()) : nullptr;
+    b.grad_x = nullptr;
+    b.grad_qx = nullptr;
+    if (!scratch) return sc.used;
+    broadcast_pack(init, a.forward.init, P);
+    run_task(PackLanes{}, f, 0, f.p.workspace);
+    scatter_pack(a.forward.losses, f.losses, S_, first, n);
+    scatter_pack(a.forward.query_output, f.query_output, Q * dL, first, n);
+    scatter_pack(a.forward.query_losses, f.query_losses, pr.query_loss_count(), first, n);
+    gather_pack(g_qloss, a.backward.grad_query_losses, pr.query_loss_count(), first, n);
+    run_task(PackLanes{}, b, 0, b.p.workspace);
+    scatter_pack(a.backward.grad_init, b.grad_init, P, first, n);
+    if (b.grad_lrs) scatter_pack(a.backward.grad_lrs, b.grad_lrs, pr.rate_count(), first, n);
+    return sc.used;
+  }
+
+  // The forward, the backward or both, by argument type.
   static size_t run(const MlpAdaptForwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
     return forward(a, first, n, scratch);
   }
   static size_t run(const MlpAdaptBackwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
     return backward(a, first, n, scratch);
+  }
+  static size_t run(const MlpMetaGradArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
+    return meta_grad(a, first, n, scratch);
   }
   // Bytes of scratch one pack needs: the same calls with no scratch only count.
   template <typename Args>

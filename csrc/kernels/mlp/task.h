@@ -91,7 +91,7 @@ template <typename T>
 struct MlpAdaptBackwardArgs {
   MlpProblem<T> p;
   bool second_order;
-  const T* grad_adapted;       // [T, P]
+  const T* grad_adapted;       // [T, P], or nullptr: zero (mlp_meta_grad: only the query losses are used)
   const T* grad_losses;        // [T, S], or nullptr: the support losses are unused (no term at all, so
                                // that a NaN support gradient is not turned into NaN by 0·NaN)
   const T* grad_query_output;  // [T, Q, d_L] or nullptr
@@ -136,7 +136,8 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   T* qx_bar = a.grad_qx ? a.grad_qx + int64_t(task) * nq : nullptr;
   // q̄: this task's upstream gradients of its query losses (the last is θ_S's).
   const T* q_bar = a.grad_query_losses ? a.grad_query_losses + int64_t(task) * pr.query_loss_count() : nullptr;
-  for (int64_t p = lanes.lane(); p < P; p += lanes.count()) v[p] = a.grad_adapted[int64_t(task) * P + p];
+  for (int64_t p = lanes.lane(); p < P; p += lanes.count())
+    v[p] = a.grad_adapted ? a.grad_adapted[int64_t(task) * P + p] : T(0);
   if (lr_bar)
     for (int64_t i = lanes.lane(); i < pr.rate_count(); i += lanes.count()) lr_bar[i] = T(0);
   if (x_bar)
@@ -184,6 +185,20 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   }
 }
 
+// ---------------------------------------------------------------------------
+// One meta-iteration (metafast::mlp_meta_grad): the forward, then the backward
+// from its outputs, per task in one launch. `backward` reads `forward`'s
+// adapted and trajectory (global [T, P], [T, S, P]; a task pack keeps its own
+// in pack layout instead, kernels/mlp/pack.h); `p` is both's problem, for the
+// drivers.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct MlpMetaGradArgs {
+  MlpProblem<T> p;
+  MlpAdaptForwardArgs<T> forward;
+  MlpAdaptBackwardArgs<T> backward;
+};
+
 // The per-task algorithms by argument type, for the drivers.
 template <typename T, typename Lanes>
 MF_HD void run_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int task, T* workspace) {
@@ -192,6 +207,12 @@ MF_HD void run_task(const Lanes& lanes, const MlpAdaptForwardArgs<T>& a, int tas
 template <typename T, typename Lanes>
 MF_HD void run_task(const Lanes& lanes, const MlpAdaptBackwardArgs<T>& a, int task, T* workspace) {
   mlp_adapt_backward_task<T>(lanes, a, task, workspace);
+}
+template <typename T, typename Lanes>
+MF_HD void run_task(const Lanes& lanes, const MlpMetaGradArgs<T>& a, int task, T* workspace) {
+  mlp_adapt_forward_task<T>(lanes, a.forward, task, workspace);
+  lanes.sync();  // the backward reads what every lane of the forward wrote
+  mlp_adapt_backward_task<T>(lanes, a.backward, task, workspace);
 }
 
 }  // namespace metafast

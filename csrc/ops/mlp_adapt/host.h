@@ -392,11 +392,12 @@ typename Call::Outputs run_mlp_adapt(const typename Call::Params& p) {
   return call.outputs();
 }
 
-// metafast::mlp_meta_grad: the forward call, then the backward call from its
-// outputs with the meta-loss's weights of the query losses as the only upstream
-// gradient (what autograd would pass after query_losses.mean()), in one op:
-// no autograd nodes, no second dispatch, and on the GPU two launches with no
-// host round trip. The per-task gradients are summed over the tasks here.
+// metafast::mlp_meta_grad: one meta-iteration, the forward and then the
+// backward from its outputs with the meta-loss's weights of the query losses as
+// the only upstream gradient (what autograd passes after query_losses.mean()),
+// per task in one launch (kernels/mlp/task.h: MlpMetaGradArgs): no autograd
+// nodes, no second dispatch, and a task pack keeps its trajectory in its
+// scratch. The per-task gradients are summed over the tasks here.
 struct MlpMetaGradParams {
   MlpAdaptParams forward;
   Tensor grad_query_losses;
@@ -409,37 +410,85 @@ inline Tensor sum_over_tasks(const Tensor& per_task) {
   return torch::stable::sum(per_task, torch::headeronly::IntHeaderOnlyArrayRef(tasks_dim));
 }
 
-template <typename Backend>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_mlp_meta_grad(const MlpMetaGradParams& p) {
+inline MlpShape check_meta_grad_inputs(const MlpMetaGradParams& p) {
   constexpr const char* kOp = "metafast::mlp_meta_grad";
-  const Tensor& params = p.forward.params;
-  check_device<typename Backend::Device>(params, kOp, "params");
-  const typename Backend::Device::Guard guard(params);
-  MlpAdaptForward fwd(p.forward);
-  const MlpShape& c = fwd.c;
-  const Tensor& w = p.grad_query_losses;
+  const MlpShape c = check_inputs(p.forward);
+  const Tensor &w = p.grad_query_losses, &params = p.forward.params;
   MF_CHECK(c.query_every_step ? has_sizes(w, {c.tasks, c.steps}) : has_sizes(w, {c.tasks}), kOp,
            ": grad_query_losses must have the query losses' shape [", c.tasks,
            c.query_every_step ? ", " + std::to_string(c.steps) : std::string(), "], got ", w.sizes());
   MF_CHECK(w.scalar_type() == params.scalar_type() && same_device(w, params), kOp,
            ": grad_query_losses must have params' dtype and device");
   MF_CHECK(!p.lrs_grad || p.forward.lrs.has_value(), kOp, ": lrs_grad needs lrs");
-  dispatch_float(params.scalar_type(), kOp, [&](auto t) { Backend::template run<decltype(t)>(fwd); });
-  const MlpAdaptBackwardParams b{torch::stable::new_zeros(params, {c.tasks, c.layout.num_params}),
-                                 std::nullopt,
-                                 std::nullopt,
-                                 w,
-                                 fwd.adapted,
-                                 fwd.trajectory,
-                                 p.forward,
-                                 p.lrs_grad,
-                                 false,
-                                 false};
-  MlpAdaptBackward bwd(b);
-  dispatch_float(params.scalar_type(), kOp, [&](auto t) { Backend::template run<decltype(t)>(bwd); });
-  Tensor grad_lrs = p.lrs_grad ? sum_over_tasks(bwd.grad_lrs) : torch::stable::new_empty(params, {0});
-  return {fwd.losses, fwd.query_output, fwd.query_losses, sum_over_tasks(bwd.grad_init), grad_lrs};
+  return c;
 }
+
+struct MlpMetaGrad {
+  static constexpr const char* kOp = "metafast::mlp_meta_grad";
+  using Params = MlpMetaGradParams;
+  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+  template <typename T>
+  using Args = MlpMetaGradArgs<T>;
+
+  MlpShape c;
+  MlpAdaptInputs in;
+  Tensor grad_query_losses;
+  bool second_order, lrs_grad;
+  // The forward's outputs (adapted and trajectory only for the per-task and GPU paths) and the gradients.
+  Tensor losses, query_output, query_losses, adapted, trajectory, grad_init, grad_lrs;
+
+  explicit MlpMetaGrad(const MlpMetaGradParams& p)
+      : c(check_meta_grad_inputs(p)),
+        in(contiguous_inputs(p.forward)),
+        grad_query_losses(torch::stable::contiguous(p.grad_query_losses)),
+        second_order(!p.forward.first_order),
+        lrs_grad(p.lrs_grad) {
+    const Tensor& params = p.forward.params;
+    const int64_t T = c.tasks, P = c.layout.num_params;
+    losses = torch::stable::new_empty(params, {T, c.steps});
+    query_output = torch::stable::new_empty(params, {T, c.queries, p.forward.sizes.back()});
+    query_losses = torch::stable::new_empty(params, c.query_every_step ? std::vector<int64_t>{T, c.steps}
+                                                                       : std::vector<int64_t>{T});
+    adapted = torch::stable::new_empty(params, {T, P});
+    trajectory = torch::stable::new_empty(params, {T, c.steps, P});
+    grad_init = torch::stable::new_empty(params, {T, P});
+    grad_lrs = !lrs_grad      ? torch::stable::new_empty(params, {0})
+               : c.step_rates ? torch::stable::new_empty(params, {T, c.steps, P})
+                              : torch::stable::new_empty(params, {T, P});
+  }
+
+  template <typename T>
+  Args<T> args(Tensor& workspace) {
+    Args<T> a;
+    a.p = problem<T>(c, in, workspace);
+    MlpAdaptForwardArgs<T>& f = a.forward;
+    f.p = a.p;
+    f.init = in.init.const_data_ptr<T>();
+    f.adapted = adapted.mutable_data_ptr<T>();
+    f.losses = losses.mutable_data_ptr<T>();
+    f.query_output = query_output.mutable_data_ptr<T>();
+    f.query_losses = query_losses.mutable_data_ptr<T>();
+    f.trajectory = trajectory.mutable_data_ptr<T>();
+    MlpAdaptBackwardArgs<T>& b = a.backward;
+    b.p = a.p;
+    b.second_order = second_order;
+    b.grad_adapted = nullptr;  // zero: the meta-loss uses the query losses only
+    b.grad_losses = nullptr;
+    b.grad_query_output = nullptr;
+    b.grad_query_losses = grad_query_losses.const_data_ptr<T>();
+    b.adapted = f.adapted;
+    b.trajectory = f.trajectory;
+    b.grad_init = grad_init.mutable_data_ptr<T>();
+    b.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
+    b.grad_x = nullptr;
+    b.grad_qx = nullptr;
+    return a;
+  }
+  Outputs outputs() const {
+    Tensor summed_lrs = lrs_grad ? sum_over_tasks(grad_lrs) : grad_lrs;
+    return {losses, query_output, query_losses, sum_over_tasks(grad_init), summed_lrs};
+  }
+};
 
 // The entry points the schemas bind (TORCH_BOX(&mlp_adapt_op<Backend>)): the
 // schema's arguments become one params struct here, once.
@@ -489,7 +538,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mlp_meta_grad_op(
                              std::move(loss), first_order, std::move(support_weights), query_every_step},
                             std::move(grad_query_losses),
                             lrs_grad};
-  return run_mlp_meta_grad<Backend>(p);
+  return run_mlp_adapt<Backend, MlpMetaGrad>(p);
 }
 
 }  // namespace metafast
