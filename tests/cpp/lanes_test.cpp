@@ -179,6 +179,8 @@ struct Outputs {
   Vec adapted, losses, query_output, query_losses, trajectory;
   // backward
   Vec grad_init, grad_lrs, grad_x, grad_qx;
+  // the meta-iteration in one run (MlpMetaGradArgs: the query losses' gradient only), with a query set
+  Vec meta_losses, meta_query_output, meta_query_losses, meta_grad_init, meta_grad_lrs;
   long forward_syncs = 0, backward_syncs = 0;
 };
 
@@ -294,7 +296,43 @@ struct Runner {
     b.grad_qx = c.want_grad_qx ? o.grad_qx.data() : nullptr;
     // A drop past the forward's syncs lands in the backward.
     o.backward_syncs = run_split(b, lanes, drop_sync > o.forward_syncs ? drop_sync - o.forward_syncs : 0);
+    if (Q && c.has_gq_loss && !drop_sync) run_meta_grad(f, b, ws, lanes, o);
     return o;
+  }
+
+  // The forward and the backward in one run per task (or pack), from the
+  // query losses' gradient alone, into o.meta_*.
+  void run_meta_grad(const MlpAdaptForwardArgs<double>& f, const MlpAdaptBackwardArgs<double>& b, Vec& ws,
+                     int lanes, Outputs& o) const {
+    const int64_t T = c.tasks, P = m.num_params, S = c.steps;
+    std::fill(ws.begin(), ws.end(), kNaN);
+    Vec adapted(T * P, kNaN), trajectory(T * S * P, kNaN);
+    o.meta_losses.assign(o.losses.size(), kNaN);
+    o.meta_query_output.assign(o.query_output.size(), kNaN);
+    o.meta_query_losses.assign(o.query_losses.size(), kNaN);
+    o.meta_grad_init.assign(o.grad_init.size(), kNaN);
+    o.meta_grad_lrs.assign(o.grad_lrs.size(), kNaN);
+    MlpMetaGradArgs<double> a;
+    a.p = problem(ws);
+    a.forward = f;
+    a.forward.p = a.p;
+    a.forward.adapted = adapted.data();
+    a.forward.trajectory = trajectory.data();
+    a.forward.losses = o.meta_losses.data();
+    a.forward.query_output = o.meta_query_output.data();
+    a.forward.query_losses = o.meta_query_losses.data();
+    a.backward = b;
+    a.backward.p = a.p;
+    a.backward.grad_adapted = nullptr;
+    a.backward.grad_losses = nullptr;
+    a.backward.grad_query_output = nullptr;
+    a.backward.adapted = adapted.data();
+    a.backward.trajectory = trajectory.data();
+    a.backward.grad_init = o.meta_grad_init.data();
+    a.backward.grad_lrs = c.want_grad_lrs ? o.meta_grad_lrs.data() : nullptr;
+    a.backward.grad_x = nullptr;
+    a.backward.grad_qx = nullptr;
+    run_split(a, lanes, 0);
   }
 };
 
@@ -451,6 +489,11 @@ bool compare_all(const Outputs& got, const Outputs& want, Report& rep, std::stri
   ok &= compare("grad_lrs", got.grad_lrs, want.grad_lrs, tol, rep, why);
   ok &= compare("grad_x", got.grad_x, want.grad_x, tol, rep, why);
   ok &= compare("grad_qx", got.grad_qx, want.grad_qx, tol, rep, why);
+  ok &= compare("meta_losses", got.meta_losses, want.meta_losses, tol, rep, why);
+  ok &= compare("meta_query_output", got.meta_query_output, want.meta_query_output, tol, rep, why);
+  ok &= compare("meta_query_losses", got.meta_query_losses, want.meta_query_losses, tol, rep, why);
+  ok &= compare("meta_grad_init", got.meta_grad_init, want.meta_grad_init, tol, rep, why);
+  ok &= compare("meta_grad_lrs", got.meta_grad_lrs, want.meta_grad_lrs, tol, rep, why);
   return ok;
 }
 
@@ -458,7 +501,10 @@ bool all_finite(const Outputs& o, std::string& why) {
   const std::pair<const char*, const Vec*> arrays[] = {
       {"adapted", &o.adapted},     {"losses", &o.losses},       {"query_output", &o.query_output},
       {"query_losses", &o.query_losses}, {"trajectory", &o.trajectory}, {"grad_init", &o.grad_init},
-      {"grad_lrs", &o.grad_lrs},   {"grad_x", &o.grad_x},       {"grad_qx", &o.grad_qx}};
+      {"grad_lrs", &o.grad_lrs},   {"grad_x", &o.grad_x},       {"grad_qx", &o.grad_qx},
+      {"meta_losses", &o.meta_losses}, {"meta_query_output", &o.meta_query_output},
+      {"meta_query_losses", &o.meta_query_losses}, {"meta_grad_init", &o.meta_grad_init},
+      {"meta_grad_lrs", &o.meta_grad_lrs}};
   for (const auto& [name, v] : arrays)
     for (size_t i = 0; i < v->size(); ++i)
       if (!std::isfinite((*v)[i])) {
