@@ -78,8 +78,9 @@ class FusedBackend(Backend):
         return None
 
     def _adapted(self, meta):
+        """The parameters that adapt now (meta.adapt_names), in one walk of the model."""
         named = dict(meta.model.named_parameters())
-        return [named[n] for n in meta.adapt_names]
+        return [named[n] for n in meta._adaptable if named[n].requires_grad]
 
     def _features(self, meta):
         """The body of an ANIL model: x -> the head's input."""
@@ -98,9 +99,9 @@ class FusedBackend(Backend):
         return torch.stack([flat(r.expand_as(p) for r, p in zip(meta.rates(meta.adapt_names, s), adapted))
                             for s in range(steps)])
 
-    def _inputs(self, meta, support_x, query_x, steps):
-        """(params, support_x, query_x, the op's other arguments): the head's
-        inputs are the body's features in ANIL."""
+    def _inputs(self, meta, support_x, query_x, steps, adapted=None):
+        """(flat params, support_x, query_x, the op's other arguments): the head's
+        inputs are the body's features in ANIL. ``adapted``: _adapted(meta), if at hand."""
         every_step = query_x is not None and meta.step_weights is not None  # MAML++'s multi-step loss
         if meta.adapt_mode == "head":
             features = self._features(meta)
@@ -112,7 +113,7 @@ class FusedBackend(Backend):
         args = dict(sizes=sizes, steps=steps, lr=meta.inner_lr, lrs=self._rates(meta, steps), activation=activation,
                     loss=meta.loss_name, first_order=meta.first_order, query_every_step=every_step,
                     check_labels=False)  # BatchedMAML checked them (or was told not to)
-        return flat(self._adapted(meta)), support_x, query_x, args
+        return flat(self._adapted(meta) if adapted is None else adapted), support_x, query_x, args
 
     def _call(self, params, support_x, support_y, query_x, query_y, weights, args):
         """mlp_adapt on prepared inputs (``_inputs``); under no_grad in chunks of tasks."""
@@ -144,11 +145,12 @@ class FusedBackend(Backend):
         return VmapBackend().predict(meta, params, x)
 
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
-        params, sx, qx, args = self._inputs(meta, support_x, query_x, meta.inner_steps)
-        differentiated = [t is not None and t.requires_grad for t in (params, args["lrs"])]
+        adapted = self._adapted(meta)
+        params, sx, qx, args = self._inputs(meta, support_x, query_x, meta.inner_steps, adapted)
+        differentiated = [params.requires_grad, args["lrs"] is not None and args["lrs"].requires_grad]
         if torch.is_grad_enabled() and any(differentiated) and not (sx.requires_grad or qx.requires_grad):
-            return _MetaGradOutputs.apply(params, args["lrs"], _MetaGradCall(meta, sx, support_y, qx, query_y,
-                                                                             weights, args, differentiated))
+            call = _MetaGradCall(meta, sx, support_y, qx, query_y, weights, args, differentiated)
+            return _MetaGradOutputs.apply(call, args["lrs"], *adapted)
         _, support_losses, query_output, query_losses = self._call(params, sx, support_y, qx, query_y, weights, args)
         return support_losses, query_output, meta_loss(query_losses, meta.step_weights)
 
@@ -191,28 +193,40 @@ class _MetaGradCall:
 
 class _MetaGradOutputs(torch.autograd.Function):
     """(support losses, query output, meta-loss) of a _MetaGradCall, with the
-    meta-loss's gradient w.r.t. params and rates precomputed by the kernel. A
-    gradient of the support losses or the query output, or of the gradient
-    itself (create_graph=True), re-runs the differentiable mlp_adapt instead:
-    exact in every case, as on the two-op path."""
+    meta-loss's gradient w.r.t. the adapted parameters and the rates
+    precomputed by the kernel; the parameters are inputs one by one, so their
+    gradients are views of the flat one (no cat in the graph). A gradient of
+    the support losses or the query output, or of the gradient itself
+    (create_graph=True), re-runs the differentiable mlp_adapt instead: exact in
+    every case, as on the two-op path."""
 
     @staticmethod
-    def forward(ctx, params, lrs, call):
-        support_losses, query_output, loss, grads = call.run(params, lrs)
+    def forward(ctx, call, lrs, *params):
+        support_losses, query_output, loss, grads = call.run(flat(params), lrs)
         ctx.call, ctx.grads = call, grads
-        ctx.save_for_backward(params, lrs)
+        ctx.save_for_backward(lrs, *params)
         ctx.set_materialize_grads(False)
         return support_losses, query_output, loss
 
     @staticmethod
     def backward(ctx, grad_support, grad_output, grad_loss):
+        lrs, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]  # lrs, then each parameter
         if grad_support is None and grad_output is None and not torch.is_grad_enabled():
-            return (*[None if g is None or grad_loss is None else grad_loss * g for g in ctx.grads], None)
-        params, lrs = ctx.saved_tensors
-        wanted = [t for t, need in zip((params, lrs), ctx.needs_input_grad[:2]) if need]
+            if grad_loss is None:
+                return (None,) * (2 + len(params))
+            g_params, g_lrs = ctx.grads
+            g_lrs = grad_loss * g_lrs if needs[0] else None
+            g_flat = grad_loss * g_params if any(needs[1:]) else None
+            views, offset = [], 0
+            for p, need in zip(params, needs[1:]):
+                views.append(g_flat[offset: offset + p.numel()].view_as(p) if need else None)
+                offset += p.numel()
+            return (None, g_lrs, *views)
+        wanted = [t for t, need in zip([lrs] + params, needs) if need]
         with torch.enable_grad():
-            outputs = ctx.call.recompute(params, lrs)
+            outputs = ctx.call.recompute(flat(params), lrs)
             pairs = [(o, g) for o, g in zip(outputs, (grad_support, grad_output, grad_loss)) if g is not None]
             grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
                                              create_graph=torch.is_grad_enabled(), allow_unused=True))
-        return (*[next(grads) if need else None for need in ctx.needs_input_grad[:2]], None)
+        return (None, *[next(grads) if need else None for need in needs])
