@@ -30,6 +30,24 @@ MF_HD int clamp_to(int i, int n) { return i < n ? i : n - 1; }
 template <int R>
 MF_HD int num_row_blocks(int n) { return (n + R - 1) / R; }
 
+// One work item of a backward sum: R rows from r0 × kBlock columns from c0
+// (indices clamped to rows × cols), its sums and their tangents zeroed.
+template <typename T, int R>
+struct BackwardBlock {
+  int row[R], col[kBlock];
+  T sum[R][kBlock], tangent[R][kBlock];
+  MF_HD BackwardBlock(int r0, int rows, int c0, int cols) {
+    for (int r = 0; r < kBlock; ++r) col[r] = clamp_to(c0 + r, cols);
+    for (int e = 0; e < R; ++e) {
+      row[e] = clamp_to(r0 + e, rows);
+      for (int r = 0; r < kBlock; ++r) {
+        sum[e][r] = T(0);
+        tangent[e][r] = T(0);
+      }
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------
 // One layer of the backward pass (and its tangent):
 //   dW[j,i] = Σ_k δ[k,j]·in[k,i]            ḋW = Σ_k δ̇·in + δ·ḣ_in
@@ -52,45 +70,36 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   const int jb = num_row_blocks<R>(dout);
   for (int64_t idx = lanes.lane(); idx < int64_t(jb) * ib; idx += lanes.count()) {
     const int j0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < dout·din < 2^31
-    int col[kBlock], unit[R];
-    T g[R][kBlock], gd[R][kBlock];
-    for (int r = 0; r < kBlock; ++r) col[r] = clamp_to(i0 + r, din);
-    for (int e = 0; e < R; ++e) {
-      unit[e] = clamp_to(j0 + e, dout);
-      for (int r = 0; r < kBlock; ++r) {
-        g[e][r] = T(0);
-        gd[e][r] = T(0);
-      }
-    }
+    BackwardBlock<T, R> blk(j0, dout, i0, din);
     for (int k = 0; k < K; ++k) {
       const T* in_k = in + int64_t(k) * din;
       T xin[kBlock];
-      for (int r = 0; r < kBlock; ++r) xin[r] = in_k[col[r]];
+      for (int r = 0; r < kBlock; ++r) xin[r] = in_k[blk.col[r]];
       if (!dir) {
         for (int e = 0; e < R; ++e) {
-          const T c = dz[int64_t(k) * dout + unit[e]];
-          for (int r = 0; r < kBlock; ++r) g[e][r] += c * xin[r];
+          const T c = dz[int64_t(k) * dout + blk.row[e]];
+          for (int r = 0; r < kBlock; ++r) blk.sum[e][r] += c * xin[r];
         }
         continue;
       }
       T xind[kBlock];
       if (in_dot)
-        for (int r = 0; r < kBlock; ++r) xind[r] = in_dot[int64_t(k) * din + col[r]];
+        for (int r = 0; r < kBlock; ++r) xind[r] = in_dot[int64_t(k) * din + blk.col[r]];
       for (int e = 0; e < R; ++e) {
-        const T c = dz[int64_t(k) * dout + unit[e]], cd = dz_dot[int64_t(k) * dout + unit[e]];
+        const T c = dz[int64_t(k) * dout + blk.row[e]], cd = dz_dot[int64_t(k) * dout + blk.row[e]];
         for (int r = 0; r < kBlock; ++r) {
-          g[e][r] += c * xin[r];
-          gd[e][r] += cd * xin[r];
+          blk.sum[e][r] += c * xin[r];
+          blk.tangent[e][r] += cd * xin[r];
         }
         if (in_dot)
-          for (int r = 0; r < kBlock; ++r) gd[e][r] += c * xind[r];
+          for (int r = 0; r < kBlock; ++r) blk.tangent[e][r] += c * xind[r];
       }
     }
     for (int e = 0; e < R && j0 + e < dout; ++e) {
       const int64_t o = m.weight_offset[l] + int64_t(j0 + e) * din + i0;
       for (int r = 0; r < kBlock && i0 + r < din; ++r) {
-        ws.grad[o + r] = g[e][r];
-        if (dir) ws.hvp[o + r] = gd[e][r];
+        ws.grad[o + r] = blk.sum[e][r];
+        if (dir) ws.hvp[o + r] = blk.tangent[e][r];
       }
     }
   }
@@ -109,35 +118,26 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
   const int kb = num_row_blocks<R>(K);
   for (int64_t idx = lanes.lane(); idx < int64_t(kb) * ib; idx += lanes.count()) {
     const int k0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
-    int col[kBlock], row[R];
-    T s[R][kBlock], sd[R][kBlock];
-    for (int r = 0; r < kBlock; ++r) col[r] = clamp_to(i0 + r, din);
-    for (int e = 0; e < R; ++e) {
-      row[e] = clamp_to(k0 + e, K);
-      for (int r = 0; r < kBlock; ++r) {
-        s[e][r] = T(0);
-        sd[e][r] = T(0);
-      }
-    }
+    BackwardBlock<T, R> blk(k0, K, i0, din);
     for (int j = 0; j < dout; ++j) {
       const T* w_row = W + int64_t(j) * din;
       T wv[kBlock];
-      for (int r = 0; r < kBlock; ++r) wv[r] = w_row[col[r]];
+      for (int r = 0; r < kBlock; ++r) wv[r] = w_row[blk.col[r]];
       if (dir) {
         const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
         T uv[kBlock];
-        for (int r = 0; r < kBlock; ++r) uv[r] = u_row[col[r]];
+        for (int r = 0; r < kBlock; ++r) uv[r] = u_row[blk.col[r]];
         for (int e = 0; e < R; ++e) {
-          const T c = dz[int64_t(row[e]) * dout + j], cd = dz_dot[int64_t(row[e]) * dout + j];
+          const T c = dz[int64_t(blk.row[e]) * dout + j], cd = dz_dot[int64_t(blk.row[e]) * dout + j];
           for (int r = 0; r < kBlock; ++r) {
-            s[e][r] += c * wv[r];
-            sd[e][r] += cd * wv[r] + c * uv[r];
+            blk.sum[e][r] += c * wv[r];
+            blk.tangent[e][r] += cd * wv[r] + c * uv[r];
           }
         }
       } else {
         for (int e = 0; e < R; ++e) {
-          const T c = dz[int64_t(row[e]) * dout + j];
-          for (int r = 0; r < kBlock; ++r) s[e][r] += c * wv[r];
+          const T c = dz[int64_t(blk.row[e]) * dout + j];
+          for (int r = 0; r < kBlock; ++r) blk.sum[e][r] += c * wv[r];
         }
       }
     }
@@ -145,12 +145,12 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
       for (int r = 0; r < kBlock && i0 + r < din; ++r) {
         const int64_t x = int64_t(k0 + e) * din + i0 + r;
         if (l == 1) {
-          ws.dx[x] = s[e][r];
-          if (dir) ws.dx_dot[x] = sd[e][r];
+          ws.dx[x] = blk.sum[e][r];
+          if (dir) ws.dx_dot[x] = blk.tangent[e][r];
         } else {
           const T h = ws.h[prev + x];
-          ws.dz[prev + x] = activation_backward(act, h, s[e][r]);
-          if (dir) ws.dz_dot[prev + x] = activation_backward_tangent(act, h, ws.z_dot[prev + x], s[e][r], sd[e][r]);
+          ws.dz[prev + x] = activation_backward(act, h, blk.sum[e][r]);
+          if (dir) ws.dz_dot[prev + x] = activation_backward_tangent(act, h, ws.z_dot[prev + x], blk.sum[e][r], blk.tangent[e][r]);
         }
       }
   }

@@ -54,23 +54,32 @@ struct PackedMlpAdapt {
     return mlp_problem<Pack>(shape, Pack(pr.lr), lrs, support, query, workspace);
   }
 
+  // The forward's arguments for a pack: its problem, inputs and outputs in
+  // `sc`; the initial parameters broadcast to every lane when `sc` has a base.
+  static MlpAdaptForwardArgs<Pack> pack_forward(const MlpProblem<S>& pr, const S* init, int64_t first, int n,
+                                                ScratchCarver& sc) {
+    const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
+    MlpAdaptForwardArgs<Pack> f;
+    f.p = pack_problem(pr, first, n, sc);
+    Pack* packed_init = sc.take<Pack>(P);
+    f.init = packed_init;
+    f.adapted = sc.take<Pack>(P);
+    f.losses = sc.take<Pack>(S_);
+    f.query_output = Q ? sc.take<Pack>(Q * dL) : nullptr;
+    f.query_losses = Q ? sc.take<Pack>(pr.query_loss_count()) : nullptr;
+    f.trajectory = sc.take<Pack>(S_ * P);
+    if (sc.base) broadcast_pack(packed_init, init, P);
+    return f;
+  }
+
   // Tasks [first, first + n) of the forward, n <= W. Returns the scratch bytes
   // used (all it does without scratch).
   static size_t forward(const MlpAdaptForwardArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
     const MlpProblem<S>& pr = a.p;
     const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
     ScratchCarver sc{scratch};
-    MlpAdaptForwardArgs<Pack> b;
-    b.p = pack_problem(pr, first, n, sc);
-    Pack* init = sc.take<Pack>(P);
-    b.init = init;
-    b.adapted = sc.take<Pack>(P);
-    b.losses = sc.take<Pack>(S_);
-    b.query_output = Q ? sc.take<Pack>(Q * dL) : nullptr;
-    b.query_losses = Q ? sc.take<Pack>(pr.query_loss_count()) : nullptr;
-    b.trajectory = sc.take<Pack>(S_ * P);
+    const MlpAdaptForwardArgs<Pack> b = pack_forward(pr, a.init, first, n, sc);
     if (!scratch) return sc.used;
-    broadcast_pack(init, a.init, P);
     run_task(PackLanes{}, b, 0, b.p.workspace);
     scatter_pack(a.adapted, b.adapted, P, first, n);
     scatter_pack(a.losses, b.losses, S_, first, n);
@@ -130,15 +139,7 @@ struct PackedMlpAdapt {
     const MlpProblem<S>& pr = a.p;
     const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
     ScratchCarver sc{scratch};
-    MlpAdaptForwardArgs<Pack> f;
-    f.p = pack_problem(pr, first, n, sc);
-    Pack* init = sc.take<Pack>(P);
-    f.init = init;
-    f.adapted = sc.take<Pack>(P);
-    f.losses = sc.take<Pack>(S_);
-    f.query_output = sc.take<Pack>(Q * dL);
-    f.query_losses = sc.take<Pack>(pr.query_loss_count());
-    f.trajectory = sc.take<Pack>(S_ * P);
+    const MlpAdaptForwardArgs<Pack> f = pack_forward(pr, a.forward.init, first, n, sc);  // Q > 0: the host checked
     MlpAdaptBackwardArgs<Pack> b;
     b.p = f.p;
     b.second_order = a.backward.second_order;
@@ -154,7 +155,6 @@ struct PackedMlpAdapt {
     b.grad_x = nullptr;
     b.grad_qx = nullptr;
     if (!scratch) return sc.used;
-    broadcast_pack(init, a.forward.init, P);
     run_task(PackLanes{}, f, 0, f.p.workspace);
     scatter_pack(a.forward.losses, f.losses, S_, first, n);
     scatter_pack(a.forward.query_output, f.query_output, Q * dL, first, n);

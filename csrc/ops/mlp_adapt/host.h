@@ -285,15 +285,22 @@ inline Tensor task_workspace(const MlpShape& c, const Tensor& like, bool needed)
   return torch::stable::new_empty(like, {needed ? int64_t(c.tasks) : 0, needed ? c.workspace_per_task() : 0});
 }
 
+// The types a call names for run_mlp_adapt: the op's params struct, its
+// outputs and the kernel's argument struct.
+template <typename ParamsT, typename OutputsT, template <typename> class ArgsT>
+struct CallTypes {
+  using Params = ParamsT;
+  using Outputs = OutputsT;
+  template <typename T>
+  using Args = ArgsT<T>;
+};
+using FiveTensors = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
 // A forward call: validated shape, inputs and outputs, and the kernel's
 // arguments from them. The per-task workspace is allocated by the device's
 // backend (the GPU may not need it).
-struct MlpAdaptForward {
+struct MlpAdaptForward : CallTypes<MlpAdaptParams, FiveTensors, MlpAdaptForwardArgs> {
   static constexpr const char* kOp = "metafast::mlp_adapt";
-  using Params = MlpAdaptParams;
-  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-  template <typename T>
-  using Args = MlpAdaptForwardArgs<T>;
 
   MlpShape c;
   MlpAdaptInputs in;
@@ -326,12 +333,9 @@ struct MlpAdaptForward {
 };
 
 // A backward call, likewise.
-struct MlpAdaptBackward {
+struct MlpAdaptBackward : CallTypes<MlpAdaptBackwardParams, std::tuple<Tensor, Tensor, Tensor, Tensor>,
+                                     MlpAdaptBackwardArgs> {
   static constexpr const char* kOp = "metafast::mlp_adapt_backward";
-  using Params = MlpAdaptBackwardParams;
-  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-  template <typename T>
-  using Args = MlpAdaptBackwardArgs<T>;
 
   MlpShape c;
   MlpAdaptInputs in;
@@ -410,9 +414,9 @@ inline Tensor sum_over_tasks(const Tensor& per_task) {
   return torch::stable::sum(per_task, torch::headeronly::IntHeaderOnlyArrayRef(tasks_dim));
 }
 
-inline MlpShape check_meta_grad_inputs(const MlpMetaGradParams& p) {
+// The checks beyond the forward's (MlpAdaptForward's), on its validated shape.
+inline void check_meta_grad_inputs(const MlpShape& c, const MlpMetaGradParams& p) {
   constexpr const char* kOp = "metafast::mlp_meta_grad";
-  const MlpShape c = check_inputs(p.forward);
   const Tensor &w = p.grad_query_losses, &params = p.forward.params;
   MF_CHECK(c.query_every_step ? has_sizes(w, {c.tasks, c.steps}) : has_sizes(w, {c.tasks}), kOp,
            ": grad_query_losses must have the query losses' shape [", c.tasks,
@@ -420,37 +424,25 @@ inline MlpShape check_meta_grad_inputs(const MlpMetaGradParams& p) {
   MF_CHECK(w.scalar_type() == params.scalar_type() && same_device(w, params), kOp,
            ": grad_query_losses must have params' dtype and device");
   MF_CHECK(!p.lrs_grad || p.forward.lrs.has_value(), kOp, ": lrs_grad needs lrs");
-  return c;
 }
 
-struct MlpMetaGrad {
+struct MlpMetaGrad : CallTypes<MlpMetaGradParams, FiveTensors, MlpMetaGradArgs> {
   static constexpr const char* kOp = "metafast::mlp_meta_grad";
-  using Params = MlpMetaGradParams;
-  using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-  template <typename T>
-  using Args = MlpMetaGradArgs<T>;
 
-  MlpShape c;
-  MlpAdaptInputs in;
+  MlpAdaptForward forward;  // the forward call: checks, inputs, outputs (adapted and trajectory: for
+                            // the per-task and GPU paths; a task pack keeps its own)
+  const MlpShape& c;
+  const MlpAdaptInputs& in;
   Tensor grad_query_losses;
   bool second_order, lrs_grad;
-  // The forward's outputs (adapted and trajectory only for the per-task and GPU paths) and the gradients.
-  Tensor losses, query_output, query_losses, adapted, trajectory, grad_init, grad_lrs;
+  Tensor grad_init, grad_lrs;
 
   explicit MlpMetaGrad(const MlpMetaGradParams& p)
-      : c(check_meta_grad_inputs(p)),
-        in(contiguous_inputs(p.forward)),
-        grad_query_losses(torch::stable::contiguous(p.grad_query_losses)),
-        second_order(!p.forward.first_order),
-        lrs_grad(p.lrs_grad) {
+      : forward(p.forward), c(forward.c), in(forward.in), second_order(!p.forward.first_order), lrs_grad(p.lrs_grad) {
+    check_meta_grad_inputs(c, p);
+    grad_query_losses = torch::stable::contiguous(p.grad_query_losses);
     const Tensor& params = p.forward.params;
     const int64_t T = c.tasks, P = c.layout.num_params;
-    losses = torch::stable::new_empty(params, {T, c.steps});
-    query_output = torch::stable::new_empty(params, {T, c.queries, p.forward.sizes.back()});
-    query_losses = torch::stable::new_empty(params, c.query_every_step ? std::vector<int64_t>{T, c.steps}
-                                                                       : std::vector<int64_t>{T});
-    adapted = torch::stable::new_empty(params, {T, P});
-    trajectory = torch::stable::new_empty(params, {T, c.steps, P});
     grad_init = torch::stable::new_empty(params, {T, P});
     grad_lrs = !lrs_grad      ? torch::stable::new_empty(params, {0})
                : c.step_rates ? torch::stable::new_empty(params, {T, c.steps, P})
@@ -460,15 +452,8 @@ struct MlpMetaGrad {
   template <typename T>
   Args<T> args(Tensor& workspace) {
     Args<T> a;
-    a.p = problem<T>(c, in, workspace);
-    MlpAdaptForwardArgs<T>& f = a.forward;
-    f.p = a.p;
-    f.init = in.init.const_data_ptr<T>();
-    f.adapted = adapted.mutable_data_ptr<T>();
-    f.losses = losses.mutable_data_ptr<T>();
-    f.query_output = query_output.mutable_data_ptr<T>();
-    f.query_losses = query_losses.mutable_data_ptr<T>();
-    f.trajectory = trajectory.mutable_data_ptr<T>();
+    a.forward = forward.args<T>(workspace);
+    a.p = a.forward.p;
     MlpAdaptBackwardArgs<T>& b = a.backward;
     b.p = a.p;
     b.second_order = second_order;
@@ -476,8 +461,8 @@ struct MlpMetaGrad {
     b.grad_losses = nullptr;
     b.grad_query_output = nullptr;
     b.grad_query_losses = grad_query_losses.const_data_ptr<T>();
-    b.adapted = f.adapted;
-    b.trajectory = f.trajectory;
+    b.adapted = a.forward.adapted;
+    b.trajectory = a.forward.trajectory;
     b.grad_init = grad_init.mutable_data_ptr<T>();
     b.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
     b.grad_x = nullptr;
@@ -486,7 +471,7 @@ struct MlpMetaGrad {
   }
   Outputs outputs() const {
     Tensor summed_lrs = lrs_grad ? sum_over_tasks(grad_lrs) : grad_lrs;
-    return {losses, query_output, query_losses, sum_over_tasks(grad_init), summed_lrs};
+    return {forward.losses, forward.query_output, forward.query_losses, sum_over_tasks(grad_init), summed_lrs};
   }
 };
 
