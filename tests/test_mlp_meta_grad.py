@@ -202,3 +202,20 @@ def test_meta_gradient_and_its_gradient_match_the_reference(per_step_rates, ever
     got2 = torch.autograd.grad(sum((g * v).sum() for g, v in zip(got, probe)), params)
     ref2 = torch.autograd.grad(sum((g * v).sum() for g, v in zip(ref, probe)), params)
     assert max_rel_err(got2, ref2) < TOL
+
+
+@requires_extension
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", [dict(), dict(loss="cross_entropy", rates="per-step", every_step=True),
+                                  dict(rates="per-parameter", weighted=True, first_order=True)],
+                         ids=["maml", "maml-pp", "meta-sgd"])
+def test_cuda_matches_the_cpu_kernel(case):
+    """The GPU's one launch per meta-iteration (a thread block per task) against the CPU's packs."""
+    args, kwargs = sample_inputs(**case)
+    cpu = mlp_meta_grad(*args, **kwargs)
+    to_cuda = lambda t: t.cuda() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    cuda = mlp_meta_grad(*[to_cuda(a) for a in args], **{k: to_cuda(v) for k, v in kwargs.items()})
+    for got, want in zip(cuda, cpu):
+        if want is not None:
+            scale = want.abs().max().clamp_min(1.0)
+            assert (got.cpu() - want).abs().max() <= TOL * scale
