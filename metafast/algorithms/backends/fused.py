@@ -83,9 +83,17 @@ class FusedBackend(Backend):
         return [named[n] for n in meta._adaptable if named[n].requires_grad]
 
     def _features(self, meta):
-        """The body of an ANIL model: x -> the head's input."""
+        """The body of an ANIL model: x -> the head's input. For a plain
+        nn.Sequential (fused_head_reason proved it one) its layers but the last,
+        run as Sequential.forward runs them (no new module per call)."""
         if isinstance(meta.model, torch.nn.Sequential):
-            return lambda x: meta.model[:-1](x)
+            body = list(meta.model)[:-1]
+
+            def features(x):
+                for layer in body:
+                    x = layer(x)
+                return x
+            return features
         return meta.model.features
 
     def _rates(self, meta, steps):
