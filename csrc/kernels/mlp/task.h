@@ -50,19 +50,22 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
   const int64_t P = m.num_params;
   const MlpTaskData<T> d = pr.task_data(task, false);
   MlpWorkspace<T> ws(workspace, m, pr.rows());
-  T* theta = a.adapted + int64_t(task) * P;
+  // θ_s is the trajectory's row s, θ_S the adapted parameters: each update
+  // writes the next row, so no step copies θ.
+  T* const trajectory = a.trajectory + int64_t(task) * pr.steps * P;
+  T* theta = trajectory;
   T* query_losses = pr.queries > 0 ? a.query_losses + int64_t(task) * pr.query_loss_count() : nullptr;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
   for (int s = 0; s < pr.steps; ++s) {
-    T* record = a.trajectory + (int64_t(task) * pr.steps + s) * P;
-    for (int64_t p = lanes.lane(); p < P; p += lanes.count()) record[p] = theta[p];
     const T loss = mlp_loss_grad_hvp<T>(lanes, pr, theta, d, ws);
     if (lanes.leader()) a.losses[int64_t(task) * pr.steps + s] = loss;
     const T* rates = pr.step_lrs(s);
+    T* next = s + 1 < pr.steps ? trajectory + int64_t(s + 1) * P : a.adapted + int64_t(task) * P;
     for (int64_t p = lanes.lane(); p < P; p += lanes.count())
-      theta[p] = sgd_step(theta[p], MlpProblem<T>::rate(rates, pr.lr, p), ws.grad[p]);
+      next[p] = sgd_step(theta[p], MlpProblem<T>::rate(rates, pr.lr, p), ws.grad[p]);
     lanes.sync();
+    theta = next;
     if (pr.query_every_step && s + 1 < pr.steps) {  // θ_S's below, with the outputs
       const T q = mlp_query_loss<T>(lanes, pr, theta, task, ws);
       if (lanes.leader()) query_losses[s] = q;
