@@ -114,11 +114,15 @@ def test_opcheck(case):
     (dict(query_every_step=True), "grad_query_losses must have the query"),
     (dict(lrs_grad=True), "lrs_grad needs lrs"),
 ])
-def test_bad_input_names_the_problem(change, match):
+def test_bad_input_names_the_problem(change, match, monkeypatch):
     args, kwargs = sample_inputs()
     kwargs.update(change)
     with pytest.raises(ValueError, match=match):
         mlp_meta_grad(*args, **kwargs)
+    with monkeypatch.context() as patch:  # the pure-PyTorch fallback's checks
+        patch.setattr(importlib.import_module("metafast.ops.mlp_adapt"), "kernel_available", lambda device: False)
+        with pytest.raises(ValueError, match=match):
+            mlp_meta_grad(*args, **kwargs)
     p, sx, sy, qx, qy, sizes = args
     with pytest.raises(ValueError, match=match):  # the C++ checks themselves
         torch.ops.metafast.mlp_meta_grad(p, kwargs["lrs"], 0.2, sx, sy, qx, qy, sizes, STEPS, "tanh", "mse", False,

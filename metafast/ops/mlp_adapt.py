@@ -281,6 +281,17 @@ def mlp_adapt(
     return (adapted, losses) if query_x is None else (adapted, losses, query_output, query_losses)
 
 
+def check_meta_grad_args(params, lrs, tasks, steps, grad_query_losses, lrs_grad, query_every_step) -> None:
+    """The checks mlp_meta_grad adds to mlp_adapt's (csrc/ops/mlp_adapt/host.h:
+    check_meta_grad_inputs), mirrored for the fake kernel and the fallback."""
+    shape = (tasks, steps) if query_every_step else (tasks,)
+    torch._check_value(grad_query_losses.shape == shape, lambda: f"metafast::mlp_meta_grad: grad_query_losses "
+                       f"must have the query losses' shape {list(shape)}, got {list(grad_query_losses.shape)}")
+    torch._check_value(grad_query_losses.dtype == params.dtype and grad_query_losses.device == params.device,
+                       lambda: "metafast::mlp_meta_grad: grad_query_losses must have params' dtype and device")
+    torch._check_value(not lrs_grad or lrs is not None, lambda: "metafast::mlp_meta_grad: lrs_grad needs lrs")
+
+
 def mlp_meta_grad(params: torch.Tensor, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
                   query_y: torch.Tensor, sizes: Sequence[int], steps: int = 1, lr: float = 0.01,
                   lrs: torch.Tensor | None = None, activation: str = "relu", loss: str = "mse",
@@ -305,11 +316,10 @@ def mlp_meta_grad(params: torch.Tensor, support_x: torch.Tensor, support_y: torc
     if grad_query_losses is None:
         grad_query_losses = torch.full((t, steps) if query_every_step else (t,), 1.0 / t, dtype=params.dtype,
                                        device=params.device)
-    if lrs_grad and lrs is None:
-        raise ValueError("metafast::mlp_meta_grad: lrs_grad needs lrs")
     if not kernel_available(params.device):
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
                              support_weights, query_every_step)
+        check_meta_grad_args(params, lrs, t, steps, grad_query_losses, lrs_grad, query_every_step)
         if loss == "cross_entropy":
             check_label_range(sizes[-1], support_y, query_y)
         with torch.enable_grad():
@@ -337,10 +347,8 @@ if _extension.available():
         check_mlp_adapt_args(params, lrs, lr, support_x, support_y, query_x, query_y, sizes, steps, activation, loss,
                              support_weights, query_every_step)
         t = support_x.shape[0]
+        check_meta_grad_args(params, lrs, t, steps, grad_query_losses, lrs_grad, query_every_step)
         shape = (t, steps) if query_every_step else (t,)
-        torch._check_value(grad_query_losses.shape == shape, lambda: f"metafast::mlp_meta_grad: grad_query_losses "
-                           f"must have the query losses' shape {list(shape)}, got {list(grad_query_losses.shape)}")
-        torch._check_value(not lrs_grad or lrs is not None, lambda: "metafast::mlp_meta_grad: lrs_grad needs lrs")
         return (params.new_empty(t, steps), params.new_empty(t, query_x.shape[1], sizes[-1]),
                 params.new_empty(shape), params.new_empty(params.shape),
                 params.new_empty(lrs.shape if lrs_grad else (0,)))

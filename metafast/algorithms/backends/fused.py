@@ -96,20 +96,21 @@ class FusedBackend(Backend):
             return features
         return meta.model.features
 
-    def _rates(self, meta, steps):
+    def _rates(self, meta, steps, adapted):
         """The op's lrs: None (the scalar inner_lr), Meta-SGD's [P], or MAML++'s
         per-tensor per-step rates expanded to one row per step [steps, P]
-        (their gradients sum back through the expand)."""
+        (their gradients sum back through the expand). ``adapted``: _adapted(meta)."""
+        if meta.step_lrs is None and meta.inner_lrs is None:
+            return None
+        names = meta.adapt_names
         if meta.step_lrs is None:
-            rates = meta.rates(meta.adapt_names)
-            return None if rates is None else flat(rates)
-        adapted = self._adapted(meta)
-        return torch.stack([flat(r.expand_as(p) for r, p in zip(meta.rates(meta.adapt_names, s), adapted))
+            return flat(meta.rates(names))
+        return torch.stack([flat(r.expand_as(p) for r, p in zip(meta.rates(names, s), adapted))
                             for s in range(steps)])
 
-    def _inputs(self, meta, support_x, query_x, steps, adapted=None):
-        """(flat params, support_x, query_x, the op's other arguments): the head's
-        inputs are the body's features in ANIL. ``adapted``: _adapted(meta), if at hand."""
+    def _inputs(self, meta, support_x, query_x, steps, adapted):
+        """(support_x, query_x, the op's other arguments): the head's inputs are
+        the body's features in ANIL. ``adapted``: _adapted(meta)."""
         every_step = query_x is not None and meta.step_weights is not None  # MAML++'s multi-step loss
         if meta.adapt_mode == "head":
             features = self._features(meta)
@@ -118,10 +119,11 @@ class FusedBackend(Backend):
             sizes, activation = [meta.head.in_features, meta.head.out_features], "relu"
         else:
             sizes, activation = mlp_spec(meta.model)
-        args = dict(sizes=sizes, steps=steps, lr=meta.inner_lr, lrs=self._rates(meta, steps), activation=activation,
+        args = dict(sizes=sizes, steps=steps, lr=meta.inner_lr, lrs=self._rates(meta, steps, adapted),
+                    activation=activation,
                     loss=meta.loss_name, first_order=meta.first_order, query_every_step=every_step,
                     check_labels=False)  # BatchedMAML checked them (or was told not to)
-        return flat(self._adapted(meta) if adapted is None else adapted), support_x, query_x, args
+        return support_x, query_x, args
 
     def _call(self, params, support_x, support_y, query_x, query_y, weights, args):
         """mlp_adapt on prepared inputs (``_inputs``); under no_grad in chunks of tasks."""
@@ -144,8 +146,9 @@ class FusedBackend(Backend):
         return out
 
     def adapt(self, meta, support_x, support_y, steps, weights=None):
-        params, support_x, _, args = self._inputs(meta, support_x, None, steps)
-        adapted, support_losses = self._call(params, support_x, support_y, None, None, weights, args)
+        initial = self._adapted(meta)
+        support_x, _, args = self._inputs(meta, support_x, None, steps, initial)
+        adapted, support_losses = self._call(flat(initial), support_x, support_y, None, None, weights, args)
         return self._unflatten(meta, adapted), support_losses
 
     def predict(self, meta, params, x):
@@ -154,12 +157,13 @@ class FusedBackend(Backend):
 
     def run(self, meta, support_x, support_y, query_x, query_y, weights=None):
         adapted = self._adapted(meta)
-        params, sx, qx, args = self._inputs(meta, support_x, query_x, meta.inner_steps, adapted)
-        differentiated = [params.requires_grad, args["lrs"] is not None and args["lrs"].requires_grad]
+        sx, qx, args = self._inputs(meta, support_x, query_x, meta.inner_steps, adapted)
+        differentiated = [any(p.requires_grad for p in adapted), args["lrs"] is not None and args["lrs"].requires_grad]
         if torch.is_grad_enabled() and any(differentiated) and not (sx.requires_grad or qx.requires_grad):
             call = _MetaGradCall(meta, sx, support_y, qx, query_y, weights, args, differentiated)
             return _MetaGradOutputs.apply(call, args["lrs"], *adapted)
-        _, support_losses, query_output, query_losses = self._call(params, sx, support_y, qx, query_y, weights, args)
+        _, support_losses, query_output, query_losses = self._call(flat(adapted), sx, support_y, qx, query_y,
+                                                                   weights, args)
         return support_losses, query_output, meta_loss(query_losses, meta.step_weights)
 
 
