@@ -144,14 +144,27 @@ class BatchedMAML(nn.Module):
         self._warned = False
         self._output_shapes: dict = {}
         self._values_checked_on_cuda = False
+        self._call_memo: dict | None = None  # facts of the model valid for the current call only
         self.backend_used: str | None = None
 
     # ----------------------------------------------------------- what adapts
     @property
     def adapt_names(self) -> list[str]:
         """The parameters that adapt now: the adaptable ones that require grad."""
+        return self.adapted_parameters()[0]
+
+    def adapted_parameters(self) -> tuple[list[str], list[torch.Tensor]]:
+        """(adapt_names, those parameters), in one walk of the model; within one
+        call of forward or adapt, walked once (nothing changes them mid-call)."""
+        memo = getattr(self, "_call_memo", None)  # absent on a model pickled before it existed
+        if memo is not None and "adapted" in memo:
+            return memo["adapted"]
         named = dict(self.model.named_parameters())
-        return [n for n in self._adaptable if named[n].requires_grad]
+        names = [n for n in self._adaptable if named[n].requires_grad]
+        found = (names, [named[n] for n in names])
+        if memo is not None:
+            memo["adapted"] = found
+        return found
 
     def rates(self, names, step: int = 0) -> list[torch.Tensor] | None:
         """The inner rates of ``names`` at inner step ``step``: Meta-SGD's per-element
@@ -244,9 +257,13 @@ class BatchedMAML(nn.Module):
         ``support_weights`` [T, K]: as in ``forward``."""
         steps = self.inner_steps if steps is None else positive_int(steps, "BatchedMAML.adapt: steps")
         batched_checks.check_call(self, support_x, support_y, support_weights=support_weights)
-        backend = self._select_backend(support_x, steps)
-        self.backend_used = backend.name
-        return backend.adapt(self, support_x, support_y, steps, support_weights)[0]
+        self._call_memo = {}
+        try:
+            backend = self._select_backend(support_x, steps)
+            self.backend_used = backend.name
+            return backend.adapt(self, support_x, support_y, steps, support_weights)[0]
+        finally:
+            self._call_memo = None
 
     def predict(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Apply per-task parameters (from ``adapt``) to inputs x [T, N, ...]."""
@@ -274,6 +291,7 @@ class BatchedMAML(nn.Module):
         Σ_s w_s·(mean query loss after step s); ``query_output`` is the last step's."""
         batched_checks.check_call(self, support_x, support_y, query_x, query_y, support_weights)
         self.step_weights = self._check_step_weights(step_weights)
+        self._call_memo = {}
         try:
             backend = self._select_backend(support_x, self.inner_steps)
             self.backend_used = backend.name
@@ -281,6 +299,7 @@ class BatchedMAML(nn.Module):
                                                              support_weights)
         finally:
             self.step_weights = None
+            self._call_memo = None
         accuracy = None
         if self.loss_name == "cross_entropy":
             accuracy = (query_output.detach().argmax(-1) == query_y).float().mean()

@@ -64,7 +64,7 @@ def check_features(name: str, x: torch.Tensor, model: nn.Module) -> None:
     """Examples must fit the first layer of a Sequential model or of a model's
     Sequential ``features`` body (Conv4, ResNet12): the torch backend's own error,
     from inside vmap, would not say which argument is wrong."""
-    body = getattr(model, "features", None)
+    body = model._modules.get("features")  # a Sequential body is a registered submodule
     first = body if isinstance(body, nn.Sequential) else model
     while isinstance(first, nn.Sequential) and type(first).forward is nn.Sequential.forward and len(first):
         first = first[0]
@@ -90,8 +90,8 @@ def check_target(meta, name: str, y: torch.Tensor, shape) -> None:
         raise ValueError(f"BatchedMAML: {name} must have shape {want} ({why}), got {tuple(y.shape)}")
 
 
-def check_x(meta, name: str, x: torch.Tensor) -> None:
-    ref = meta.model_tensor()
+def check_x(meta, name: str, x: torch.Tensor, ref: torch.Tensor) -> None:
+    """Examples ``x``: floating point of the model's dtype (``ref``: a model parameter), fitting its first layer."""
     if not x.dtype.is_floating_point:
         raise TypeError(f"BatchedMAML: {name} must be floating point, got {x.dtype} (integer features? "
                         f"convert with .to({ref.dtype}))")
@@ -157,7 +157,7 @@ def check_call(meta, support_x, support_y, query_x=None, query_y=None, support_w
         if t.device != ref.device:
             raise ValueError(f"BatchedMAML: {name} is on {t.device} but the model is on {ref.device}")
     for kind, x, y in sets:
-        check_x(meta, f"{kind}_x", x)
+        check_x(meta, f"{kind}_x", x, ref)
         if meta.loss_name == "cross_entropy" and y.dtype != torch.int64:
             raise TypeError(f"BatchedMAML: cross-entropy {kind}_y must hold int64 class indices, got {y.dtype}")
         if meta.loss_name == "mse" and y.dtype != ref.dtype:

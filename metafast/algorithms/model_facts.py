@@ -17,17 +17,26 @@ from metafast.nn.conv4 import Conv4
 _HOOK_REGISTRIES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
-_FUSED_LAYERS = (nn.Linear, nn.ReLU, nn.Tanh)
 
 
 def hook_reason(module: nn.Module) -> str | None:
     """Why ``module``'s call may do more than its forward (a hook on it or a global one), or None."""
-    for registry in _HOOK_REGISTRIES:
-        if getattr(module, registry, None):
-            return f"{type(module).__name__} has a {registry.strip('_').replace('_', ' ')[:-1]}"
+    return own_hook_reason(module) or global_hook_reason()
+
+
+def global_hook_reason() -> str | None:
+    """A global module hook, which runs around every module's forward, or None."""
     for registry in _GLOBAL_HOOKS:
         if getattr(_module_globals, registry, None):
             return f"a global module {registry[len('_global_'):].replace('_', ' ')[:-1]} is registered"
+    return None
+
+
+def own_hook_reason(module: nn.Module) -> str | None:
+    """A hook registered on ``module`` itself, or None."""
+    for registry in _HOOK_REGISTRIES:
+        if getattr(module, registry, None):
+            return f"{type(module).__name__} has a {registry.strip('_').replace('_', ' ')[:-1]}"
     return None
 
 
@@ -99,28 +108,34 @@ def resolve_head(model: nn.Module, head: str | None) -> tuple[str, nn.Module]:
 
 
 def _fusable_linear(name: str, layer: nn.Module) -> str | None:
+    """Why ``layer`` is not a plain nn.Linear with a bias and no hook of its own (global hooks: the caller)."""
     if not plain_forward(layer, nn.Linear):
         return f"layer {name} ({type(layer).__name__}) is not a plain nn.Linear (its own forward or a parametrization)"
     if layer.bias is None:
         return f"layer {name} has no bias"
-    return hook_reason(layer)
+    return own_hook_reason(layer)
+
+
+def _fused_layer_reason(name: str, layer: nn.Module) -> str | None:
+    if isinstance(layer, nn.Linear):
+        return _fusable_linear(name, layer)
+    if not (plain_forward(layer, nn.ReLU) or plain_forward(layer, nn.Tanh)):
+        return f"layer {name} ({type(layer).__name__}) is not nn.Linear, nn.ReLU or nn.Tanh"
+    return own_hook_reason(layer)
 
 
 def fused_mlp_reason(model: nn.Module, adapt_names) -> str | None:
     """Why the fused MLP kernel might compute another function than ``model``'s forward
-    with every parameter adapted (None: it provably computes the same)."""
+    with every parameter adapted (None: it provably computes the same). Runs on every
+    call (hooks and frozen parameters may change between calls), so it reads each
+    layer once."""
     if not plain_forward(model, nn.Sequential):
         return f"{type(model).__name__} is not a plain nn.Sequential of Linear and ReLU/Tanh layers (its own forward)"
     reason = hook_reason(model)
-    for name, layer in model.named_children():
+    for name, layer in model._modules.items():  # Sequential runs exactly these, in this order
         if reason is not None:
-            break
-        if isinstance(layer, nn.Linear):
-            reason = _fusable_linear(name, layer)
-        elif not any(plain_forward(layer, cls) for cls in _FUSED_LAYERS):
-            reason = f"layer {name} ({type(layer).__name__}) is not nn.Linear, nn.ReLU or nn.Tanh"
-        else:
-            reason = hook_reason(layer)
+            return reason
+        reason = _fused_layer_reason(name, layer)
     return reason or _all_parameters_adapted(model, adapt_names)
 
 
@@ -138,10 +153,16 @@ def fused_head_reason(model: nn.Module, head_name: str, head: nn.Module, adapt_n
 
 
 def _all_parameters_adapted(module: nn.Module, adapt_names) -> str | None:
-    tied = tied_parameter(module)
-    if tied is not None:
-        return "the model ties parameters (%s and %s)" % tied
-    frozen = [n for n, p in module.named_parameters() if n not in adapt_names]
+    """Why not every parameter of ``module`` adapts as its own tensor (tied or fixed ones), or None."""
+    seen: dict[int, str] = {}
+    frozen = []
+    adapted = set(adapt_names)
+    for name, p in module.named_parameters(remove_duplicate=False):  # one walk: tied and fixed
+        if id(p) in seen:
+            return "the model ties parameters (%s and %s)" % (seen[id(p)], name)
+        seen[id(p)] = name
+        if name not in adapted:
+            frozen.append(name)
     if frozen:
         return (f"parameters that stay fixed in the inner loop ({', '.join(frozen[:3])}: frozen, or not listed in "
                 "adapt), which the fused kernel does not model")

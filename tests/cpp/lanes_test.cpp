@@ -306,7 +306,7 @@ struct Runner {
                      int lanes, Outputs& o) const {
     const int64_t T = c.tasks, P = m.num_params, S = c.steps;
     std::fill(ws.begin(), ws.end(), kNaN);
-    Vec adapted(T * P, kNaN), trajectory(T * S * P, kNaN);
+    Vec adapted(T * P, kNaN), trajectory(T * S * P, kNaN), primal(T * S * mlp_primal_size(m, c.shots), kNaN);
     o.meta_losses.assign(o.losses.size(), kNaN);
     o.meta_query_output.assign(o.query_output.size(), kNaN);
     o.meta_query_losses.assign(o.query_losses.size(), kNaN);
@@ -318,6 +318,7 @@ struct Runner {
     a.forward.p = a.p;
     a.forward.adapted = adapted.data();
     a.forward.trajectory = trajectory.data();
+    a.forward.primal = primal.data();  // recorded here and replayed by the backward, as the op does
     a.forward.losses = o.meta_losses.data();
     a.forward.query_output = o.meta_query_output.data();
     a.forward.query_losses = o.meta_query_losses.data();
@@ -328,6 +329,7 @@ struct Runner {
     a.backward.grad_query_output = nullptr;
     a.backward.adapted = adapted.data();
     a.backward.trajectory = trajectory.data();
+    a.backward.primal = primal.data();
     a.backward.grad_init = o.meta_grad_init.data();
     a.backward.grad_lrs = c.want_grad_lrs ? o.meta_grad_lrs.data() : nullptr;
     a.backward.grad_x = nullptr;

@@ -48,6 +48,17 @@ struct BackwardBlock {
   }
 };
 
+// What a backward layer computes of its primal sums (LossGradOptions: record,
+// replay): the weight gradient only with `grad`; the hidden layers' sums δ W
+// read from `replay` instead (the input gradient's are always computed), and
+// written to `record` when given.
+template <typename T>
+struct BackwardPrimal {
+  bool grad;
+  const T* replay;
+  T* record;
+};
+
 // ---------------------------------------------------------------------------
 // One layer of the backward pass (and its tangent):
 //   dW[j,i] = Σ_k δ[k,j]·in[k,i]            ḋW = Σ_k δ̇·in + δ·ḣ_in
@@ -62,9 +73,10 @@ struct BackwardBlock {
 template <typename T, typename Lanes>
 MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
                                    const T* W, const T* in, const T* in_dot, const T* dz, const T* dz_dot,
-                                   MlpWorkspace<T>& ws, const T* dir, bool input_grad) {
+                                   MlpWorkspace<T>& ws, const T* dir, bool input_grad, const BackwardPrimal<T>& bp) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   const int ib = num_blocks(din);
+  const bool grad = bp.grad || !dir;  // without a tangent the gradient is all there is
   // Weight gradients: a lane sums over the K examples for R units j0.. and a block of inputs i0.. .
   constexpr int R = Lanes::kRowBlock;
   const int jb = num_row_blocks<R>(dout);
@@ -87,10 +99,9 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
         for (int r = 0; r < kBlock; ++r) xind[r] = in_dot[int64_t(k) * din + blk.col[r]];
       for (int e = 0; e < R; ++e) {
         const T c = dz[int64_t(k) * dout + blk.row[e]], cd = dz_dot[int64_t(k) * dout + blk.row[e]];
-        for (int r = 0; r < kBlock; ++r) {
-          blk.sum[e][r] += c * xin[r];
-          blk.tangent[e][r] += cd * xin[r];
-        }
+        if (grad)
+          for (int r = 0; r < kBlock; ++r) blk.sum[e][r] += c * xin[r];
+        for (int r = 0; r < kBlock; ++r) blk.tangent[e][r] += cd * xin[r];
         if (in_dot)
           for (int r = 0; r < kBlock; ++r) blk.tangent[e][r] += c * xind[r];
       }
@@ -98,7 +109,7 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
     for (int e = 0; e < R && j0 + e < dout; ++e) {
       const int64_t o = m.weight_offset[l] + int64_t(j0 + e) * din + i0;
       for (int r = 0; r < kBlock && i0 + r < din; ++r) {
-        ws.grad[o + r] = blk.sum[e][r];
+        if (grad) ws.grad[o + r] = blk.sum[e][r];
         if (dir) ws.hvp[o + r] = blk.tangent[e][r];
       }
     }
@@ -109,12 +120,13 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
       g += dz[int64_t(k) * dout + j];
       if (dir) gd += dz_dot[int64_t(k) * dout + j];
     }
-    ws.grad[m.bias_offset[l] + j] = g;
+    if (grad) ws.grad[m.bias_offset[l] + j] = g;
     if (dir) ws.hvp[m.bias_offset[l] + j] = gd;
   }
   if (l == 1 && !input_grad) return;
   // δ_{l-1}: a lane sums over the dout units for R examples k0.. and a block of inputs i0.. .
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
+  const bool sums = l == 1 || !bp.replay;  // else replayed
   const int kb = num_row_blocks<R>(K);
   for (int64_t idx = lanes.lane(); idx < int64_t(kb) * ib; idx += lanes.count()) {
     const int k0 = (int(idx) / ib) * R, i0 = (int(idx) % ib) * kBlock;  // idx < K·din < 2^31
@@ -129,12 +141,11 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
         for (int r = 0; r < kBlock; ++r) uv[r] = u_row[blk.col[r]];
         for (int e = 0; e < R; ++e) {
           const T c = dz[int64_t(blk.row[e]) * dout + j], cd = dz_dot[int64_t(blk.row[e]) * dout + j];
-          for (int r = 0; r < kBlock; ++r) {
-            blk.sum[e][r] += c * wv[r];
-            blk.tangent[e][r] += cd * wv[r] + c * uv[r];
-          }
+          if (sums)
+            for (int r = 0; r < kBlock; ++r) blk.sum[e][r] += c * wv[r];
+          for (int r = 0; r < kBlock; ++r) blk.tangent[e][r] += cd * wv[r] + c * uv[r];
         }
-      } else {
+      } else if (sums) {
         for (int e = 0; e < R; ++e) {
           const T c = dz[int64_t(blk.row[e]) * dout + j];
           for (int r = 0; r < kBlock; ++r) blk.sum[e][r] += c * wv[r];
@@ -148,9 +159,10 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
           ws.dx[x] = blk.sum[e][r];
           if (dir) ws.dx_dot[x] = blk.tangent[e][r];
         } else {
-          const T h = ws.h[prev + x];
-          ws.dz[prev + x] = activation_backward(act, h, blk.sum[e][r]);
-          if (dir) ws.dz_dot[prev + x] = activation_backward_tangent(act, h, ws.z_dot[prev + x], blk.sum[e][r], blk.tangent[e][r]);
+          const T h = ws.h[prev + x], g = sums ? blk.sum[e][r] : bp.replay[prev + x];
+          if (bp.record) bp.record[prev + x] = g;
+          ws.dz[prev + x] = activation_backward(act, h, g);
+          if (dir) ws.dz_dot[prev + x] = activation_backward_tangent(act, h, ws.z_dot[prev + x], g, blk.tangent[e][r]);
         }
       }
   }
@@ -159,8 +171,9 @@ MF_HD void parallel_backward_layer(const Lanes& lanes, const MlpLayout& m, Activ
 template <typename T>
 MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int K, const T* W, const T* in,
                                  const T* in_dot, const T* dz, const T* dz_dot, MlpWorkspace<T>& ws,
-                                 const T* dir, bool input_grad) {
+                                 const T* dir, bool input_grad, const BackwardPrimal<T>& bp) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
+  const bool grad = bp.grad || !dir;  // without a tangent the gradient is all there is
   T* gW = ws.grad + m.weight_offset[l];
   T* hW = ws.hvp + m.weight_offset[l];
   T* gb = ws.grad + m.bias_offset[l];
@@ -176,10 +189,12 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
     const T* ind_k = in_dot ? in_dot + int64_t(k) * din : nullptr;
     for (int j = 0; j < dout; ++j) {
       const T c = dz[int64_t(k) * dout + j];
-      T* g_row = gW + int64_t(j) * din;
-      MF_SIMD
-      for (int i = 0; i < din; ++i) g_row[i] += c * in_k[i];
-      gb[j] += c;
+      if (grad) {
+        T* g_row = gW + int64_t(j) * din;
+        MF_SIMD
+        for (int i = 0; i < din; ++i) g_row[i] += c * in_k[i];
+        gb[j] += c;
+      }
       if (dir) {
         const T cd = dz_dot[int64_t(k) * dout + j];
         T* h_row = hW + int64_t(j) * din;
@@ -198,6 +213,7 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
   const int64_t prev = l > 1 ? int64_t(K) * m.act_offset[l - 1] : 0;
   T* s_out = l > 1 ? ws.dz + prev : ws.dx;
   T* sd_out = l > 1 ? ws.dz_dot + prev : ws.dx_dot;
+  const bool sums = l == 1 || !bp.replay;  // else replayed
   for (int64_t p = 0; p < int64_t(K) * din; ++p) s_out[p] = T(0);
   if (dir)
     for (int64_t p = 0; p < int64_t(K) * din; ++p) sd_out[p] = T(0);
@@ -207,8 +223,10 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
     for (int j = 0; j < dout; ++j) {
       const T c = dz[int64_t(k) * dout + j];
       const T* w_row = W + int64_t(j) * din;
-      MF_SIMD
-      for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
+      if (sums) {
+        MF_SIMD
+        for (int i = 0; i < din; ++i) s_k[i] += c * w_row[i];
+      }
       if (dir) {
         const T cd = dz_dot[int64_t(k) * dout + j];
         const T* u_row = dir + m.weight_offset[l] + int64_t(j) * din;
@@ -221,9 +239,10 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
   }
   if (l == 1) return;
   for (int64_t p = 0; p < int64_t(K) * din; ++p) {
-    const T h = ws.h[prev + p];
-    if (dir) sd_out[p] = activation_backward_tangent(act, h, ws.z_dot[prev + p], s_out[p], sd_out[p]);
-    s_out[p] = activation_backward(act, h, s_out[p]);
+    const T h = ws.h[prev + p], g = sums ? s_out[p] : bp.replay[prev + p];
+    if (bp.record) bp.record[prev + p] = g;
+    if (dir) sd_out[p] = activation_backward_tangent(act, h, ws.z_dot[prev + p], g, sd_out[p]);
+    s_out[p] = activation_backward(act, h, g);
   }
 }
 
@@ -237,13 +256,19 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 // every weight R, and R·kBlock independent sums keep the FMA pipeline full;
 // the CPU's per-task path takes a SIMD reduction along each row instead.
 // ---------------------------------------------------------------------------
+// `primal` false: z and h are a replayed record (ws.h), only the tangents are stored.
 template <typename T>
 MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T z, const T* dir, T z_dot,
-                         MlpWorkspace<T>& ws) {
+                         bool primal, MlpWorkspace<T>& ws) {
   const bool hidden = l < m.num_layers;
-  const T h = hidden ? activate(act, z) : z;
-  ws.z[o] = z;
-  ws.h[o] = h;
+  T h;
+  if (primal) {
+    h = hidden ? activate(act, z) : z;
+    ws.z[o] = z;
+    ws.h[o] = h;
+  } else {
+    h = ws.h[o];
+  }
   if (dir) {
     ws.z_dot[o] = z_dot;
     ws.h_dot[o] = hidden ? activation_backward(act, h, z_dot) : z_dot;
@@ -252,7 +277,8 @@ MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T
 
 template <typename T, typename Lanes>
 MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activation act, int l, int K,
-                                  const T* theta, const T* in, const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
+                                  const T* theta, const T* in, const T* in_dot, const T* dir, bool primal,
+                                  MlpWorkspace<T>& ws) {
   constexpr int R = Lanes::kRowBlock;
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   const int nb = num_blocks(dout), kb = num_row_blocks<R>(K);
@@ -297,10 +323,9 @@ MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activa
         }
         for (int e = 0; e < R; ++e) {
           const T xi = x_row[e][i];
-          for (int r = 0; r < kBlock; ++r) {
-            acc[e][r] += wi[r] * xi;
-            t[e][r] += ui[r] * xi;
-          }
+          if (primal)
+            for (int r = 0; r < kBlock; ++r) acc[e][r] += wi[r] * xi;
+          for (int r = 0; r < kBlock; ++r) t[e][r] += ui[r] * xi;
         }
       }
     } else {
@@ -312,24 +337,23 @@ MF_HD void parallel_forward_layer(const Lanes& lanes, const MlpLayout& m, Activa
         }
         for (int e = 0; e < R; ++e) {
           const T xi = x_row[e][i], xdi = xd_row[e][i];
-          for (int r = 0; r < kBlock; ++r) {
-            acc[e][r] += wi[r] * xi;
-            t[e][r] += ui[r] * xi + wi[r] * xdi;
-          }
+          if (primal)
+            for (int r = 0; r < kBlock; ++r) acc[e][r] += wi[r] * xi;
+          for (int r = 0; r < kBlock; ++r) t[e][r] += ui[r] * xi + wi[r] * xdi;
         }
       }
     }
     for (int e = 0; e < R && k0 + e < K; ++e) {
       const int64_t row = int64_t(K) * m.act_offset[l] + int64_t(k0 + e) * dout;
       for (int r = 0; r < kBlock && j0 + r < dout; ++r)
-        store_forward(m, act, l, row + j0 + r, acc[e][r], dir, t[e][r], ws);
+        store_forward(m, act, l, row + j0 + r, acc[e][r], dir, t[e][r], primal, ws);
     }
   }
 }
 
 template <typename T>
 MF_HD void serial_forward_layer(const MlpLayout& m, Activation act, int l, int K, const T* theta, const T* in,
-                                const T* in_dot, const T* dir, MlpWorkspace<T>& ws) {
+                                const T* in_dot, const T* dir, bool primal, MlpWorkspace<T>& ws) {
   const int din = m.sizes[l - 1], dout = m.sizes[l];
   const T* W = theta + m.weight_offset[l];
   const T* b = theta + m.bias_offset[l];
@@ -342,8 +366,8 @@ MF_HD void serial_forward_layer(const MlpLayout& m, Activation act, int l, int K
         t = dot_add(dir[m.bias_offset[l] + j], dir + m.weight_offset[l] + int64_t(j) * din, x_row, din);
         if (in_dot) t = dot_add(t, w_row, in_dot + int64_t(k) * din, din);
       }
-      store_forward(m, act, l, int64_t(K) * m.act_offset[l] + int64_t(k) * dout + j, dot_add(b[j], w_row, x_row, din),
-                    dir, t, ws);
+      const T z = primal ? dot_add(b[j], w_row, x_row, din) : T(0);
+      store_forward(m, act, l, int64_t(K) * m.act_offset[l] + int64_t(k) * dout + j, z, dir, t, primal, ws);
     }
   }
 }

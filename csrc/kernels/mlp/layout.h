@@ -47,6 +47,13 @@ MF_HD int64_t mlp_workspace_size(const MlpLayout& m, int shots) {
   return 3 * m.num_params + 6 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
 }
 
+// The primal values of one network pass that a later pass at the same θ on
+// the same examples replays instead of recomputing (LossGradOptions::record /
+// replay): every layer's outputs h [K·D], then the backward sums δ_l W_l of
+// the hidden layers before the activation's derivative [K·D], which tanh's
+// second derivative needs. mlp_meta_grad's backward replays the forward's.
+MF_HD int64_t mlp_primal_size(const MlpLayout& m, int shots) { return 2 * int64_t(shots) * m.act_width; }
+
 // The network: what the per-task algorithm needs besides the data.
 struct MlpNet {
   MlpLayout layout;

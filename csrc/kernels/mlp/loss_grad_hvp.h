@@ -21,7 +21,7 @@ struct LossGradOptions {
   // forward pass and alongside the backward).
   const T* dir = nullptr;
   bool input_grad = false;  // also ∂L/∂x into ws.dx (and its tangent into ws.dx_dot)
-  bool want_grad = true;    // false: stop after the loss (outputs are in ws.z)
+  bool want_grad = true;    // false: stop after the loss (outputs are in ws.h)
   // The output gradient back-propagated is loss_scale·dL/dy + extra_dy (the
   // latter [K, d_L] for a caller's gradient of the outputs themselves; no
   // tangent); without `loss_term` just extra_dy: an absent loss gradient adds
@@ -30,6 +30,13 @@ struct LossGradOptions {
   T loss_scale = T(1);
   const T* extra_dy = nullptr;
   bool loss_term = true;
+  // The pass's primal values (mlp_primal_size): `record` stores them; `replay`
+  // holds them from an earlier pass at the same θ on the same examples, so
+  // that the forward and the backward sums are not computed again, only their
+  // tangents and, with primal_grad, the gradient.
+  T* record = nullptr;
+  const T* replay = nullptr;
+  bool primal_grad = true;  // false: ws.grad is not wanted (only ws.hvp, ws.dx)
 };
 
 // The loss of one task's examples `d` at θ (mean over the examples), its
@@ -37,8 +44,14 @@ struct LossGradOptions {
 // the returned loss is valid on the leader lane.
 template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpNet& net, const T* theta, const MlpTaskData<T>& d,
-                          MlpWorkspace<T>& ws, const LossGradOptions<T>& o = {}) {
+                          MlpWorkspace<T>& ws_in, const LossGradOptions<T>& o = {}) {
   const MlpLayout& m = net.layout;
+  // A replaying pass reads its activations from the record and writes none.
+  MlpWorkspace<T> ws = ws_in;
+  if (o.replay) ws.h = const_cast<T*>(o.replay);
+  const bool primal = !o.replay;
+  const T* dsum_replay = o.replay ? o.replay + int64_t(d.shots) * net.layout.act_width : nullptr;
+  T* dsum_record = o.record ? o.record + int64_t(d.shots) * net.layout.act_width : nullptr;
   const Activation act = net.act;
   const Loss loss = net.loss;
   const T* dir = o.dir;
@@ -49,21 +62,23 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpNet& net, const T* theta,
   const int K = d.shots;
   const int L = m.num_layers;
   // ---- forward (and tangent forward): z_l = h_{l-1} W_lᵀ + b_l ----
-  for (int l = 1; l <= L; ++l) {
+  for (int l = 1; l <= L && (primal || dir); ++l) {
     const T* in = l == 1 ? d.x : ws.h + (int64_t(K) * m.act_offset[l - 1]);
     const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
     if constexpr (Lanes::kSerial) {
-      serial_forward_layer(m, act, l, K, theta, in, in_dot, dir, ws);
+      serial_forward_layer(m, act, l, K, theta, in, in_dot, dir, primal, ws);
     } else {
-      parallel_forward_layer(lanes, m, act, l, K, theta, in, in_dot, dir, ws);
+      parallel_forward_layer(lanes, m, act, l, K, theta, in, in_dot, dir, primal, ws);
     }
     lanes.sync();
   }
+  if (o.record)  // read after the syncs above; rewritten only after the sync that ends this pass
+    for (int64_t i = lanes.lane(); i < int64_t(K) * m.act_width; i += lanes.count()) o.record[i] = ws.h[i];
   // ---- loss and dL/dy per example (mean over the support set) ----
   const int dL = m.sizes[L];
   const int64_t out = (int64_t(K) * m.act_offset[L]);
   for (int64_t k = lanes.lane(); k < K; k += lanes.count()) {
-    const T* y = ws.z + out + k * dL;
+    const T* y = ws.h + out + k * dL;  // the output layer's h is its z
     T* dy = ws.dz + out + k * dL;
     T* dy_dot = ws.dz_dot + out + k * dL;
     const T* y_dot = ws.z_dot + out + k * dL;
@@ -94,10 +109,11 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpNet& net, const T* theta,
     const T* in_dot = l == 1 ? nullptr : ws.h_dot + (int64_t(K) * m.act_offset[l - 1]);
     const T* dz = ws.dz + (int64_t(K) * m.act_offset[l]);
     const T* dz_dot = ws.dz_dot + (int64_t(K) * m.act_offset[l]);
+    const BackwardPrimal<T> bp{o.primal_grad, dsum_replay, dsum_record};
     if constexpr (Lanes::kSerial) {
-      serial_backward_layer(m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad);
+      serial_backward_layer(m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad, bp);
     } else {
-      parallel_backward_layer(lanes, m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad);
+      parallel_backward_layer(lanes, m, act, l, K, W, in, in_dot, dz, dz_dot, ws, dir, input_grad, bp);
     }
     lanes.sync();
   }

@@ -132,14 +132,14 @@ struct PackedMlpAdapt {
   }
 
   // One meta-iteration on a pack: the forward, then the backward from its
-  // adapted parameters and trajectory, which stay in the pack's scratch (no
-  // scatter to [T, S, P] and gather back); only the support losses, the query
-  // outputs and losses and the gradients are scattered.
+  // adapted parameters, trajectory and primal record, which stay in the pack's
+  // scratch (no scatter to [T, S, P] and gather back); only the support losses,
+  // the query outputs and losses and the gradients are scattered.
   static size_t meta_grad(const MlpMetaGradArgs<S>& a, int64_t first, int n, unsigned char* scratch) {
     const MlpProblem<S>& pr = a.p;
     const int64_t P = pr.layout.num_params, S_ = pr.steps, Q = pr.queries, dL = pr.layout.sizes[pr.layout.num_layers];
     ScratchCarver sc{scratch};
-    const MlpAdaptForwardArgs<Pack> f = pack_forward(pr, a.forward.init, first, n, sc);  // Q > 0: the host checked
+    MlpAdaptForwardArgs<Pack> f = pack_forward(pr, a.forward.init, first, n, sc);  // Q > 0: the host checked
     MlpAdaptBackwardArgs<Pack> b;
     b.p = f.p;
     b.second_order = a.backward.second_order;
@@ -154,6 +154,9 @@ struct PackedMlpAdapt {
     b.grad_lrs = a.backward.grad_lrs ? sc.take<Pack>(pr.rate_count()) : nullptr;
     b.grad_x = nullptr;
     b.grad_qx = nullptr;
+    Pack* primal = sc.take<Pack>(S_ * mlp_primal_size(pr.layout, pr.shots));
+    f.primal = primal;
+    b.primal = primal;
     if (!scratch) return sc.used;
     run_task(PackLanes{}, f, 0, f.p.workspace);
     scatter_pack(a.forward.losses, f.losses, S_, first, n);

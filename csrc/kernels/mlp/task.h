@@ -31,9 +31,10 @@ struct MlpAdaptForwardArgs {
   T* query_output;       // [T, Q, d_L] model output at θ_S, or nullptr
   T* query_losses;       // [T] query loss at θ_S ([T, S]: at θ_1 ... θ_S), or nullptr
   T* trajectory;         // [T, S, P]: θ_0 ... θ_{S-1}
+  T* primal = nullptr;   // [T, S, C] each step's support pass (mlp_primal_size), for a backward to replay
 };
 
-// The query loss of one task at θ (no gradient); the outputs stay in ws.z.
+// The query loss of one task at θ (no gradient); the outputs stay in ws.h.
 template <typename T, typename Lanes>
 MF_HD T mlp_query_loss(const Lanes& lanes, const MlpProblem<T>& pr, const T* theta, int task, MlpWorkspace<T>& ws) {
   LossGradOptions<T> loss_only;
@@ -57,8 +58,11 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
   T* query_losses = pr.queries > 0 ? a.query_losses + int64_t(task) * pr.query_loss_count() : nullptr;
   for (int64_t p = lanes.lane(); p < P; p += lanes.count()) theta[p] = a.init[p];
   lanes.sync();
+  const int64_t C = mlp_primal_size(m, pr.shots);
   for (int s = 0; s < pr.steps; ++s) {
-    const T loss = mlp_loss_grad_hvp<T>(lanes, pr, theta, d, ws);
+    LossGradOptions<T> o;
+    o.record = a.primal ? a.primal + (int64_t(task) * pr.steps + s) * C : nullptr;
+    const T loss = mlp_loss_grad_hvp<T>(lanes, pr, theta, d, ws, o);
     if (lanes.leader()) a.losses[int64_t(task) * pr.steps + s] = loss;
     const T* rates = pr.step_lrs(s);
     T* next = s + 1 < pr.steps ? trajectory + int64_t(s + 1) * P : a.adapted + int64_t(task) * P;
@@ -74,7 +78,7 @@ MF_HD void mlp_adapt_forward_task(const Lanes& lanes, const MlpAdaptForwardArgs<
   if (pr.queries > 0) {  // the query forward at θ_S, fused in the same launch
     const T loss = mlp_query_loss<T>(lanes, pr, theta, task, ws);
     const int dL = m.sizes[m.num_layers];
-    const T* y = ws.z + int64_t(pr.queries) * m.act_offset[m.num_layers];
+    const T* y = ws.h + int64_t(pr.queries) * m.act_offset[m.num_layers];
     T* dst = a.query_output + int64_t(task) * pr.queries * dL;
     for (int64_t i = lanes.lane(); i < int64_t(pr.queries) * dL; i += lanes.count()) dst[i] = y[i];
     if (lanes.leader()) query_losses[pr.query_loss_count() - 1] = loss;
@@ -105,6 +109,7 @@ struct MlpAdaptBackwardArgs {
   T* grad_lrs;                 // [T, P] ([T, S, P] with step_rates) per-task ∂/∂α, or nullptr
   T* grad_x;                   // [T, K, d_0] ∂/∂support_x, or nullptr
   T* grad_qx;                  // [T, Q, d_0] ∂/∂query_x, or nullptr
+  const T* primal = nullptr;   // [T, S, C] the forward's record of each step (replayed), or nullptr: recomputed
 };
 
 // v += ∂/∂θ of the query terms at θ (scale·query loss, plus the caller's
@@ -155,10 +160,17 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
   if (pr.queries > 0 && (q_bar || extra))
     add_query_terms<T>(lanes, pr, a.adapted + int64_t(task) * P, task, q_bar != nullptr,
                        q_bar ? q_bar[pr.query_loss_count() - 1] : T(0), extra, v, qx_bar, ws);
+  const int64_t C = mlp_primal_size(m, pr.shots);
+  const bool has_loss_bar = a.grad_losses != nullptr;
   for (int s = pr.steps - 1; s >= 0; --s) {
     if (pr.query_every_step && q_bar && s + 1 < pr.steps)  // the query loss at θ_{s+1}
       add_query_terms<T>(lanes, pr, a.trajectory + (int64_t(task) * pr.steps + s + 1) * P, task, true, q_bar[s],
                          static_cast<const T*>(nullptr), v, qx_bar, ws);
+    T* step_lr_bar = lr_bar && pr.step_rates ? lr_bar + int64_t(s) * P : lr_bar;
+    // g_s is used only by the rates' and the support loss's terms; first order
+    // without them, v passes through the step unchanged.
+    const bool want_grad = step_lr_bar || has_loss_bar;
+    if (!a.second_order && !want_grad) continue;
     const T* theta = a.trajectory + (int64_t(task) * pr.steps + s) * P;
     const T* rates = pr.step_lrs(s);
     if (a.second_order) {
@@ -168,17 +180,17 @@ MF_HD void mlp_adapt_backward_task(const Lanes& lanes, const MlpAdaptBackwardArg
     LossGradOptions<T> o;
     o.dir = a.second_order ? ws.dir : nullptr;
     o.input_grad = x_bar != nullptr;
+    o.replay = a.primal ? a.primal + (int64_t(task) * pr.steps + s) * C : nullptr;
+    o.primal_grad = want_grad;
     mlp_loss_grad_hvp<T>(lanes, pr, theta, d, ws, o);
-    const bool has_loss_bar = a.grad_losses != nullptr;
     const T loss_bar = has_loss_bar ? a.grad_losses[int64_t(task) * pr.steps + s] : T(0);
     if (x_bar)
       for (int64_t i = lanes.lane(); i < nx; i += lanes.count()) {
         const T dx_dot = a.second_order ? ws.dx_dot[i] : T(0);
         x_bar[i] += has_loss_bar ? loss_bar * ws.dx[i] - dx_dot : -dx_dot;
       }
-    T* step_lr_bar = lr_bar && pr.step_rates ? lr_bar + int64_t(s) * P : lr_bar;
     for (int64_t p = lanes.lane(); p < P; p += lanes.count()) {
-      const T g = ws.grad[p];
+      const T g = want_grad ? ws.grad[p] : T(0);
       if (step_lr_bar) step_lr_bar[p] -= g * v[p];
       T vp = v[p];
       if (a.second_order) vp -= ws.hvp[p];

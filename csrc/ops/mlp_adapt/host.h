@@ -436,6 +436,7 @@ struct MlpMetaGrad : CallTypes<MlpMetaGradParams, FiveTensors, MlpMetaGradArgs> 
   Tensor grad_query_losses;
   bool second_order, lrs_grad;
   Tensor grad_init, grad_lrs;
+  Tensor primal;  // [T, S, C]: the forward's record of each step, replayed by the backward (not by a pack)
 
   explicit MlpMetaGrad(const MlpMetaGradParams& p)
       : forward(p.forward), c(forward.c), in(forward.in), second_order(!p.forward.first_order), lrs_grad(p.lrs_grad) {
@@ -447,12 +448,14 @@ struct MlpMetaGrad : CallTypes<MlpMetaGradParams, FiveTensors, MlpMetaGradArgs> 
     grad_lrs = !lrs_grad      ? torch::stable::new_empty(params, {0})
                : c.step_rates ? torch::stable::new_empty(params, {T, c.steps, P})
                               : torch::stable::new_empty(params, {T, P});
+    primal = torch::stable::new_empty(params, {T, c.steps, mlp_primal_size(c.layout, c.shots)});
   }
 
   template <typename T>
   Args<T> args(Tensor& workspace) {
     Args<T> a;
     a.forward = forward.args<T>(workspace);
+    a.forward.primal = primal.mutable_data_ptr<T>();
     a.p = a.forward.p;
     MlpAdaptBackwardArgs<T>& b = a.backward;
     b.p = a.p;
@@ -467,6 +470,7 @@ struct MlpMetaGrad : CallTypes<MlpMetaGradParams, FiveTensors, MlpMetaGradArgs> 
     b.grad_lrs = mut_ptr_or_null<T>(grad_lrs);
     b.grad_x = nullptr;
     b.grad_qx = nullptr;
+    b.primal = a.forward.primal;
     return a;
   }
   Outputs outputs() const {

@@ -78,9 +78,8 @@ class FusedBackend(Backend):
         return None
 
     def _adapted(self, meta):
-        """The parameters that adapt now (meta.adapt_names), in one walk of the model."""
-        named = dict(meta.model.named_parameters())
-        return [named[n] for n in meta._adaptable if named[n].requires_grad]
+        """The parameters that adapt now (meta.adapt_names)."""
+        return meta.adapted_parameters()[1]
 
     def _features(self, meta):
         """The body of an ANIL model: x -> the head's input. For a plain
