@@ -46,8 +46,10 @@ template <typename T, typename Lanes>
 MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpNet& net, const T* theta, const MlpTaskData<T>& d,
                           MlpWorkspace<T>& ws_in, const LossGradOptions<T>& o = {}) {
   const MlpLayout& m = net.layout;
-  // A replaying pass reads its activations from the record and writes none.
+  // A recording pass writes its activations h straight into the record; a
+  // replaying pass reads them from it and writes none.
   MlpWorkspace<T> ws = ws_in;
+  if (o.record) ws.h = o.record;
   if (o.replay) ws.h = const_cast<T*>(o.replay);
   const bool primal = !o.replay;
   const T* dsum_replay = o.replay ? o.replay + int64_t(d.shots) * net.layout.act_width : nullptr;
@@ -72,8 +74,6 @@ MF_HD T mlp_loss_grad_hvp(const Lanes& lanes, const MlpNet& net, const T* theta,
     }
     lanes.sync();
   }
-  if (o.record)  // read after the syncs above; rewritten only after the sync that ends this pass
-    for (int64_t i = lanes.lane(); i < int64_t(K) * m.act_width; i += lanes.count()) o.record[i] = ws.h[i];
   // ---- loss and dL/dy per example (mean over the support set) ----
   const int dL = m.sizes[L];
   const int64_t out = (int64_t(K) * m.act_offset[L]);
