@@ -15,6 +15,8 @@ Methods:
   batched-torch  metafast.BatchedMAML(backend="torch")
   batched-loop   metafast.BatchedMAML(backend="loop")
   batched-compile  metafast.BatchedMAML(backend="compile")
+  batched-long metafast.BatchedMAML(backend="auto", expected_iterations=CPU_COMPILE_MIN_ITERATIONS):
+               "auto" told that a long training run follows (it may then compile)
 
 Settings also include functorch's MAML-Omniglot example
 (pytorch/pytorch functorch/examples/maml_omniglot: 3 x [conv 3x3 64, batch
@@ -62,7 +64,8 @@ CONFIGS = {
     "20w1s-T16-5step": dict(ways=20, shots=1, tasks=16, steps=5),
     "functorch-5w5s": dict(ways=5, shots=5, tasks=32, steps=5, queries=15, inner_lr=0.1, model="functorch"),
 }
-METHODS = ("eager", "vmap", "compile-func", "batched", "batched-torch", "batched-loop", "batched-compile")
+METHODS = ("eager", "vmap", "compile-func", "batched", "batched-torch", "batched-loop", "batched-compile",
+           "batched-long")
 INNER_LR = 2.0  # the paper's 0.4 (5-way) / 0.1 (20-way) on a summed loss
 
 
@@ -132,9 +135,10 @@ def make_step(method: str, model, batch, steps: int, first_order: bool, inner_lr
             return loss, [grads[n] for n in names]
     elif method.startswith("batched"):
         backend = {"batched": "auto", "batched-torch": "torch", "batched-loop": "loop",
-                   "batched-compile": "compile"}[method]
+                   "batched-compile": "compile", "batched-long": "auto"}[method]
+        long_run = metafast.algorithms.batched.CPU_COMPILE_MIN_ITERATIONS if method == "batched-long" else None
         meta = metafast.BatchedMAML(model, inner_lr=inner_lr, inner_steps=steps, first_order=first_order,
-                                    loss="cross_entropy", backend=backend)
+                                    loss="cross_entropy", backend=backend, expected_iterations=long_run)
 
         def step():
             loss = meta(*batch).loss

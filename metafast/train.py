@@ -137,7 +137,7 @@ def _build(a, device: torch.device):
     adapt = "head" if a.anil else [n for n, _ in model.named_parameters() if ".1." not in n] if per_step_bn else "all"
     meta = BatchedMAML(model, inner_lr=a.inner_lr, inner_steps=a.inner_steps, first_order=a.first_order,
                        meta_sgd=a.meta_sgd, loss="cross_entropy", backend=a.backend, adapt=adapt,
-                       per_step_rates=getattr(a, "lslr", False)).to(device)
+                       per_step_rates=getattr(a, "lslr", False), expected_iterations=a.iterations).to(device)
     return model, meta
 
 

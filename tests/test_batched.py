@@ -346,3 +346,30 @@ def test_mlp_sizes_must_be_integers():
 def test_sinusoid_with_an_integer_dtype_says_so():
     with pytest.raises(TypeError, match="floating-point dtype .* got torch.int64"):
         metafast.data.Sinusoid().sample(2, dtype=torch.int64)
+
+
+def test_auto_takes_compile_only_when_enough_iterations_are_expected():
+    """On the CPU "auto" tries the compiled backend before vmap for a small conv net
+    only when the caller expects at least CPU_COMPILE_MIN_ITERATIONS iterations;
+    never for MLPs, nor for conv nets in the loop's regime, nor by default."""
+    from metafast.algorithms.batched import CPU_COMPILE_MIN_ITERATIONS, auto_order
+
+    conv = metafast.nn.Conv4(5, hidden=8)
+    sx = torch.rand(2, 5, 1, 28, 28)
+    many = CPU_COMPILE_MIN_ITERATIONS
+    assert "compile" not in auto_order(BatchedMAML(conv, loss="cross_entropy"), sx)
+    assert "compile" not in auto_order(BatchedMAML(conv, loss="cross_entropy", expected_iterations=many - 1), sx)
+    order = auto_order(BatchedMAML(conv, loss="cross_entropy", expected_iterations=many), sx)
+    assert order.index("compile") < order.index("torch")
+    mlp = metafast.nn.MLP([1, 40, 40, 1])
+    assert auto_order(BatchedMAML(mlp, expected_iterations=10 * many), torch.rand(2, 10, 1)) == ("fused", "torch",
+                                                                                                "loop")
+    big = torch.rand(2, 5 * 25, 1, 28, 28)  # conv outputs far above CPU_LOOP_MIN_CONV_OUTPUTS: the loop's regime
+    assert auto_order(BatchedMAML(metafast.nn.Conv4(5, hidden=64), loss="cross_entropy",
+                                  expected_iterations=10 * many), big)[:2] == ("fused", "loop")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "many"])
+def test_expected_iterations_must_be_a_positive_int(bad):
+    with pytest.raises((ValueError, TypeError), match="expected_iterations"):
+        BatchedMAML(metafast.nn.MLP([1, 4, 1]), expected_iterations=bad)

@@ -43,6 +43,16 @@ class MetaOutput:
 # the loop 504 ms; functorch's MAML-Omniglot net 5-way 5-shot (1,289,600):
 # vmap 31.8 s vs 8.5 s. The threshold lies between the two measured points.
 CPU_LOOP_MIN_CONV_OUTPUTS = 300_000
+# Where vmap serves a conv net on the CPU, torch.compile over the torch.func
+# meta-gradient ("compile") beats it once its one-time compile is paid for:
+# Conv-4 5-way 1-shot, 32 tasks, 1 step, 2 threads (benchmarks/README.md
+# "Backends on the CPU"): 203.5 ms against 254.7 per iteration after a 60 s
+# first call, paid back after about 1,200 iterations. (In the loop's regime,
+# functorch's net, it lost: 14.0 s against 9.4.) "auto" takes it when the
+# caller expects at least this many iterations (expected_iterations), a 4x
+# margin over that break-even; it cannot know otherwise, so compile is never
+# chosen by default.
+CPU_COMPILE_MIN_ITERATIONS = 5_000
 
 
 def auto_order(meta, support_x) -> tuple[str, ...]:
@@ -51,6 +61,8 @@ def auto_order(meta, support_x) -> tuple[str, ...]:
         outputs = batched_checks.conv_outputs(meta, support_x)
         if outputs is None or outputs > CPU_LOOP_MIN_CONV_OUTPUTS:
             return ("fused", "loop", "torch")
+        if (getattr(meta, "expected_iterations", None) or 0) >= CPU_COMPILE_MIN_ITERATIONS:
+            return ("fused", "compile", "torch", "loop")
     return ("fused", "torch", "loop")
 
 
@@ -74,6 +86,11 @@ class BatchedMAML(nn.Module):
     ``adapt`` may also list the parameter names that adapt (MAML++ adapts the
     weights but not the batch-norm parameters).
 
+    ``expected_iterations``: how many training iterations the caller will run
+    (None: unknown). With enough of them ``backend="auto"`` may pick the
+    compiled backend, whose first call compiles for a minute or more
+    (CPU_COMPILE_MIN_ITERATIONS); unknown, it never does.
+
     MAML++ (Antoniou et al., 2019), each part switchable: ``per_step_rates``
     (LSLR: a learned rate per parameter tensor and inner step, initialised to
     inner_lr); ``forward(..., step_weights=w)`` (MSL: the query loss after
@@ -85,7 +102,7 @@ class BatchedMAML(nn.Module):
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, first_order: bool = False,
                  meta_sgd: bool = False, loss="mse", backend: str = "auto", adapt: str = "all",
                  check_inputs: bool | None = None, head: str | None = None, allow_unused: bool = False,
-                 per_step_rates: bool = False):
+                 per_step_rates: bool = False, expected_iterations: int | None = None):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"BatchedMAML: model must be an nn.Module, got {type(model).__name__}")
@@ -120,6 +137,8 @@ class BatchedMAML(nn.Module):
         self.adapt_mode = adapt if isinstance(adapt, str) else "names"
         self.check_inputs = check_inputs
         self.allow_unused = bool(allow_unused)
+        self.expected_iterations = (None if expected_iterations is None else
+                                    positive_int(expected_iterations, "BatchedMAML: expected_iterations"))
         if adapt == "head":
             self.head_name, self.head = model_facts.resolve_head(model, head)
             prefix = self.head_name + "."
