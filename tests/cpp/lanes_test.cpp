@@ -181,6 +181,8 @@ struct Outputs {
   Vec grad_init, grad_lrs, grad_x, grad_qx;
   // the meta-iteration in one run (MlpMetaGradArgs: the query losses' gradient only), with a query set
   Vec meta_losses, meta_query_output, meta_query_losses, meta_grad_init, meta_grad_lrs;
+  // the same gradients through the two-op path (a backward that recomputes every step)
+  Vec meta_recomputed_init, meta_recomputed_lrs;
   long forward_syncs = 0, backward_syncs = 0;
 };
 
@@ -335,6 +337,22 @@ struct Runner {
     a.backward.grad_x = nullptr;
     a.backward.grad_qx = nullptr;
     run_split(a, lanes, 0);
+    // The same gradients through the two-op path: a backward from the query
+    // losses' gradient alone that recomputes every step (no replay), on the
+    // forward outputs of `b`. The one-launch meta-iteration must agree with it.
+    MlpAdaptBackwardArgs<double> r = b;
+    r.grad_adapted = nullptr;
+    r.grad_losses = nullptr;
+    r.grad_query_output = nullptr;
+    r.grad_x = nullptr;
+    r.grad_qx = nullptr;
+    r.primal = nullptr;
+    o.meta_recomputed_init.assign(o.grad_init.size(), kNaN);
+    o.meta_recomputed_lrs.assign(o.grad_lrs.size(), kNaN);
+    r.grad_init = o.meta_recomputed_init.data();
+    r.grad_lrs = c.want_grad_lrs ? o.meta_recomputed_lrs.data() : nullptr;
+    std::fill(ws.begin(), ws.end(), kNaN);
+    run_split(r, lanes, 0);
   }
 };
 
@@ -496,6 +514,9 @@ bool compare_all(const Outputs& got, const Outputs& want, Report& rep, std::stri
   ok &= compare("meta_query_losses", got.meta_query_losses, want.meta_query_losses, tol, rep, why);
   ok &= compare("meta_grad_init", got.meta_grad_init, want.meta_grad_init, tol, rep, why);
   ok &= compare("meta_grad_lrs", got.meta_grad_lrs, want.meta_grad_lrs, tol, rep, why);
+  // within this run: the replaying meta-iteration against the recomputing two-op path
+  ok &= compare("meta_grad_init vs two-op", got.meta_grad_init, got.meta_recomputed_init, tol, rep, why);
+  ok &= compare("meta_grad_lrs vs two-op", got.meta_grad_lrs, got.meta_recomputed_lrs, tol, rep, why);
   return ok;
 }
 
