@@ -339,13 +339,11 @@ struct Runner {
     run_split(a, lanes, 0);
     // The same gradients through the two-op path: a backward from the query
     // losses' gradient alone that recomputes every step (no replay), on the
-    // forward outputs of `b`. The one-launch meta-iteration must agree with it.
-    MlpAdaptBackwardArgs<double> r = b;
-    r.grad_adapted = nullptr;
-    r.grad_losses = nullptr;
-    r.grad_query_output = nullptr;
-    r.grad_x = nullptr;
-    r.grad_qx = nullptr;
+    // forward outputs of `b` (a task pack keeps its own adapted parameters and
+    // trajectory). The one-launch meta-iteration must agree with it.
+    MlpAdaptBackwardArgs<double> r = a.backward;  // the meta-iteration's upstream gradients
+    r.adapted = b.adapted;
+    r.trajectory = b.trajectory;
     r.primal = nullptr;
     o.meta_recomputed_init.assign(o.grad_init.size(), kNaN);
     o.meta_recomputed_lrs.assign(o.grad_lrs.size(), kNaN);

@@ -256,19 +256,13 @@ MF_HD void serial_backward_layer(const MlpLayout& m, Activation act, int l, int 
 // every weight R, and R·kBlock independent sums keep the FMA pipeline full;
 // the CPU's per-task path takes a SIMD reduction along each row instead.
 // ---------------------------------------------------------------------------
-// `primal` false: z and h are a replayed record (ws.h), only the tangents are stored.
+// `primal` false: h is a replayed record (ws.h), only the tangents are stored.
 template <typename T>
 MF_HD void store_forward(const MlpLayout& m, Activation act, int l, int64_t o, T z, const T* dir, T z_dot,
                          bool primal, MlpWorkspace<T>& ws) {
   const bool hidden = l < m.num_layers;
-  T h;
-  if (primal) {
-    h = hidden ? activate(act, z) : z;
-    ws.z[o] = z;
-    ws.h[o] = h;
-  } else {
-    h = ws.h[o];
-  }
+  if (primal) ws.h[o] = hidden ? activate(act, z) : z;
+  const T h = ws.h[o];
   if (dir) {
     ws.z_dot[o] = z_dot;
     ws.h_dot[o] = hidden ? activation_backward(act, h, z_dot) : z_dot;

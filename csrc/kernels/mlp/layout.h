@@ -40,11 +40,12 @@ inline MlpLayout mlp_layout(const int64_t* sizes, int n) {
 }
 
 // Per-task workspace (elements): gradient, Hessian-vector product and its
-// direction, six
-// activation buffers (z, h, δ and their tangents), per-example losses, and the
-// input gradient with its tangent.
+// direction, five activation buffers (h, δ and the tangents ż, ḣ, δ̇; z itself
+// is never read again: the derivatives are written in terms of h, and the
+// output layer's h is its z), per-example losses, and the input gradient with
+// its tangent.
 MF_HD int64_t mlp_workspace_size(const MlpLayout& m, int shots) {
-  return 3 * m.num_params + 6 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
+  return 3 * m.num_params + 5 * int64_t(shots) * m.act_width + shots + 2 * int64_t(shots) * m.sizes[0];
 }
 
 // The primal values of one network pass that a later pass at the same θ on
@@ -73,14 +74,13 @@ struct MlpTaskData {
 
 template <typename T>
 struct MlpWorkspace {
-  T *grad, *hvp, *dir, *z, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss, *dx, *dx_dot;
+  T *grad, *hvp, *dir, *h, *dz, *z_dot, *h_dot, *dz_dot, *point_loss, *dx, *dx_dot;
   MF_HD MlpWorkspace(T* base, const MlpLayout& m, int shots) {
     const int64_t a = int64_t(shots) * m.act_width;
     grad = base;
     hvp = grad + m.num_params;
     dir = hvp + m.num_params;
-    z = dir + m.num_params;
-    h = z + a;
+    h = dir + m.num_params;
     dz = h + a;
     z_dot = dz + a;
     h_dot = z_dot + a;
